@@ -1,0 +1,5 @@
+import sys
+
+from vla_adp.cli import main
+
+sys.exit(main())

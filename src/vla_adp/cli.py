@@ -1,0 +1,53 @@
+"""``vla-adp`` command line: one module per subcommand under :mod:`vla_adp.commands`.
+
+Each command module defines ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported
+only when their command runs, so ``vla-adp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module under vla_adp.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
+    "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
+    "demo": ("demo", "run the embedded demo (the README's first command)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vla-adp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(_module=module)
+        if name in sys.argv[1:2]:  # only import the module whose arguments are needed
+            importlib.import_module(f"vla_adp.commands.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    saved = sys.argv
+    sys.argv = [saved[0], *argv]
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    finally:
+        sys.argv = saved
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(f"vla_adp.commands.{args._module}")
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:  # bad input: a message, not a traceback
+        print(f"vla-adp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Arguments several commands share (checkpoint, device, dtype, pruner)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+
+
+def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--checkpoint", required=required, help="checkpoint folder in the published OpenVLA-OFT layout")
+    p.add_argument("--platform", default=None, help="libero | aloha | bridge | metaworld (default: from the folder, else libero)")
+    p.add_argument("--unnorm-key", default=None, help="dataset key in dataset_statistics.json (e.g. libero_spatial)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--action-slice", choices=["upstream", "vla_adp"], default="upstream",
+                   help="upstream = OFT training (default); vla_adp = the reference ADP code's +1 shift")
+    p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop")
+
+
+def dtype_of(args) -> torch.dtype:
+    if args.dtype:
+        return DTYPES[args.dtype]
+    return torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
+
+
+def add_pruner_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pruner", default=None, help="pruning method (see `vla-adp pruners`); default: none")
+    p.add_argument("--keep", type=float, default=None, help="share of visual tokens kept when pruning")
+    p.add_argument("--pruning-config", default=None,
+                   help="JSON file with pruner settings (reference ADP field names accepted)")
+
+
+def build_pruner_from_args(args):
+    """The pruner the arguments ask for, or None."""
+    if not (args.pruner or args.pruning_config):
+        return None
+    from vla_adp.pruning.registry import build_pruner
+
+    return build_pruner(args.pruner, keep=args.keep, config_file=args.pruning_config)
+
+
+def load_policy(args, pruner=None):
+    from vla_adp.policy import Policy, PolicyConfig
+
+    cfg = PolicyConfig(unnorm_key=args.unnorm_key, center_crop=not args.no_center_crop,
+                       action_slice=args.action_slice)
+    return Policy.load(args.checkpoint, cfg, pruner, platform=args.platform, dtype=dtype_of(args), device=args.device)

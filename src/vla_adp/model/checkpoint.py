@@ -1,0 +1,489 @@
+"""Read and write OpenVLA-OFT checkpoint folders in the published layout (spec §1).
+
+    config.json                       OpenVLA HF config; ``text_config`` = LlamaConfig
+    model.safetensors.index.json      weight_map -> shards
+    model-0000k-of-0000N.safetensors  vision_backbone.*, projector.*, language_model.*
+    action_head--<step>_checkpoint.pt        L1 head state dict (keys may start with 'module.')
+    proprio_projector--<step>_checkpoint.pt  proprio projector state dict (idem)
+    dataset_statistics.json           {<dataset>: {action: {q01, q99, mask, …}, proprio: {…}}}
+    tokenizer.model (+ tokenizer_config.json, special_tokens_map.json), preprocessor_config.json
+
+Loading is strict: a missing file or key, an unexpected key or a shape mismatch raises
+:class:`CheckpointError` naming the file, the key, the expected and the found shape. The vision
+towers' geometry is derived from the tensor shapes (the config names only the timm ids).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vla_adp.constants import Platform, get_platform
+from vla_adp.model.config import TIMM_HEAD_DIM, LlamaArgs, OFTArgs, VisionTowerArgs
+from vla_adp.model.openvla_oft import OpenVLAOFT
+
+INDEX_FILE = "model.safetensors.index.json"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TOWER_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is not in the expected layout; the message says what and where."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded folder: the model plus what the transforms need."""
+
+    model: OpenVLAOFT
+    args: OFTArgs
+    path: Path
+    config: dict[str, Any]
+    norm_stats: dict[str, Any]
+    tokenizer_file: Path
+    platform: Platform
+
+
+# -- small readers ---------------------------------------------------------------------------
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"missing file {path.name} in {path.parent}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _find_side_file(folder: Path, kind: str, required: bool) -> Path | None:
+    """The one ``*{kind}*checkpoint*.pt`` file (the reference asserts exactly one)."""
+    found = sorted(p for p in folder.glob("*.pt") if kind in p.name and "checkpoint" in p.name)
+    if len(found) > 1:
+        raise CheckpointError(f"{folder}: expected one '{kind}--<step>_checkpoint.pt', found {[p.name for p in found]}")
+    if not found and required:
+        raise CheckpointError(f"{folder}: missing '{kind}--<step>_checkpoint.pt'")
+    return found[0] if found else None
+
+
+class SideState(dict):
+    """A side module's state dict that remembers the file it came from (for error messages)."""
+
+    source = "<memory>"
+
+
+def _load_side_state(path: Path) -> SideState:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt pickle, truncated file, ...
+        raise CheckpointError(f"{path}: cannot read the state dict ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    # Saved from DDP-wrapped modules: strip a leading 'module.'.
+    out = SideState((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
+    out.source = path.name
+    return out
+
+
+def weight_map(folder: Path) -> dict[str, str]:
+    """key -> shard file, from the index (or the single ``model.safetensors``)."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        wm = _read_json(index).get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise CheckpointError(f"{index}: no 'weight_map' object")
+        for shard in sorted(set(wm.values())):
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{index} names shard {shard!r}, which is missing from {folder}")
+        return wm
+    single = folder / "model.safetensors"
+    if single.is_file():
+        with safe_open(str(single), "pt") as f:
+            return {k: single.name for k in f.keys()}
+    raise CheckpointError(f"{folder}: missing {INDEX_FILE} (or model.safetensors)")
+
+
+def read_shapes(folder: Path, wm: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for shard in sorted(set(wm.values())):
+        try:
+            with safe_open(str(folder / shard), "pt") as f:
+                for k in f.keys():
+                    shapes[k] = tuple(f.get_slice(k).get_shape())
+        except Exception as e:
+            raise CheckpointError(f"{folder / shard}: not a readable safetensors file ({e})") from None
+    missing = sorted(set(wm) - set(shapes))
+    if missing:
+        raise CheckpointError(f"{INDEX_FILE} lists {len(missing)} keys absent from their shards, e.g. {missing[0]!r}")
+    return shapes
+
+
+# -- key names -------------------------------------------------------------------------------
+def to_module_key(key: str) -> str:
+    """Published key -> our module's key (LayerScale ``scale_factor`` -> timm ``gamma``)."""
+    key = re.sub(r"\.(ls[12])\.scale_factor$", r".\1.gamma", key)
+    if key.startswith("language_model.model."):
+        key = "language_model." + key[len("language_model.model."):]
+    return key
+
+
+def to_published_key(key: str) -> str:
+    key = re.sub(r"\.(ls[12])\.gamma$", r".\1.scale_factor", key)
+    if key.startswith("language_model.") and not key.startswith("language_model.lm_head"):
+        key = "language_model.model." + key[len("language_model."):]
+    return key
+
+
+# -- shapes -> args --------------------------------------------------------------------------
+def _timm_defaults(timm_id: str) -> tuple[int, bool]:
+    """(head_dim, no_embed_class) of the named timm model, read off a meta-device instance."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            m = timm.create_model(timm_id, pretrained=False, num_classes=0)
+    except Exception as e:
+        raise CheckpointError(f"config.json names timm model {timm_id!r}, which timm cannot build ({e})") from None
+    return m.embed_dim // m.blocks[0].attn.num_heads, bool(getattr(m, "no_embed_class", False))
+
+
+def _family(timm_id: str) -> str:
+    return next((f for f in TIMM_HEAD_DIM if f in timm_id), "vit")
+
+
+def derive_tower(timm_id: str, prefix: str, shapes: dict, mean=None, std=None) -> VisionTowerArgs:
+    def shape(name: str) -> tuple[int, ...]:
+        if prefix + name not in shapes:
+            raise CheckpointError(f"weights lack {prefix + name!r}, needed to derive the {timm_id} tower geometry")
+        return shapes[prefix + name]
+
+    width, _, patch, _ = shape("patch_embed.proj.weight")
+    depth = 1 + max(int(k[len(prefix):].split(".")[1]) for k in shapes if k.startswith(prefix + "blocks."))
+    class_token = prefix + "cls_token" in shapes
+    reg_tokens = shapes[prefix + "reg_token"][1] if prefix + "reg_token" in shapes else 0
+    head_dim, no_embed_class = _timm_defaults(timm_id)
+    n_pos = shape("pos_embed")[1]
+    n_patches = n_pos - (1 if class_token and not no_embed_class else 0)
+    grid = math.isqrt(n_patches)
+    if grid * grid != n_patches:
+        raise CheckpointError(f"{prefix}pos_embed has {n_pos} positions: not a square patch grid")
+    if width % head_dim:
+        raise CheckpointError(f"{prefix}: width {width} is not a multiple of {timm_id}'s head size {head_dim}")
+    imagenet = _family(timm_id) == "dinov2"
+    return VisionTowerArgs(
+        timm_id=timm_id, image_size=grid * patch, patch_size=patch, width=width, depth=depth,
+        heads=width // head_dim, mlp_hidden=shape("blocks.0.mlp.fc1.weight")[0], reg_tokens=reg_tokens,
+        class_token=class_token, layer_scale=prefix + "blocks.0.ls1.scale_factor" in shapes,
+        mean=tuple(mean or (IMAGENET_MEAN if imagenet else (0.5, 0.5, 0.5))),
+        std=tuple(std or (IMAGENET_STD if imagenet else (0.5, 0.5, 0.5))),
+    )
+
+
+def derive_llm(text: dict, shapes: dict) -> LlamaArgs:
+    try:
+        args = LlamaArgs(
+            dim=text["hidden_size"], n_layers=text["num_hidden_layers"], n_heads=text["num_attention_heads"],
+            n_kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
+            ffn_dim=text["intermediate_size"], vocab_size=text["vocab_size"],
+            rms_eps=float(text.get("rms_norm_eps", 1e-6)), rope_theta=float(text.get("rope_theta", 10000.0)),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"config.json text_config lacks {e.args[0]!r}") from None
+    n_stored = 1 + max((int(k.split(".")[3]) for k in shapes if k.startswith("language_model.model.layers.")), default=-1)
+    if n_stored != args.n_layers:
+        raise CheckpointError(f"config.json says {args.n_layers} decoder layers, the weights hold {n_stored}")
+    if text.get("rope_scaling"):
+        raise CheckpointError(f"rope_scaling {text['rope_scaling']!r} is not supported (OpenVLA uses none)")
+    return args
+
+
+def _side_shape(state: dict, key: str, kind: str) -> tuple[int, ...]:
+    if key not in state:
+        raise CheckpointError(f"{getattr(state, 'source', kind)}: missing key {key!r}")
+    return tuple(state[key].shape)
+
+
+def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | None, platform: Platform,
+                preprocessor: dict | None = None, n_images: int | None = None) -> OFTArgs:
+    ids = config.get("timm_model_ids")
+    if not isinstance(ids, list) or not ids:
+        raise CheckpointError("config.json lacks 'timm_model_ids' (a list of timm model names)")
+    fused = bool(config.get("use_fused_vision_backbone", len(ids) > 1))
+    ids = ids[:2] if fused else ids[:1]
+    pre = preprocessor or {}
+    means, stds = pre.get("means") or [None] * len(ids), pre.get("stds") or [None] * len(ids)
+    towers = tuple(derive_tower(t, p, shapes, m, s) for t, p, m, s in zip(ids, TOWER_PREFIXES, means, stds))
+    sizes = config.get("image_sizes")
+    if sizes and any(int(s) != t.image_size for s, t in zip(sizes, towers)):
+        raise CheckpointError(f"config.json image_sizes {sizes} disagree with the weights' {[t.image_size for t in towers]}")
+    n_fc = max((int(k.split(".")[1][2:]) for k in shapes if k.startswith("projector.fc") and k.endswith(".weight")), default=0)
+    if n_fc < 2:
+        raise CheckpointError("weights lack the projector ('projector.fc1.weight', 'projector.fc2.weight', ...)")
+    proj_hidden = tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
+    llm = derive_llm(config.get("text_config") or {}, shapes)
+    head_hidden, head_blocks, action_dim = 4096, 2, platform.action_dim
+    if head is not None:
+        head_hidden = _side_shape(head, "model.fc1.weight", "action_head")[0]
+        head_blocks = len({k.split(".")[2] for k in head if k.startswith("model.mlp_resnet_blocks.")})
+        action_dim = _side_shape(head, "model.fc2.weight", "action_head")[0]
+    proprio_dim = _side_shape(proprio, "fc1.weight", "proprio_projector")[1] if proprio is not None else platform.proprio_dim
+    if (action_dim, proprio_dim) != (platform.action_dim, platform.proprio_dim):
+        raise CheckpointError(
+            f"platform {platform.name!r} expects action_dim {platform.action_dim} and proprio_dim "
+            f"{platform.proprio_dim}, the side modules have {action_dim} and {proprio_dim}"
+        )
+    return OFTArgs(
+        towers=towers, llm=llm, projector_hidden=proj_hidden, proprio_dim=proprio_dim, action_dim=action_dim,
+        chunk=platform.chunk, head_hidden=head_hidden, head_blocks=head_blocks,
+        n_images=n_images or int(config.get("num_images_in_input", 2)), use_proprio=proprio is not None,
+        pad_to_multiple_of=int(config.get("pad_to_multiple_of", 64)), n_action_bins=int(config.get("n_action_bins", 256)),
+    )
+
+
+# -- strict state loading ----------------------------------------------------------------------
+def _check_and_assign(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, prefix: str = "") -> None:
+    expected = {prefix + k: v for k, v in module.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{source}: missing key {to_published_key(missing[0])!r} ({len(missing)} missing in all)")
+    if unexpected:
+        raise CheckpointError(f"{source}: unexpected key {to_published_key(unexpected[0])!r} ({len(unexpected)} in all)")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(
+                f"{source}: key {to_published_key(k)!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
+            )
+    module.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=True, assign=True)
+
+
+def _load_main_state(folder: Path, wm: dict[str, str], dtype, device) -> dict[str, torch.Tensor]:
+    state = {}
+    for shard in sorted(set(wm.values())):
+        with safe_open(str(folder / shard), "pt", device=str(device)) as f:
+            for k in f.keys():
+                state[to_module_key(k)] = f.get_tensor(k).to(dtype)
+    return state
+
+
+def resolve_unnorm_key(stats: dict, key: str | None, lenient: bool = False) -> str:
+    """OFT's rule: ``key`` or ``<key>_no_noops``; ``None`` takes the only key.
+
+    ``lenient`` adds the reference ADP fallbacks (any key containing ``key``, else the only key).
+    """
+    if key is None:
+        if len(stats) == 1:
+            return next(iter(stats))
+        raise CheckpointError(f"dataset_statistics.json has several datasets {sorted(stats)}: choose one with unnorm_key")
+    for cand in (key, f"{key}_no_noops"):
+        if cand in stats:
+            return cand
+    if lenient:
+        hits = [k for k in stats if key in k]
+        if hits or len(stats) == 1:
+            chosen = (hits or list(stats))[0]
+            warnings.warn(f"unnorm_key {key!r} not found; falling back to {chosen!r} (reference ADP rule)")
+            return chosen
+    raise CheckpointError(f"unnorm_key {key!r} (or {key}_no_noops) not in dataset_statistics.json: {sorted(stats)}")
+
+
+def load_checkpoint(
+    path: str | Path,
+    platform: str | Platform | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    n_images: int | None = None,
+    require_action_head: bool = True,
+) -> Checkpoint:
+    """Build the model from a published-layout folder on the meta device and load it strictly.
+
+    Args:
+        platform: chunk/action/proprio shapes; default: recorded by our writers, else LIBERO.
+        n_images: camera views per query; default ``num_images_in_input`` of the config, else 2.
+        require_action_head: raise if no ``action_head--*.pt`` (set False for discrete decoding).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    config = _read_json(folder / "config.json")
+    platform = platform_of(config, platform)
+    stats = _read_json(folder / "dataset_statistics.json")
+    for unsupported, what in (("vision_backbone--", "FiLM (OFT+)"), ("noisy_action_projector--", "diffusion-head")):
+        if any(unsupported in p.name for p in folder.glob("*.pt")):
+            raise CheckpointError(f"{folder}: {what} checkpoints are not supported (found '{unsupported}*.pt')")
+    head_file = _find_side_file(folder, "action_head", require_action_head)
+    proprio_file = _find_side_file(folder, "proprio_projector", False)
+    head = _load_side_state(head_file) if head_file else None
+    proprio = _load_side_state(proprio_file) if proprio_file else None
+    wm = weight_map(folder)
+    shapes = read_shapes(folder, wm)
+    pre_file = folder / "preprocessor_config.json"
+    pre = _read_json(pre_file) if pre_file.is_file() else None
+    args = derive_args(config, shapes, head, proprio, platform, pre, n_images)
+    with torch.device("meta"):
+        model = OpenVLAOFT(args, with_action_head=head is not None)
+    main = _load_main_state(folder, wm, dtype, device)
+    _check_main(model, main, folder)
+    if head is not None:
+        _check_and_assign(model.action_head, _to(head, dtype, device), head_file.name)
+    if proprio is not None:
+        _check_and_assign(model.proprio_projector, _to(proprio, dtype, device), proprio_file.name)
+    _materialise_buffers(model, device)
+    tok = folder / "tokenizer.model"
+    if not tok.is_file():
+        raise CheckpointError(f"missing file tokenizer.model in {folder}")
+    return Checkpoint(model.eval(), args, folder, config, stats, tok, platform)
+
+
+def _check_main(model: OpenVLAOFT, state: dict, folder: Path) -> None:
+    side = ("action_head.", "proprio_projector.")
+    main_modules = {k: v for k, v in model.state_dict().items() if not k.startswith(side)}
+    missing = sorted(set(main_modules) - set(state))
+    if missing:
+        raise CheckpointError(f"{folder.name}: safetensors lack key {to_published_key(missing[0])!r} ({len(missing)} missing in all)")
+    unexpected = sorted(set(state) - set(main_modules))
+    if unexpected:
+        raise CheckpointError(f"{folder.name}: unexpected key {to_published_key(unexpected[0])!r} in the safetensors")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(main_modules[k].shape):
+            raise CheckpointError(
+                f"{folder.name}: key {to_published_key(k)!r} has shape {tuple(v.shape)}, expected {tuple(main_modules[k].shape)}"
+            )
+    model.load_state_dict(state, strict=False, assign=True)
+
+
+def _to(state: dict, dtype, device) -> dict:
+    return {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+
+
+def _materialise_buffers(model: torch.nn.Module, device) -> None:
+    """Non-persistent buffers stay on meta after ``assign``; rebuild any (none in OFT today)."""
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            raise CheckpointError(f"buffer {name!r} was not materialised by the loader")
+
+
+# -- writing ---------------------------------------------------------------------------------
+def published_config(args: OFTArgs, platform: Platform | None = None) -> dict:
+    llm = args.llm
+    fused = len(args.towers) > 1
+    cfg = {
+        "model_type": "openvla",
+        "architectures": ["OpenVLAForActionPrediction"],
+        "torch_dtype": "bfloat16",
+        "vision_backbone_id": "dinosiglip-vit-so-224px" if fused else args.towers[0].timm_id,
+        "llm_backbone_id": "llama2-7b-pure",
+        "arch_specifier": "no-align+fused-gelu-mlp" if len(args.projector_hidden) == 2 else "no-align+gelu-mlp",
+        "use_fused_vision_backbone": fused,
+        "timm_model_ids": [t.timm_id for t in args.towers],
+        "timm_override_act_layers": [None] * len(args.towers),
+        "image_sizes": [t.image_size for t in args.towers],
+        "image_resize_strategy": "resize-naive",
+        "hf_llm_id": "meta-llama/Llama-2-7b-hf",
+        "llm_max_length": 2048,
+        "pad_token_id": llm.vocab_size - args.pad_to_multiple_of,
+        "pad_to_multiple_of": args.pad_to_multiple_of,
+        "n_action_bins": args.n_action_bins,
+        "output_projector_states": False,
+        "text_config": {
+            "model_type": "llama", "hidden_size": llm.dim, "intermediate_size": llm.ffn_dim,
+            "num_hidden_layers": llm.n_layers, "num_attention_heads": llm.n_heads,
+            "num_key_value_heads": llm.n_kv_heads, "hidden_act": "silu", "vocab_size": llm.vocab_size,
+            "rms_norm_eps": llm.rms_eps, "rope_theta": llm.rope_theta, "rope_scaling": None,
+            "attention_bias": False, "tie_word_embeddings": False, "max_position_embeddings": 2048,
+            "pad_token_id": llm.vocab_size - args.pad_to_multiple_of,
+        },
+    }
+    cfg["num_images_in_input"] = args.n_images
+    if platform is not None:
+        # Not in the published configs; our own writers record the platform so that loading needs no flag.
+        cfg["vla_adp_platform"] = {"name": platform.name, "chunk": platform.chunk, "action_dim": platform.action_dim,
+                                   "proprio_dim": platform.proprio_dim, "normalization": platform.normalization,
+                                   "eef_pos": list(platform.eef_pos) if platform.eef_pos else None}
+    return cfg
+
+
+def platform_of(config: dict, platform: str | Platform | None) -> Platform:
+    """An explicit platform wins; else the one our writers record; else LIBERO (the published checkpoints)."""
+    if platform is not None:
+        return get_platform(platform)
+    rec = config.get("vla_adp_platform")
+    if not rec:
+        return get_platform("libero")
+    try:
+        eef = tuple(rec["eef_pos"]) if rec.get("eef_pos") else None
+        return Platform(rec["name"], int(rec["chunk"]), int(rec["action_dim"]), int(rec["proprio_dim"]),
+                        rec.get("normalization", "bounds_q99"), eef)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json vla_adp_platform is malformed ({e}): {rec!r}") from None
+
+
+def preprocessor_config(args: OFTArgs) -> dict:
+    return {
+        "image_processor_type": "PrismaticImageProcessor",
+        "use_fused_vision_backbone": len(args.towers) > 1,
+        "image_resize_strategy": "resize-naive",
+        "input_sizes": [[3, t.image_size, t.image_size] for t in args.towers],
+        "interpolations": ["bicubic"] * len(args.towers),
+        "means": [list(t.mean) for t in args.towers],
+        "stds": [list(t.std) for t in args.towers],
+    }
+
+
+def save_checkpoint(
+    model: OpenVLAOFT,
+    folder: str | Path,
+    norm_stats: dict,
+    tokenizer_file: str | Path,
+    step: int = 0,
+    max_shard_bytes: int = 5 * 2**30,
+    dtype: torch.dtype = torch.bfloat16,
+    platform: Platform | None = None,
+) -> Path:
+    """Write ``model`` as a published-layout folder (side ``.pt`` keys get a ``module.`` prefix)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    side = ("action_head.", "proprio_projector.")
+    state = {to_published_key(k): v.detach().to(dtype).contiguous().cpu()
+             for k, v in model.state_dict().items() if not k.startswith(side)}
+    _write_shards(folder, state, max_shard_bytes)
+    for name, module in (("action_head", model.action_head), ("proprio_projector", model.proprio_projector)):
+        if module is not None:
+            sd = {f"module.{k}": v.detach().to(dtype).cpu() for k, v in module.state_dict().items()}
+            torch.save(sd, folder / f"{name}--{step}_checkpoint.pt")
+    (folder / "config.json").write_text(json.dumps(published_config(model.args, platform), indent=2))
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(model.args), indent=2))
+    (folder / "dataset_statistics.json").write_text(json.dumps(norm_stats, indent=2))
+    (folder / "tokenizer.model").write_bytes(Path(tokenizer_file).read_bytes())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "add_eos_token": False,
+                                                             "padding_side": "right", "pad_token": "<PAD>"}))
+    (folder / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>",
+                                                               "unk_token": "<unk>", "pad_token": "<PAD>"}))
+    return folder
+
+
+def _write_shards(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in state.items():
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][k] = v
+        size += nbytes
+    n = len(shards)
+    wm = {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{n:05d}.safetensors"
+        save_file(shard, str(folder / name), metadata={"format": "pt"})
+        wm.update({k: name for k in shard})
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    (folder / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": wm}, indent=2))

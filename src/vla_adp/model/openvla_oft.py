@@ -1,0 +1,183 @@
+"""OpenVLA-OFT assembled: embed -> [prune] -> bidirectional Llama -> action head (spec §0).
+
+    pixels ──► FusedFeaturizer ──► Projector ─────────────┐ visual (B, V, D)
+    proprio ─► ProprioProjector ──────────────────────────┤ (B, 1, D)
+    BOS + prompt + '▁' ─► embed_tokens ───────────────────┤
+    56 zero action slots, </s> embedding ─────────────────┘
+             [BOS | visual | proprio | prompt | slots | </s>]   positions 0..L-1
+                              │  pruner.at_layer(ℓ) may cut visual tokens before layer ℓ
+                              ▼
+                 LlamaDecoder (no causal mask) + final RMSNorm
+                              │  hidden[action_hidden(slice)]  (upstream: from the '▁' token)
+                              ▼
+          L1RegressionActionHead ─► (B, chunk, action_dim) in [-1, 1]-ish (no clip)
+          or discrete: lm_head argmax ─► bin centres
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vla_adp.constants import STOP_ID
+from vla_adp.model.config import OFTArgs
+from vla_adp.model.heads import L1RegressionActionHead, ProprioProjector, Projector, discrete_actions
+from vla_adp.model.llm import LlamaDecoder
+from vla_adp.model.vision import FusedFeaturizer
+from vla_adp.pruning.base import LayerContext, Pruner
+from vla_adp.pruning.keep import Keep, apply_keep
+from vla_adp.pruning.layout import TokenLayout
+from vla_adp.utils.timing import NullStopwatch
+
+
+@dataclass
+class OFTInputs:
+    """One batch of model inputs.
+
+    Args:
+        pixels: (B, C·N, H, W) normalised pixels (C = 6 fused, 3 single tower).
+        input_ids: (B, 1 + n_prompt) BOS, prompt and the trailing '▁'.
+        proprio: (B, proprio_dim) normalised state, or None without a proprio token.
+        prompt_mask: optional (B, 1 + n_prompt) bool, False on right-padding (batched training).
+    """
+
+    pixels: Tensor
+    input_ids: Tensor
+    proprio: Tensor | None = None
+    prompt_mask: Tensor | None = None
+
+
+@dataclass
+class Embedded:
+    hidden: Tensor  # (B, L, D)
+    position_ids: Tensor  # (B, L)
+    layout: TokenLayout
+    visual: Tensor  # (B, V, D) projector outputs
+    key_mask: Tensor | None = None  # (B, L) bool or None
+
+
+@dataclass
+class OFTOutput:
+    actions: Tensor  # (B, chunk, action_dim) normalised
+    hidden: Tensor  # (B, n_action, D) the hidden states the head read
+    layout: TokenLayout  # final (possibly pruned) layout
+    keeps: list[Keep] = field(default_factory=list)
+
+
+class OpenVLAOFT(nn.Module):
+    def __init__(self, args: OFTArgs, with_action_head: bool = True):
+        super().__init__()
+        self.args = args
+        d = args.llm.dim
+        self.vision_backbone = FusedFeaturizer(args.towers, args.n_images)
+        self.projector = Projector(args.vision_dim, args.projector_hidden, d)
+        self.language_model = LlamaDecoder(args.llm)
+        self.proprio_projector = ProprioProjector(args.proprio_dim, d) if args.use_proprio else None
+        self.action_head = (
+            L1RegressionActionHead(d, args.action_dim, args.head_hidden, args.head_blocks) if with_action_head else None
+        )
+
+    # -- embedding --------------------------------------------------------------------------
+    def embed(self, inputs: OFTInputs, timer=NullStopwatch()) -> Embedded:
+        llm = self.language_model
+        with timer("vision"):
+            patches = self.vision_backbone(inputs.pixels.to(self.dtype))
+        with timer("projector"):
+            visual = self.projector(patches)  # (B, V, D)
+            tok = llm.embed_tokens(inputs.input_ids)  # (B, 1+P, D)
+            b = tok.shape[0]
+            parts = [tok[:, :1], visual]
+            if self.proprio_projector is not None:
+                if inputs.proprio is None:
+                    raise ValueError("this model has a proprio projector but no proprio state was given")
+                parts.append(self.proprio_projector(inputs.proprio.to(self.dtype))[:, None])
+            slots = tok.new_zeros(b, self.args.n_action_slots, tok.shape[-1])
+            stop = llm.embed_tokens(torch.full((b, 1), STOP_ID, device=tok.device))
+            hidden = torch.cat([*parts, tok[:, 1:], slots, stop], dim=1)
+        n_view = self.args.patches_per_image
+        layout = TokenLayout(
+            views=(n_view,) * self.args.n_images,
+            n_prompt=inputs.input_ids.shape[1] - 1,
+            n_action=self.args.n_action_slots,
+            n_proprio=int(self.proprio_projector is not None),
+        )
+        key_mask, position_ids = self._mask_and_positions(inputs, layout, hidden)
+        return Embedded(hidden, position_ids, layout, visual, key_mask)
+
+    @staticmethod
+    def _mask_and_positions(inputs: OFTInputs, layout: TokenLayout, hidden: Tensor):
+        b, length = hidden.shape[:2]
+        if inputs.prompt_mask is None:
+            return None, torch.arange(length, device=hidden.device).expand(b, -1)
+        # Right-padded prompts in a training batch: hide the pads and number the real tokens
+        # 0..L-1 so each sample sees exactly the positions it would see alone.
+        mask = torch.ones(b, length, dtype=torch.bool, device=hidden.device)
+        mask[:, layout.prompt] = inputs.prompt_mask[:, 1:].to(hidden.device)
+        return mask, (mask.long().cumsum(1) - 1).clamp(min=0)
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(
+        self,
+        inputs: OFTInputs,
+        pruner: Pruner | None = None,
+        hooks: frozenset[int] = frozenset(),
+        action_slice: str = "upstream",
+        decode: str = "l1",
+        timer=NullStopwatch(),
+    ) -> OFTOutput:
+        """Predict one normalised action chunk per batch row.
+
+        Args:
+            pruner: called before each decoder layer in ``hooks`` (from ``pruner.begin``).
+            action_slice: ``upstream`` (matches OFT training) or ``vla_adp`` (+1, reference ADP).
+            decode: ``l1`` (action head) or ``discrete`` (lm_head argmax → bin centres).
+        """
+        emb = self.embed(inputs, timer)
+        hidden, keeps, layout = self._decode_layers(emb, pruner, hooks, timer)
+        with timer("head"):
+            hidden = hidden[:, layout.action_hidden(action_slice)]
+            actions = self._actions(hidden, decode)
+        return OFTOutput(actions, hidden, layout, keeps)
+
+    def _decode_layers(self, emb: Embedded, pruner, hooks, timer):
+        llm, n = self.language_model, self.args.llm.n_layers
+        x, pos, layout, mask = emb.hidden, emb.position_ids, emb.layout, emb.key_mask
+        keeps: list[Keep] = []
+        start = 0
+        for i in sorted(h for h in hooks if 0 <= h < n):
+            with timer("llm"):
+                x = llm.run_layers(x, pos, start, i, mask)
+            start = i
+            with timer("prune"):
+                keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm))
+                if keep is not None:
+                    if mask is not None:
+                        raise ValueError("pruning a right-padded training batch is not supported")
+                    x, pos, layout = apply_keep(x, pos, layout, keep, getattr(pruner, "positions", "contiguous"))
+                    keeps.append(keep)
+        with timer("llm"):
+            x = llm.norm(llm.run_layers(x, pos, start, n, mask))
+        return x, keeps, layout
+
+    def _actions(self, hidden: Tensor, decode: str) -> Tensor:
+        b = hidden.shape[0]
+        shape = (b, self.args.chunk, self.args.action_dim)
+        if decode == "l1":
+            if self.action_head is None:
+                raise ValueError("this checkpoint has no L1 action head; use decode='discrete'")
+            return self.action_head(hidden)
+        if decode == "discrete":
+            logits = self.language_model.lm_head(hidden)
+            n_real = self.args.llm.vocab_size - self.args.pad_to_multiple_of
+            return discrete_actions(logits, n_real, self.args.n_action_bins).reshape(shape).float()
+        raise ValueError(f"decode must be 'l1' or 'discrete', got {decode!r}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.fc1.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.projector.fc1.weight.device

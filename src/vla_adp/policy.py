@@ -1,0 +1,181 @@
+"""Policy = transforms + model + pruner: ``infer(obs) -> {"actions", "info"}`` and ``reset()``.
+
+Mirrors OpenVLA-OFT's ``get_vla_action`` (spec §2.5, §4, §5): images (``full_image`` first, then
+every key containing "wrist" in insertion order) are resized to the model's input if needed, center
+cropped (90 % area, as the published LIBERO checkpoints were trained), normalised per vision tower;
+the prompt gets BOS and the trailing '▁'; the state is q01/q99-normalised; the predicted chunk is
+un-normalised. Platform-specific post-processing (LIBERO's gripper flip) belongs to the env adapter.
+
+The LIBERO runner, the Meta-World runner and the policy server all go through this class.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_adp.model.checkpoint import Checkpoint, load_checkpoint, resolve_unnorm_key
+from vla_adp.model.openvla_oft import OFTInputs
+from vla_adp.model.tokenizer import PromptTokenizer
+from vla_adp.model import transforms as T
+from vla_adp.pruning.base import Pruner, Query, QueryOutcome
+from vla_adp.pruning.layout import TokenLayout
+from vla_adp.utils.timing import Stopwatch
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Inference settings that are not part of the checkpoint.
+
+    Args:
+        unnorm_key: dataset in ``dataset_statistics.json`` (``<suite>`` or ``<suite>_no_noops``);
+            ``None`` takes the only one.
+        center_crop: 90 %-area center crop (True for every published LIBERO checkpoint).
+        action_slice: ``upstream`` (matches OFT training) or ``vla_adp`` (reference ADP's +1).
+        decode: ``l1`` (action head) or ``discrete`` (lm_head bins).
+        lenient_unnorm_key: also accept the reference ADP fallbacks for the key.
+    """
+
+    unnorm_key: str | None = None
+    center_crop: bool = True
+    action_slice: str = "upstream"
+    decode: str = "l1"
+    lenient_unnorm_key: bool = False
+
+    def __post_init__(self) -> None:
+        if self.action_slice not in ("upstream", "vla_adp"):
+            raise ValueError(f"action_slice must be 'upstream' or 'vla_adp', got {self.action_slice!r}")
+        if self.decode not in ("l1", "discrete"):
+            raise ValueError(f"decode must be 'l1' or 'discrete', got {self.decode!r}")
+
+
+def camera_keys(obs: dict) -> list[str]:
+    """``full_image`` first, then every key containing 'wrist', in insertion order (spec §2.2)."""
+    return ["full_image", *[k for k in obs if "wrist" in k and k != "full_image"]]
+
+
+class Policy:
+    def __init__(self, checkpoint: Checkpoint, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None):
+        self.ckpt = checkpoint
+        self.model = checkpoint.model
+        self.config = config
+        self.pruner = pruner
+        self.platform = checkpoint.platform
+        self.tokenizer = PromptTokenizer(checkpoint.tokenizer_file)
+        key = resolve_unnorm_key(checkpoint.norm_stats, config.unnorm_key, config.lenient_unnorm_key)
+        self.unnorm_key = key
+        self.stats = checkpoint.norm_stats[key]
+        self.reset()
+
+    @classmethod
+    def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
+             platform=None, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> "Policy":
+        ckpt = load_checkpoint(path, platform=platform, dtype=dtype, device=device,
+                               require_action_head=config.decode == "l1")
+        return cls(ckpt, config, pruner)
+
+    # -- episode state ---------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a new episode: query counter, recorded trajectory, and the pruner's state."""
+        self.query_index = 0
+        self.trajectory: list[np.ndarray] = []
+        if self.pruner is not None:
+            self.pruner.reset()
+
+    def record_step(self, state: np.ndarray) -> None:
+        """Optionally report the raw state after every executed step (path-length gating)."""
+        self.trajectory.append(np.asarray(state, np.float64).copy())
+
+    # -- transforms ------------------------------------------------------------------------
+    def images(self, obs: dict) -> list[np.ndarray]:
+        keys = camera_keys(obs)
+        n = self.model.args.n_images
+        if len(keys) < n or any(k not in obs for k in keys[:1]):
+            raise ValueError(f"observation needs {n} images (full_image + wrist keys), found keys {keys}")
+        size = self.model.args.image_size
+        out = []
+        for key in keys[:n]:
+            img = T.check_image(np.asarray(obs[key]), key)
+            if img.shape[:2] != (size, size):
+                img = T.resize_for_policy(img, size)
+            out.append(T.center_crop(img) if self.config.center_crop else img)
+        return out
+
+    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        towers = self.model.args.towers
+        per = [T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]) for img in images]
+        return torch.from_numpy(np.concatenate(per, axis=0))[None]
+
+    def inputs(self, obs: dict) -> tuple[OFTInputs, TokenLayout]:
+        instruction = obs.get("instruction", obs.get("task_description"))
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError("observation needs a non-empty 'instruction' string")
+        ids = torch.tensor([self.tokenizer.prompt_ids(instruction)])
+        proprio = None
+        if self.model.args.use_proprio:
+            state = np.asarray(obs["state"], np.float64)
+            if state.shape != (self.platform.proprio_dim,):
+                raise ValueError(f"state must have shape ({self.platform.proprio_dim},), got {state.shape}")
+            proprio = torch.from_numpy(T.normalize_proprio(state, self.stats["proprio"], self.platform.normalization))[None]
+        dev = self.model.device
+        inputs = OFTInputs(self.pixels(self.images(obs)).to(dev), ids.to(dev),
+                           None if proprio is None else proprio.float().to(dev))
+        return inputs, self.layout(ids.shape[1] - 1)
+
+    def layout(self, n_prompt: int) -> TokenLayout:
+        a = self.model.args
+        return TokenLayout((a.patches_per_image,) * a.n_images, n_prompt, a.n_action_slots, int(a.use_proprio))
+
+    # -- inference -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def infer(self, obs: dict) -> dict[str, Any]:
+        """One action chunk (chunk, action_dim), un-normalised, and what happened in ``info``."""
+        t0 = time.perf_counter()
+        timer = Stopwatch(self.model.device)
+        with timer("transforms"):
+            inputs, layout = self.inputs(obs)
+        state = np.asarray(obs["state"], np.float64) if "state" in obs else None
+        query = Query(self.query_index, layout, state, self.trajectory)
+        hooks = self.pruner.begin(query) if self.pruner is not None else frozenset()
+        out = self.model(inputs, self.pruner, hooks, self.config.action_slice, self.config.decode, timer)
+        norm = out.actions[0].float().cpu().numpy()
+        actions = T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
+        info = self._info(layout, out, timer)
+        if self.pruner is not None:
+            with timer("gate"):
+                info.update(self.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
+        info["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
+        self.query_index += 1
+        self.trajectory = []
+        return {"actions": actions, "info": info}
+
+    def _info(self, layout: TokenLayout, out, timer) -> dict[str, Any]:
+        from vla_adp.cost.flops import query_flops
+
+        kept = [layout.n_visual] if not out.keeps else [k.k for k in out.keeps]
+        views = out.layout.views
+        keep_idx = None
+        if out.keeps:
+            last = out.keeps[-1].visual[0].cpu()
+            bounds = np.cumsum((0, *views))
+            keep_idx = [last[bounds[c]:bounds[c + 1]].tolist() for c in range(len(views))]
+        return {
+            "query": self.query_index,
+            "pruner": getattr(self.pruner, "name", None),
+            "pruned": bool(out.keeps),
+            "seq_len": layout.length,
+            "seq_len_pruned": out.layout.length,
+            "n_visual": layout.n_visual,
+            "kept_visual": kept[-1],
+            "kept_per_view": list(views),
+            "kept_indices": keep_idx,
+            "flops": query_flops(self.model.args.llm, layout, out.layout, self._cut_layer()),
+        }
+
+    def _cut_layer(self) -> int:
+        return int(getattr(self.pruner, "prune_layer", 0) or 0) if self.pruner is not None else 0

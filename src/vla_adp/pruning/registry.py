@@ -1,0 +1,69 @@
+"""One registry for every pruning method; modules are imported only when their pruner is built.
+
+Each pruner module defines ``PRUNER`` (the class) and ``CONFIG`` (its frozen dataclass config); the
+class is built as ``PRUNER(CONFIG(**fields))``. ``keep`` maps onto the config's ``keep_ratio``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+# name -> module under vla_adp.pruning.pruners
+PRUNERS: dict[str, str] = {
+    "adp": "adp",
+}
+
+
+def _module(name: str):
+    if name not in PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; expected one of {sorted(PRUNERS)}")
+    return importlib.import_module(f"vla_adp.pruning.pruners.{PRUNERS[name]}")
+
+
+def config_class(name: str):
+    return _module(name).CONFIG
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"pruning config not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a JSON object of settings, found {type(data).__name__}")
+    return data
+
+
+def build_pruner(name: str | None, keep: float | None = None, config_file: str | Path | None = None, **fields):
+    """Build a registered pruner from settings, a JSON file (reference field names accepted) and ``keep``."""
+    settings: dict[str, Any] = {}
+    if config_file is not None:
+        settings.update(read_config_file(config_file))
+    name = name or settings.pop("pruner", None) or "adp"
+    settings.pop("pruner", None)
+    settings.update(fields)
+    mod = _module(name)
+    cfg_cls = mod.CONFIG
+    cfg = cfg_cls.from_dict(settings) if hasattr(cfg_cls, "from_dict") else cfg_cls(**settings)
+    if keep is not None:
+        cfg = dataclasses.replace(cfg, keep_ratio=keep)
+    return mod.PRUNER(cfg)
+
+
+def describe() -> list[tuple[str, str, list[tuple[str, Any]]]]:
+    """(name, summary, [(field, default), ...]) for every registered pruner."""
+    rows = []
+    for name in PRUNERS:
+        mod = _module(name)
+        doc = (mod.PRUNER.__doc__ or "").strip().splitlines()[0] if mod.PRUNER.__doc__ else ""
+        fields = [(f.name, f.default if f.default is not dataclasses.MISSING else None)
+                  for f in dataclasses.fields(mod.CONFIG)]
+        rows.append((name, doc, fields))
+    return rows

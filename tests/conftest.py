@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny checkpoints in the published layout, built in the test run."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    from vla_adp.model.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "openvla-7b-oft-finetuned-libero-spatial", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_ckpt):
+    from vla_adp.policy import Policy
+
+    return Policy.load(tiny_ckpt, dtype=torch.float32)
+
+
+def make_obs(seed: int = 0, size: int = 224, instruction: str = "pick up the black bowl and place it on the plate",
+             state_dim: int = 8) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        "full_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "wrist_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+        "state": rng.normal(size=state_dim),
+        "instruction": instruction,
+    }
+
+
+@pytest.fixture
+def obs():
+    return make_obs()
