@@ -1,0 +1,1 @@
+"""Closed-loop environments behind one small protocol (:class:`vla_adp.envs.base.Env`)."""

@@ -1,0 +1,1 @@
+"""Closed-loop evaluation: episode -> task -> suite runners, JSONL logs, statistics, sweeps."""

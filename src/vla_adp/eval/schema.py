@@ -1,0 +1,74 @@
+"""Records of the JSONL run logs (DESIGN.md "Data that outlives a run").
+
+A log is one JSON object per line, each with a ``kind``:
+
+* ``run``: written once when a run (re)starts: ``config`` (everything that defines the run), its
+  ``config_hash``, versions, machine, time.
+* ``query``: one per policy query: where (suite, task, episode, query index, env step), what the gate
+  did (``gate_state`` 0/1, ``displacement``), what was kept (``kept_visual``, ``kept_per_view``,
+  ``kept_indices`` per camera), sequence lengths, FLOPs, stage timings, end-effector position.
+* ``episode``: one per finished episode: success, steps, queries, pruned queries, FLOPs, error text.
+
+Reports and plots are made from logs only, so logs from many machines merge by concatenation. A run
+resumes by skipping every (config_hash, suite, task_id, episode) that already has an ``episode`` line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class QueryRecord:
+    config_hash: str
+    suite: str
+    task_id: int
+    task: str
+    episode: int
+    query: int
+    step: int
+    pruner: str | None
+    pruned: bool
+    gate_state: int | None
+    displacement: float | None
+    kept_visual: int
+    n_visual: int
+    kept_per_view: list[int]
+    seq_len: int
+    seq_len_pruned: int
+    flops: float
+    timing_ms: dict[str, float]
+    eef_pos: list[float] | None = None
+    kept_indices: list[list[int]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = "query"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpisodeRecord:
+    config_hash: str
+    suite: str
+    task_id: int
+    task: str
+    episode: int
+    seed: int
+    success: bool
+    steps: int
+    queries: int
+    pruned_queries: int
+    flops_total: float
+    wall_s: float
+    error: str | None = None
+    video: str | None = None
+    kind: str = "episode"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.config_hash, self.suite, self.task_id, self.episode)
