@@ -27,6 +27,8 @@ class Platform:
         normalization: ``"bounds_q99"`` (q01/q99) or ``"bounds"`` (min/max).
         eef_pos: slice ``(start, stop)`` of the raw state holding the end-effector position,
             used by the action-aware gate; ``None`` where the state has none (ALOHA joints).
+        eef_rot: slice of the raw state holding the end-effector orientation as an axis-angle
+            vector (LIBERO: state[3:6]); ``None`` where the state has none.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Platform:
     proprio_dim: int
     normalization: str = "bounds_q99"
     eef_pos: tuple[int, int] | None = (0, 3)
+    eef_rot: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         for field in ("chunk", "action_dim", "proprio_dim"):
@@ -52,9 +55,9 @@ class Platform:
 
 
 PLATFORMS: dict[str, Platform] = {
-    "libero": Platform("libero", chunk=8, action_dim=7, proprio_dim=8),
+    "libero": Platform("libero", chunk=8, action_dim=7, proprio_dim=8, eef_rot=(3, 6)),
     "aloha": Platform("aloha", chunk=25, action_dim=14, proprio_dim=14, normalization="bounds", eef_pos=None),
-    "bridge": Platform("bridge", chunk=5, action_dim=7, proprio_dim=7),
+    "bridge": Platform("bridge", chunk=5, action_dim=7, proprio_dim=7, eef_rot=None),
     # Our Meta-World reference policy: 4-D actions (xyz delta + gripper), hand xyz + gripper state.
     "metaworld": Platform("metaworld", chunk=8, action_dim=4, proprio_dim=4),
 }

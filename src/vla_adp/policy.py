@@ -11,8 +11,9 @@ The LIBERO runner, the Meta-World runner and the policy server all go through th
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,15 @@ class PolicyConfig:
     Args:
         unnorm_key: dataset in ``dataset_statistics.json`` (``<suite>`` or ``<suite>_no_noops``);
             ``None`` takes the only one.
-        center_crop: 90 %-area center crop (True for every published LIBERO checkpoint).
+        center_crop: 90 %-area center crop (True for every published LIBERO checkpoint); ``None``
+            takes what the checkpoint's writer recorded, else True.
         action_slice: ``upstream`` (matches OFT training) or ``vla_adp`` (reference ADP's +1).
         decode: ``l1`` (action head) or ``discrete`` (lm_head bins).
         lenient_unnorm_key: also accept the reference ADP fallbacks for the key.
     """
 
     unnorm_key: str | None = None
-    center_crop: bool = True
+    center_crop: bool | None = None
     action_slice: str = "upstream"
     decode: str = "l1"
     lenient_unnorm_key: bool = False
@@ -52,6 +54,24 @@ class PolicyConfig:
             raise ValueError(f"action_slice must be 'upstream' or 'vla_adp', got {self.action_slice!r}")
         if self.decode not in ("l1", "discrete"):
             raise ValueError(f"decode must be 'l1' or 'discrete', got {self.decode!r}")
+
+
+@dataclass
+class Session:
+    """One episode's state: its pruner instance, query counter and recorded trajectory.
+
+    A local run uses the policy's own session; the policy server keeps one per robot/episode.
+    """
+
+    pruner: Pruner | None = None
+    query_index: int = 0
+    trajectory: list[np.ndarray] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.query_index = 0
+        self.trajectory = []
+        if self.pruner is not None:
+            self.pruner.reset()
 
 
 def camera_keys(obs: dict) -> list[str]:
@@ -64,8 +84,11 @@ class Policy:
         self.ckpt = checkpoint
         self.model = checkpoint.model
         self.config = config
-        self.pruner = pruner
+        self.pruner_template = pruner
+        self.session = Session(pruner)
         self.platform = checkpoint.platform
+        recorded = (checkpoint.config.get("vla_adp") or {}).get("center_crop", True)
+        self.center_crop = recorded if config.center_crop is None else config.center_crop
         self.tokenizer = PromptTokenizer(checkpoint.tokenizer_file)
         key = resolve_unnorm_key(checkpoint.norm_stats, config.unnorm_key, config.lenient_unnorm_key)
         self.unnorm_key = key
@@ -80,16 +103,21 @@ class Policy:
         return cls(ckpt, config, pruner)
 
     # -- episode state ---------------------------------------------------------------------
-    def reset(self) -> None:
-        """Start a new episode: query counter, recorded trajectory, and the pruner's state."""
-        self.query_index = 0
-        self.trajectory: list[np.ndarray] = []
-        if self.pruner is not None:
-            self.pruner.reset()
+    @property
+    def pruner(self) -> Pruner | None:
+        return self.session.pruner
 
-    def record_step(self, state: np.ndarray) -> None:
+    def new_session(self) -> Session:
+        """A fresh episode state with its own copy of the pruner (for serving several robots)."""
+        return Session(copy.deepcopy(self.pruner_template))
+
+    def reset(self, session: Session | None = None) -> None:
+        """Start a new episode: query counter, recorded trajectory, and the pruner's state."""
+        (session or self.session).reset()
+
+    def record_step(self, state: np.ndarray, session: Session | None = None) -> None:
         """Optionally report the raw state after every executed step (path-length gating)."""
-        self.trajectory.append(np.asarray(state, np.float64).copy())
+        (session or self.session).trajectory.append(np.asarray(state, np.float64).copy())
 
     # -- transforms ------------------------------------------------------------------------
     def images(self, obs: dict) -> list[np.ndarray]:
@@ -103,7 +131,7 @@ class Policy:
             img = T.check_image(np.asarray(obs[key]), key)
             if img.shape[:2] != (size, size):
                 img = T.resize_for_policy(img, size)
-            out.append(T.center_crop(img) if self.config.center_crop else img)
+            out.append(T.center_crop(img) if self.center_crop else img)
         return out
 
     def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -133,29 +161,41 @@ class Policy:
 
     # -- inference -------------------------------------------------------------------------
     @torch.inference_mode()
-    def infer(self, obs: dict) -> dict[str, Any]:
+    def infer(self, obs: dict, session: Session | None = None) -> dict[str, Any]:
         """One action chunk (chunk, action_dim), un-normalised, and what happened in ``info``."""
+        s = session or self.session
         t0 = time.perf_counter()
         timer = Stopwatch(self.model.device)
         with timer("transforms"):
             inputs, layout = self.inputs(obs)
-        state = np.asarray(obs["state"], np.float64) if "state" in obs else None
-        query = Query(self.query_index, layout, state, self.trajectory)
-        hooks = self.pruner.begin(query) if self.pruner is not None else frozenset()
-        out = self.model(inputs, self.pruner, hooks, self.config.action_slice, self.config.decode, timer)
+        query = self.query(s, layout, obs)
+        with timer("gate"):
+            hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
+        out = self.model(inputs, s.pruner, hooks, self.config.action_slice, self.config.decode, timer)
         norm = out.actions[0].float().cpu().numpy()
         actions = T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
-        info = self._info(layout, out, timer)
-        if self.pruner is not None:
+        info = self._info(s, layout, out)
+        if s.pruner is not None:
             with timer("gate"):
-                info.update(self.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
+                info.update(s.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
         info["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
-        self.query_index += 1
-        self.trajectory = []
+        s.query_index += 1
+        s.trajectory = []
         return {"actions": actions, "info": info}
 
-    def _info(self, layout: TokenLayout, out, timer) -> dict[str, Any]:
-        from vla_adp.cost.flops import query_flops
+    def query(self, s: Session, layout: TokenLayout, obs: dict) -> Query:
+        """What the pruner may know: end-effector pose now and the path since the last query."""
+        pos_slice, rot_slice = self.platform.eef_pos, self.platform.eef_rot
+        state = np.asarray(obs["state"], np.float64) if "state" in obs else None
+        if state is None or pos_slice is None:
+            return Query(s.query_index, layout)
+        pos = state[slice(*pos_slice)]
+        rot = state[slice(*rot_slice)] if rot_slice else None
+        path = [t[slice(*pos_slice)] for t in s.trajectory]
+        return Query(s.query_index, layout, pos, rot, path)
+
+    def _info(self, s: Session, layout: TokenLayout, out) -> dict[str, Any]:
+        from vla_adp.cost.flops import llm_flops
 
         kept = [layout.n_visual] if not out.keeps else [k.k for k in out.keeps]
         views = out.layout.views
@@ -165,8 +205,8 @@ class Policy:
             bounds = np.cumsum((0, *views))
             keep_idx = [last[bounds[c]:bounds[c + 1]].tolist() for c in range(len(views))]
         return {
-            "query": self.query_index,
-            "pruner": getattr(self.pruner, "name", None),
+            "query": s.query_index,
+            "pruner": getattr(s.pruner, "name", None),
             "pruned": bool(out.keeps),
             "seq_len": layout.length,
             "seq_len_pruned": out.layout.length,
@@ -174,8 +214,5 @@ class Policy:
             "kept_visual": kept[-1],
             "kept_per_view": list(views),
             "kept_indices": keep_idx,
-            "flops": query_flops(self.model.args.llm, layout, out.layout, self._cut_layer()),
+            "flops": llm_flops(self.model.args.llm, out.seq_lens),
         }
-
-    def _cut_layer(self) -> int:
-        return int(getattr(self.pruner, "prune_layer", 0) or 0) if self.pruner is not None else 0

@@ -28,10 +28,3 @@ def llm_flops(args: LlamaArgs, seq_lens: list[int], convention: str = "paper") -
     if len(seq_lens) != args.n_layers:
         raise ValueError(f"need one sequence length per layer ({args.n_layers}), got {len(seq_lens)}")
     return sum(layer_flops(s, args.dim, args.ffn_dim, convention) for s in seq_lens)
-
-
-def query_flops(args: LlamaArgs, full: TokenLayout, pruned: TokenLayout, cut_layer: int = 0,
-                convention: str = "paper") -> float:
-    """One query: layers before ``cut_layer`` at the full length, the rest at the pruned length."""
-    lens = [full.length] * cut_layer + [pruned.length] * (args.n_layers - cut_layer)
-    return llm_flops(args, lens, convention)

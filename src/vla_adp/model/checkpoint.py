@@ -371,7 +371,7 @@ def _materialise_buffers(model: torch.nn.Module, device) -> None:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def published_config(args: OFTArgs, platform: Platform | None = None) -> dict:
+def published_config(args: OFTArgs, platform: Platform | None = None, center_crop: bool | None = None) -> dict:
     llm = args.llm
     fused = len(args.towers) > 1
     cfg = {
@@ -402,11 +402,17 @@ def published_config(args: OFTArgs, platform: Platform | None = None) -> dict:
         },
     }
     cfg["num_images_in_input"] = args.n_images
-    if platform is not None:
-        # Not in the published configs; our own writers record the platform so that loading needs no flag.
-        cfg["vla_adp_platform"] = {"name": platform.name, "chunk": platform.chunk, "action_dim": platform.action_dim,
-                                   "proprio_dim": platform.proprio_dim, "normalization": platform.normalization,
-                                   "eef_pos": list(platform.eef_pos) if platform.eef_pos else None}
+    if platform is not None or center_crop is not None:
+        # Not in the published configs: our own writers record what loading would otherwise need as flags.
+        ours: dict[str, Any] = {}
+        if platform is not None:
+            ours["platform"] = {"name": platform.name, "chunk": platform.chunk, "action_dim": platform.action_dim,
+                                "proprio_dim": platform.proprio_dim, "normalization": platform.normalization,
+                                "eef_pos": list(platform.eef_pos) if platform.eef_pos else None,
+                                "eef_rot": list(platform.eef_rot) if platform.eef_rot else None}
+        if center_crop is not None:
+            ours["center_crop"] = bool(center_crop)
+        cfg["vla_adp"] = ours
     return cfg
 
 
@@ -414,15 +420,16 @@ def platform_of(config: dict, platform: str | Platform | None) -> Platform:
     """An explicit platform wins; else the one our writers record; else LIBERO (the published checkpoints)."""
     if platform is not None:
         return get_platform(platform)
-    rec = config.get("vla_adp_platform")
+    rec = (config.get("vla_adp") or {}).get("platform")
     if not rec:
         return get_platform("libero")
     try:
         eef = tuple(rec["eef_pos"]) if rec.get("eef_pos") else None
+        rot = tuple(rec["eef_rot"]) if rec.get("eef_rot") else None
         return Platform(rec["name"], int(rec["chunk"]), int(rec["action_dim"]), int(rec["proprio_dim"]),
-                        rec.get("normalization", "bounds_q99"), eef)
+                        rec.get("normalization", "bounds_q99"), eef, rot)
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"config.json vla_adp_platform is malformed ({e}): {rec!r}") from None
+        raise CheckpointError(f"config.json vla_adp.platform is malformed ({e}): {rec!r}") from None
 
 
 def preprocessor_config(args: OFTArgs) -> dict:
@@ -446,6 +453,7 @@ def save_checkpoint(
     max_shard_bytes: int = 5 * 2**30,
     dtype: torch.dtype = torch.bfloat16,
     platform: Platform | None = None,
+    center_crop: bool | None = None,
 ) -> Path:
     """Write ``model`` as a published-layout folder (side ``.pt`` keys get a ``module.`` prefix)."""
     folder = Path(folder)
@@ -458,7 +466,7 @@ def save_checkpoint(
         if module is not None:
             sd = {f"module.{k}": v.detach().to(dtype).cpu() for k, v in module.state_dict().items()}
             torch.save(sd, folder / f"{name}--{step}_checkpoint.pt")
-    (folder / "config.json").write_text(json.dumps(published_config(model.args, platform), indent=2))
+    (folder / "config.json").write_text(json.dumps(published_config(model.args, platform, center_crop), indent=2))
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(model.args), indent=2))
     (folder / "dataset_statistics.json").write_text(json.dumps(norm_stats, indent=2))
     (folder / "tokenizer.model").write_bytes(Path(tokenizer_file).read_bytes())

@@ -59,6 +59,8 @@ class Attention(nn.Module):
     def __init__(self, args: LlamaArgs):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        # "eager" spells out softmax(qkᵀ/√d)·v: FLOP counters see it (they miss CPU SDPA kernels).
+        self.impl = "sdpa"
         self.q_proj = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.k_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.v_proj = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
@@ -78,7 +80,13 @@ class Attention(nn.Module):
         v = self._heads(self.v_proj(x), self.n_kv_heads)
         k, v = self._expand_kv(k), self._expand_kv(v)
         # Bidirectional: no causal mask. `mask` only hides right-padding keys in batched training.
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
+        if self.impl == "eager":
+            logits = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            if mask is not None:
+                logits = logits.masked_fill(~mask, float("-inf"))
+            out = logits.softmax(dim=-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False)
         b, _, s, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
@@ -128,6 +136,13 @@ class LlamaDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.rms_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)  # discrete-bin path only
+
+    def set_attention(self, impl: str) -> None:
+        """``sdpa`` (default) or ``eager`` (for FLOP counting) in every layer."""
+        if impl not in ("sdpa", "eager"):
+            raise ValueError(f"attention implementation must be 'sdpa' or 'eager', got {impl!r}")
+        for layer in self.layers:
+            layer.self_attn.impl = impl
 
     def rope(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         return rope_cos_sin(position_ids, self.args.head_dim, self.args.rope_theta, dtype)

@@ -64,6 +64,7 @@ class OFTOutput:
     hidden: Tensor  # (B, n_action, D) the hidden states the head read
     layout: TokenLayout  # final (possibly pruned) layout
     keeps: list[Keep] = field(default_factory=list)
+    seq_lens: list[int] = field(default_factory=list)  # tokens each decoder layer ran on (FLOPs)
 
 
 class OpenVLAOFT(nn.Module):
@@ -135,16 +136,17 @@ class OpenVLAOFT(nn.Module):
             decode: ``l1`` (action head) or ``discrete`` (lm_head argmax → bin centres).
         """
         emb = self.embed(inputs, timer)
-        hidden, keeps, layout = self._decode_layers(emb, pruner, hooks, timer)
+        hidden, keeps, layout, seq_lens = self._decode_layers(emb, pruner, hooks, timer)
         with timer("head"):
             hidden = hidden[:, layout.action_hidden(action_slice)]
             actions = self._actions(hidden, decode)
-        return OFTOutput(actions, hidden, layout, keeps)
+        return OFTOutput(actions, hidden, layout, keeps, seq_lens)
 
     def _decode_layers(self, emb: Embedded, pruner, hooks, timer):
         llm, n = self.language_model, self.args.llm.n_layers
         x, pos, layout, mask = emb.hidden, emb.position_ids, emb.layout, emb.key_mask
         keeps: list[Keep] = []
+        seq_lens = [layout.length] * n
         start = 0
         for i in sorted(h for h in hooks if 0 <= h < n):
             with timer("llm"):
@@ -157,9 +159,10 @@ class OpenVLAOFT(nn.Module):
                         raise ValueError("pruning a right-padded training batch is not supported")
                     x, pos, layout = apply_keep(x, pos, layout, keep, getattr(pruner, "positions", "contiguous"))
                     keeps.append(keep)
+                    seq_lens[i:] = [layout.length] * (n - i)
         with timer("llm"):
             x = llm.norm(llm.run_layers(x, pos, start, n, mask))
-        return x, keeps, layout
+        return x, keeps, layout, seq_lens
 
     def _actions(self, hidden: Tensor, decode: str) -> Tensor:
         b = hidden.shape[0]

@@ -26,16 +26,18 @@ class Query:
 
     Args:
         index: query number within the episode (0 = first).
-        state: raw (un-normalised) proprio state at query time, if the platform has one.
-        trajectory: raw states recorded after every executed step since the previous query
-            (optional; only the path-length displacement needs them).
         layout: the unpruned token layout.
+        eef_pos: end-effector position (3,) at query time, from the raw state (platform.eef_pos).
+        eef_rotvec: end-effector orientation as an axis-angle vector (3,), where the state has one.
+        eef_path: end-effector positions recorded after every executed step since the previous
+            query (optional; only the path-length displacement needs them).
     """
 
     index: int
     layout: TokenLayout
-    state: np.ndarray | None = None
-    trajectory: list[np.ndarray] = field(default_factory=list)
+    eef_pos: np.ndarray | None = None
+    eef_rotvec: np.ndarray | None = None
+    eef_path: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
