@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
+    "collect": ("collect", "collect scripted-expert demonstrations (Meta-World) into a dataset folder"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
 }
 
