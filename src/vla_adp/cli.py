@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
+    "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
 }
 
 
