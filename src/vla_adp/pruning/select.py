@@ -51,13 +51,16 @@ def view_quotas(k: int, views: tuple[int, ...], weights: tuple[float, ...] | Non
 
     quota_c = max(1, round(k·α_c)); the rounding remainder is fixed one token at a time, round-robin
     over views in descending weight, never below 1 (reference); overflow beyond a view's size moves on.
+    With fewer tokens than views the reference would keep one per view (more than k); here views
+    may get 0 so that exactly k are kept.
     """
     if not 1 <= k <= sum(views):
         raise ValueError(f"cannot keep {k} of {sum(views)} visual tokens")
     w = view_weights(weights, len(views))
-    quota = [max(1, round(k * x)) for x in w]
+    least = 1 if k >= len(views) else 0  # "never below 1" unless k is smaller than the view count
+    quota = [max(least, round(k * x)) for x in w]
     order = sorted(range(len(views)), key=lambda c: -w[c])
-    _fix_remainder(quota, k, order, floor=[1] * len(views), cap=[10**9] * len(views))
+    _fix_remainder(quota, k, order, floor=[least] * len(views), cap=[10**9] * len(views))
     if any(q > v for q, v in zip(quota, views)):  # reference would drop the excess; we redistribute
         quota = [min(q, v) for q, v in zip(quota, views)]
         _fix_remainder(quota, k, order, floor=[0] * len(views), cap=list(views))
