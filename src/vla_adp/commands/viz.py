@@ -31,7 +31,8 @@ def _log_arg(p) -> None:
 
 
 def _select_args(p) -> None:
-    p.add_argument("--config", default=None, help="config hash prefix or label (e.g. 'adp ρ=0.5')")
+    p.add_argument("--config", default=None,
+                   help="method: method/config hash prefix or label (e.g. 'adp ρ=0.5', 'unpruned')")
     p.add_argument("--suite", default=None)
     p.add_argument("--task-id", type=int, default=None)
     p.add_argument("--episode", type=int, default=None)
@@ -82,10 +83,11 @@ def _pipeline(args, frame: np.ndarray) -> ImagePipeline:
                          raw_size=tuple(frame.shape[:2]), rotate_180=args.rotate_180)
 
 
-def _config_hash(log, args) -> str | None:
-    from vla_adp.viz.summary import resolve_config
+def _configs(log, args) -> set[str] | None:
+    """Config hashes of the method ``--config`` names (``None`` = all)."""
+    from vla_adp.viz.summary import methods, resolve_method
 
-    return resolve_config(log, args.config) if args.config else None
+    return methods(log)[resolve_method(log, args.config)] if args.config else None
 
 
 # -- overlay -----------------------------------------------------------------------------------
@@ -96,11 +98,20 @@ def _overlay_args(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--frame", nargs="+", help="PNG/JPEG frame per camera, in the policy's camera order")
     src.add_argument("--obs", help=".npz/.pkl observation (full_image, wrist_image...)")
+    src.add_argument("--frames", help="episode frames .npz (as for `viz video`; EpisodeRecorder(frames_path=...)): "
+                                      "the frame at the query's step is used")
     p.add_argument("--out", required=True, help="output PNG")
     _pipeline_args(p)
 
 
-def read_frames(args) -> list[np.ndarray]:
+def read_frames(args, step: int) -> list[np.ndarray]:
+    """The cameras' frames for a query at env ``step`` from --frame, --obs or --frames."""
+    if args.frames:
+        frames, steps = read_episode_frames(args.frames)
+        steps = steps if steps is not None else list(range(len(next(iter(frames.values())))))
+        if step not in steps:
+            raise ValueError(f"{args.frames} has no frame at step {step} (steps {steps[0]}..{steps[-1]})")
+        return [a[steps.index(step)] for a in frames.values()]
     if args.frame:
         from PIL import Image
 
@@ -130,9 +141,9 @@ def run_overlay(args) -> int:
     from vla_adp.viz.video import compose_frame
 
     log = read_logs(args.log)
-    q = _one(select_queries(log, config_hash=_config_hash(log, args), suite=args.suite, task_id=args.task_id,
+    q = _one(select_queries(log, _configs(log, args), suite=args.suite, task_id=args.task_id,
                             episode=args.episode, query=args.query), "queries", args)
-    frames = read_frames(args)
+    frames = read_frames(args, q.step)
     if q.kept_indices is not None and len(q.kept_indices) != len(frames):
         raise ValueError(f"the query kept tokens of {len(q.kept_indices)} cameras; {len(frames)} frames given")
     image = compose_frame(frames, q.to_dict(), [_pipeline(args, f) for f in frames], _overlay_config(args), q.step)
@@ -169,13 +180,11 @@ def read_episode_frames(path: str) -> tuple[dict[str, np.ndarray], list[int] | N
 
 
 def run_video(args) -> int:
-    from vla_adp.viz.logs import read_logs
+    from vla_adp.viz.logs import episode_keys, read_logs
     from vla_adp.viz.video import write_episode_video
 
     log = read_logs(args.log)
-    h = _config_hash(log, args)
-    keys = [k for k in log.queries if (h is None or k[0] == h) and (args.suite is None or k[1] == args.suite)
-            and (args.task_id is None or k[2] == args.task_id) and (args.episode is None or k[3] == args.episode)]
+    keys = episode_keys(log, _configs(log, args), suite=args.suite, task_id=args.task_id, episode=args.episode)
     key = _one(keys, "episodes", args)
     frames, steps = read_episode_frames(args.frames)
     pipelines = [_pipeline(args, a[0]) for a in frames.values()]
@@ -188,16 +197,21 @@ def run_video(args) -> int:
 def _timeline_args(p) -> None:
     _log_arg(p)
     _select_args(p)
-    p.add_argument("--out", required=True, help="output folder (one PNG per episode)")
+    p.add_argument("--out", required=True, help="output folder (one PNG per episode), or a .png file when the "
+                                                "filters select exactly one episode")
 
 
 def run_timeline(args) -> int:
-    from vla_adp.viz.logs import read_logs
-    from vla_adp.viz.timeline import timelines
+    from vla_adp.viz.logs import episode_keys, read_logs
+    from vla_adp.viz.timeline import episode_timeline, plot_timeline, timelines
 
     log = read_logs(args.log)
-    paths = timelines(log, args.out, config_hash=_config_hash(log, args), suite=args.suite, task_id=args.task_id,
-                      episode=args.episode)
+    select = dict(suite=args.suite, task_id=args.task_id, episode=args.episode)
+    if args.out.lower().endswith(".png"):
+        key = _one(episode_keys(log, _configs(log, args), **select), "episodes", args)
+        paths = [plot_timeline(episode_timeline(log.queries[key], log.episodes.get(key)), args.out)]
+    else:
+        paths = timelines(log, args.out, _configs(log, args), **select)
     if not paths:
         raise ValueError("no episode with query records matches the filters")
     for path in paths:
@@ -214,11 +228,11 @@ def _tradeoff_args(p) -> None:
 
 def run_tradeoff(args) -> int:
     from vla_adp.viz.logs import read_logs
-    from vla_adp.viz.summary import resolve_config
+    from vla_adp.viz.summary import resolve_method
     from vla_adp.viz.tradeoff import plot_tradeoff, tradeoff_points, write_points
 
     log = read_logs(args.log)
-    base = resolve_config(log, args.baseline) if args.baseline else None
+    base = resolve_method(log, args.baseline) if args.baseline else None
     points = tradeoff_points(log, base)
     out = plot_tradeoff(points, args.out)
     write_points(points, out.with_suffix(".json"))
@@ -243,13 +257,13 @@ def _tables_args(p) -> None:
 def run_tables(args) -> int:
     from vla_adp.viz import tables as T
     from vla_adp.viz.logs import read_logs
-    from vla_adp.viz.summary import resolve_config, traits
+    from vla_adp.viz.summary import resolve_method, traits
 
     log = read_logs(args.log)
     if args.kind == "tasks":
         if not (args.a and args.b):
             raise ValueError("`tables tasks` needs --a and --b (config hash prefixes or labels)")
-        a, b = resolve_config(log, args.a), resolve_config(log, args.b)
+        a, b = resolve_method(log, args.a), resolve_method(log, args.b)
         names = traits(log, a).label, traits(log, b).label
         rows = T.task_rows(log, a, b, args.suite)
         md, csv_text = T.task_table_markdown(rows, *names), T.task_table_csv(rows, *names)

@@ -119,18 +119,23 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def select_queries(log: RunLog, **match: Any) -> list[QueryRecord]:
-    """Query records whose fields equal every given value (``config_hash`` matches by prefix)."""
+def episode_keys(log: RunLog, configs: set[str] | None = None, **match: Any) -> list[EpisodeKey]:
+    """Episodes with query records, in ``configs`` (config hashes; ``None`` = all) and with the given
+    ``suite`` / ``task_id`` / ``episode`` (``None`` matches all)."""
+    names = ("suite", "task_id", "episode")
+    unknown = sorted(set(match) - set(names))
+    if unknown:
+        raise ValueError(f"cannot select episodes by {unknown}; use {names}")
     out = []
-    for key, records in log.queries.items():
-        for q in records:
-            if all(_matches(q, k, v) for k, v in match.items() if v is not None):
-                out.append(q)
+    for key in sorted(log.queries):
+        fields = dict(zip(names, key[1:]))
+        if (configs is None or key[0] in configs) and all(v is None or fields[n] == v for n, v in match.items()):
+            out.append(key)
     return out
 
 
-def _matches(record, name: str, value) -> bool:
-    have = getattr(record, name)
-    if name == "config_hash":
-        return str(have).startswith(str(value))
-    return have == value
+def select_queries(log: RunLog, configs: set[str] | None = None, query: int | None = None,
+                   **match: Any) -> list[QueryRecord]:
+    """Query records of :func:`episode_keys` (same filters), optionally only query number ``query``."""
+    return [q for key in episode_keys(log, configs, **match) for q in log.queries[key]
+            if query is None or q.query == query]

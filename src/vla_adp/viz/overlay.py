@@ -38,12 +38,15 @@ class OverlayConfig:
         alpha: opacity of the tint, 0 (invisible) .. 255 (opaque).
         fps: frames per second of episode videos.
         outline: also draw the patch grid (1 px, darkened) to show the token boundaries.
+        unseen_dim: darken pixels the center crop discarded by this share (0 = leave them as they
+            are), so that they do not read as kept.
     """
 
     color: tuple[int, int, int] = (0, 0, 255)
     alpha: int = 120
     fps: int = 10
     outline: bool = False
+    unseen_dim: float = 0.5
 
     def __post_init__(self) -> None:
         color = tuple(self.color) if isinstance(self.color, (list, tuple)) else self.color
@@ -54,12 +57,14 @@ class OverlayConfig:
             raise ValueError(f"OverlayConfig.alpha must be an int in 0..255, got {self.alpha!r}")
         if not (_is_int(self.fps) and self.fps >= 1):
             raise ValueError(f"OverlayConfig.fps must be an int >= 1, got {self.fps!r}")
+        if not (isinstance(self.unseen_dim, (int, float)) and 0.0 <= self.unseen_dim <= 1.0):
+            raise ValueError(f"OverlayConfig.unseen_dim must be in [0, 1], got {self.unseen_dim!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OverlayConfig":
         """Our field names or the reference's (``overlay_pruned_color``, ``overlay_pruned_alpha``,
         ``video_fps``); other keys of a shared config file are ignored."""
-        ours = {"color", "alpha", "fps", "outline"}
+        ours = {"color", "alpha", "fps", "outline", "unseen_dim"}
         fields = {k: v for k, v in data.items() if k in ours}
         fields.update({REFERENCE_NAMES[k]: v for k, v in data.items() if k in REFERENCE_NAMES})
         return cls(**fields)
@@ -230,7 +235,8 @@ def local_indices(per_camera: Sequence[Sequence[int]], n_per_view: int | Sequenc
 # -- drawing ---------------------------------------------------------------------------------
 def draw_overlay(frame: np.ndarray, kept: Sequence[int] | None, pipeline: ImagePipeline,
                  config: OverlayConfig = OverlayConfig()) -> np.ndarray:
-    """The frame with pruned patches tinted: out = (1 − α)·pixel + α·colour, α = alpha / 255.
+    """The frame with pruned patches tinted: out = (1 − α)·pixel + α·colour, α = alpha / 255; pixels
+    outside the crop (never seen by the model) darkened by ``config.unseen_dim``; kept ones unchanged.
 
     Args:
         frame: (H, W, 3) uint8 raw frame, as the robot saw it.
@@ -241,10 +247,11 @@ def draw_overlay(frame: np.ndarray, kept: Sequence[int] | None, pipeline: ImageP
         raise ValueError(f"frame must be a uint8 (H, W, 3) array, got {getattr(frame, 'dtype', type(frame))} "
                          f"{getattr(frame, 'shape', None)}")
     p = pipeline.for_frame(frame)
-    pruned = kept_mask(p, kept) == 0
+    mask = kept_mask(p, kept)
     out = frame.astype(np.float32)
     a = config.alpha / 255.0
-    out[pruned] = (1 - a) * out[pruned] + a * np.asarray(config.color, np.float32)
+    out[mask == 0] = (1 - a) * out[mask == 0] + a * np.asarray(config.color, np.float32)
+    out[mask < 0] *= 1.0 - config.unseen_dim
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     if config.outline:
         _outline(out, p)

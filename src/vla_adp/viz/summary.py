@@ -1,13 +1,19 @@
-"""What a run configuration was and how well it did, from logs only (inputs of plots and tables).
+"""What a method was and how well it did, from logs only (inputs of the plots and tables).
 
-* Traits of a configuration (pruner, keep ratio ρ, selection) come from its ``run`` record's
-  ``config`` when present (our names or the reference's ``qk_keep_ratio``), else from its query
-  records (pruner name; ρ as the kept share of visual tokens in pruned queries).
+* A *method* is what one legend entry or table column stands for. The evaluation runner hashes
+  every run config (suite and checkpoint included) into ``config_hash`` and the suite-independent
+  part into ``method_hash`` (its ``run`` record); configs that share a method hash are one method.
+  Without a run record a config hash is its own method.
+* Traits of a method (pruner, keep ratio ρ, selection) come from the run record's ``config`` when
+  present (nested anywhere: ``{"method": {"pruner": {"name": "adp", "config": {"keep_ratio": ...}}}}``,
+  or the reference's ``qk_keep_ratio``), else from its query records (pruner name; ρ as the kept
+  share of visual tokens in pruned queries).
 * Success rates carry a Wilson score interval (Wilson 1927), which stays inside [0, 1] and is
   sensible at 0 % and 100 %, unlike the normal approximation.
-* Expected FLOPs are the mean LLM FLOPs per query over all queries, pruned or not: the paper's
-  "Expected FLOPs" (Tables 5–9, γ·F_pruned + (1−γ)·F_full with γ the pruned share) measured
-  instead of assumed. Speedup = expected FLOPs of the unpruned baseline / expected FLOPs.
+* Expected FLOPs are the mean FLOPs per query over all queries, pruned or not: the paper's "Expected
+  FLOPs" (Tables 5–9, γ·F_pruned + (1−γ)·F_full with γ the pruned share), measured. Speedup =
+  mean unpruned FLOPs of the same queries (``flops_full``, where the log has it) or of the unpruned
+  baseline method / expected FLOPs.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from vla_adp.eval.schema import QueryRecord
 from vla_adp.viz.logs import RunLog
 
 KEEP_KEYS = ("keep_ratio", "qk_keep_ratio", "keep")
-PRUNER_KEYS = ("pruner", "pruner_name", "method")
 SELECTION_KEYS = ("selection",)
 Z95 = statistics.NormalDist().inv_cdf(0.975)  # 1.95996...
 
@@ -42,10 +48,61 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
 
 
 @dataclass(frozen=True)
-class Traits:
-    """What distinguishes one configuration in a plot legend or a table column."""
+class Rate:
+    """Successes of n episodes with a 95 % Wilson interval."""
 
-    config_hash: str
+    successes: int
+    n: int
+
+    @property
+    def value(self) -> float:
+        return self.successes / self.n if self.n else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.n)
+
+
+# -- methods -----------------------------------------------------------------------------------
+def methods(log: RunLog) -> dict[str, set[str]]:
+    """Method id (``method_hash``, else the config hash) -> its config hashes."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for h in log.config_hashes:
+        out[str(log.runs.get(h, {}).get("method_hash") or h)].add(h)
+    return dict(out)
+
+
+def _items(data: Any):
+    """(key, value) pairs of nested dicts, breadth-first (shallow settings win over deep ones)."""
+    level = [data]
+    while level:
+        nxt = []
+        for d in level:
+            if isinstance(d, dict):
+                yield from d.items()
+                nxt.extend(v for v in d.values() if isinstance(v, dict))
+        level = nxt
+
+
+def _find(data: Any, keys: tuple[str, ...]) -> Any:
+    return next((v for k, v in _items(data) if k in keys and not isinstance(v, dict)), None)
+
+
+def _pruner_name(config: dict) -> str | None:
+    """``"pruner": "adp"`` or ``"pruner": {"name": "adp", ...}`` anywhere in the config."""
+    for k, v in _items(config):
+        if k == "pruner" and isinstance(v, dict):
+            v = v.get("name")
+        if k == "pruner" and isinstance(v, str):
+            return v
+    return None
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What distinguishes one method in a plot legend or a table column."""
+
+    method: str
     pruner: str | None
     keep_ratio: float | None
     selection: str | None
@@ -62,68 +119,44 @@ class Traits:
         return " ".join(parts)
 
 
-def _find(data: Any, keys: tuple[str, ...]) -> Any:
-    """First value under any of ``keys`` in nested dicts (breadth-first)."""
-    level = [data]
-    while level:
-        nxt = []
-        for d in level:
-            if isinstance(d, dict):
-                for k in keys:
-                    if k in d and not isinstance(d[k], dict):
-                        return d[k]
-                nxt.extend(v for v in d.values() if isinstance(v, dict))
-        level = nxt
-    return None
-
-
-def traits(log: RunLog, config_hash: str) -> Traits:
-    config = log.runs.get(config_hash, {}).get("config", {})
-    queries = [q for k, qs in log.queries.items() if k[0] == config_hash for q in qs]
-    pruner = _find(config, PRUNER_KEYS) if config else None
-    if pruner is None:
-        pruner = next((q.pruner for q in queries if q.pruner), None)
-    keep = _find(config, KEEP_KEYS) if config else None
+def traits(log: RunLog, method: str) -> Traits:
+    members = methods(log).get(method, {method})
+    config = next((log.runs[h].get("config") or {} for h in sorted(members) if h in log.runs), {})
+    queries = method_queries(log, method)
+    pruner = _pruner_name(config) or next((q.pruner for q in queries if q.pruner), None)
+    keep = _find(config, KEEP_KEYS)
     if keep is None:
         shares = [q.kept_visual / q.n_visual for q in queries if q.pruned and q.n_visual]
         keep = round(float(np.mean(shares)), 2) if shares else None
-    selection = _find(config, SELECTION_KEYS) if config else None
-    return Traits(config_hash, pruner, None if pruner is None or keep is None else float(keep), selection)
+    selection = _find(config, SELECTION_KEYS)
+    return Traits(method, pruner, None if pruner is None or keep is None else float(keep), selection)
 
 
-def resolve_config(log: RunLog, name: str) -> str:
-    """A config hash from a hash prefix or a label (``"adp ρ=0.5"``, ``"unpruned"``)."""
-    hashes = log.config_hashes
-    hits = [h for h in hashes if h.startswith(name)] or [h for h in hashes if traits(log, h).label == name]
+def resolve_method(log: RunLog, name: str) -> str:
+    """A method id from a method-hash or config-hash prefix or a label (``"adp ρ=0.5"``, ``"unpruned"``)."""
+    ms = methods(log)
+    hits = {m for m, hs in ms.items() if m.startswith(name) or any(h.startswith(name) for h in hs)}
+    hits = hits or {m for m in ms if traits(log, m).label == name}
     if len(hits) != 1:
-        known = ", ".join(f"{h[:10]} ({traits(log, h).label})" for h in hashes)
+        known = ", ".join(f"{m[:10]} ({traits(log, m).label})" for m in sorted(ms))
         what = "matches no" if not hits else f"matches {len(hits)}"
-        raise ValueError(f"config {name!r} {what} configuration in the logs; known: {known}")
-    return hits[0]
+        raise ValueError(f"config {name!r} {what} method in the logs; known: {known}")
+    return hits.pop()
 
 
-@dataclass(frozen=True)
-class Rate:
-    """Successes of n episodes with a 95 % Wilson interval."""
-
-    successes: int
-    n: int
-
-    @property
-    def value(self) -> float:
-        return self.successes / self.n if self.n else math.nan
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.successes, self.n)
+# -- numbers -----------------------------------------------------------------------------------
+def method_queries(log: RunLog, method: str) -> list[QueryRecord]:
+    members = methods(log).get(method, {method})
+    return [q for k, qs in log.queries.items() if k[0] in members for q in qs]
 
 
-def success_rates(log: RunLog, config_hash: str, by: str | tuple[str, ...] | None = None) -> dict[Any, Rate]:
+def success_rates(log: RunLog, method: str, by: str | tuple[str, ...] | None = None) -> dict[Any, Rate]:
     """Success per value of episode field(s) ``by`` (``"suite"``, ``("suite", "task_id")``;
     ``None`` = one rate over all episodes, under the key ``None``)."""
+    members = methods(log).get(method, {method})
     counts: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
     for key, e in log.episodes.items():
-        if key[0] != config_hash:
+        if key[0] not in members:
             continue
         group = None if by is None else getattr(e, by) if isinstance(by, str) else tuple(getattr(e, b) for b in by)
         c = counts[group]
@@ -132,19 +165,25 @@ def success_rates(log: RunLog, config_hash: str, by: str | tuple[str, ...] | Non
     return {k: Rate(s, n) for k, (s, n) in counts.items()}
 
 
-def expected_flops(log: RunLog, config_hash: str) -> float:
-    """Mean LLM FLOPs per query of a configuration (nan without query records)."""
-    flops = [q.flops for k, qs in log.queries.items() if k[0] == config_hash for q in qs]
+def expected_flops(log: RunLog, method: str) -> float:
+    """Mean FLOPs per query of a method (nan without query records)."""
+    flops = [q.flops for q in method_queries(log, method)]
     return float(np.mean(flops)) if flops else math.nan
 
 
-def pruned_share(log: RunLog, config_hash: str) -> float:
+def full_flops(log: RunLog, method: str) -> float:
+    """Mean unpruned FLOPs of the same queries (``flops_full``); nan unless every query has it."""
+    full = [getattr(q, "flops_full", None) for q in method_queries(log, method)]
+    return float(np.mean(full)) if full and all(f is not None for f in full) else math.nan
+
+
+def pruned_share(log: RunLog, method: str) -> float:
     """γ: share of queries that ran pruned."""
-    flags = [q.pruned for k, qs in log.queries.items() if k[0] == config_hash for q in qs]
+    flags = [q.pruned for q in method_queries(log, method)]
     return float(np.mean(flags)) if flags else math.nan
 
 
-def baseline_hash(log: RunLog) -> str | None:
-    """The one configuration without a pruner, if the logs hold exactly one."""
-    plain = [h for h in log.config_hashes if traits(log, h).pruner is None]
+def baseline_method(log: RunLog) -> str | None:
+    """The one method without a pruner, if the logs hold exactly one."""
+    plain = [m for m in methods(log) if traits(log, m).pruner is None]
     return plain[0] if len(plain) == 1 else None

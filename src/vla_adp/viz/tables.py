@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from vla_adp.viz.logs import RunLog
-from vla_adp.viz.summary import Rate, success_rates, traits
+from vla_adp.viz.summary import Rate, methods, success_rates, traits
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,10 @@ def _pct(x: float, signed: bool = False) -> str:
 
 
 def task_rows(log: RunLog, a: str, b: str, suite: str | None = None) -> list[TaskRow]:
-    """Per-task rows for configs ``a`` and ``b`` (hashes), over tasks either of them ran."""
-    names = {(e.suite, e.task_id): e.task for k, e in log.episodes.items() if k[0] in (a, b)}
+    """Per-task rows for methods ``a`` and ``b`` (ids), over tasks either of them ran."""
+    ms = methods(log)
+    members = ms.get(a, {a}) | ms.get(b, {b})
+    names = {(e.suite, e.task_id): e.task for k, e in log.episodes.items() if k[0] in members}
     ra = success_rates(log, a, by=("suite", "task_id"))
     rb = success_rates(log, b, by=("suite", "task_id"))
     rows = []
@@ -91,9 +93,9 @@ class InversionCell:
 
 
 def inversion_cells(log: RunLog) -> dict[tuple[str, float], InversionCell]:
-    """(suite, keep ratio) -> direct/inverse success, from configs whose selection is known."""
+    """(suite, keep ratio) -> direct/inverse success, from methods whose selection is known."""
     by_mode: dict[tuple[str, float, str], Rate] = {}
-    for h in log.config_hashes:
+    for h in sorted(methods(log)):
         t = traits(log, h)
         if t.pruner is None:
             continue
@@ -106,7 +108,7 @@ def inversion_cells(log: RunLog) -> dict[tuple[str, float], InversionCell]:
         if mode == "top" and (suite, ratio, "inverse") in by_mode:
             cells[(suite, ratio)] = InversionCell(by_mode[(suite, ratio, "top")], by_mode[(suite, ratio, "inverse")])
     if not cells:
-        raise ValueError("no keep ratio has both a 'top' and an 'inverse' configuration with known selection "
+        raise ValueError("no suite and keep ratio have both a 'top' and an 'inverse' method with known selection "
                          "(the run record's config needs 'selection' and a keep ratio)")
     return cells
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
-from vla_adp.viz.logs import EpisodeKey, RunLog
+from vla_adp.viz.logs import EpisodeKey, RunLog, episode_keys
 
 THRESHOLD_KEYS = ("gate_upper", "gate_lower", "gate_mean")
 
@@ -133,23 +133,11 @@ def _plot_kept(ax, tl: Timeline) -> None:
     ax.legend(fontsize=7, loc="lower right")
 
 
-def timelines(log: RunLog, out_dir: str | Path, **match: Any) -> list[Path]:
-    """One PNG per episode of the logs, filtered by key fields (``config_hash`` prefix, ``suite``,
-    ``task_id``, ``episode``; ``None`` matches all)."""
-    names = ("config_hash", "suite", "task_id", "episode")
-    unknown = sorted(set(match) - set(names))
-    if unknown:
-        raise ValueError(f"cannot filter episodes by {unknown}; use {names}")
+def timelines(log: RunLog, out_dir: str | Path, configs: set[str] | None = None, **match: Any) -> list[Path]:
+    """One PNG per episode of the logs, filtered as :func:`~vla_adp.viz.logs.episode_keys` does."""
     out = []
-    for key in sorted(log.queries):
-        fields = dict(zip(names, key))
-        if not all(_key_matches(n, fields[n], v) for n, v in match.items() if v is not None):
-            continue
+    for key in episode_keys(log, configs, **match):
         tl = episode_timeline(log.queries[key], log.episodes.get(key))
         name = f"timeline_{key[0][:8]}_{key[1]}_t{key[2]}_e{key[3]}.png"
         out.append(plot_timeline(tl, Path(out_dir) / name))
     return out
-
-
-def _key_matches(name: str, have, want) -> bool:
-    return str(have).startswith(str(want)) if name == "config_hash" else have == want

@@ -1,8 +1,8 @@
 """Accuracy–compute trade-off from logs (the paper's LIBERO figure and Table 1's SR vs FLOPs/speedup).
 
-One point per configuration: success rate over all its episodes with a 95 % Wilson interval, against
-its expected LLM FLOPs per query (mean over every logged query, pruned or not) and the speedup
-over the unpruned baseline (FLOPs ratio, as the paper's "Speedup (Orig/Exp.)" of Tables 5–9).
+One point per method (:mod:`~vla_adp.viz.summary`): success rate over all its episodes with a 95 %
+Wilson interval, against its expected FLOPs per query (mean over every logged query, pruned or not)
+and the speedup (FLOPs ratio, as the paper's "Speedup (Orig/Exp.)" of Tables 5–9).
 Points of one pruner are joined in order of keep ratio.
 """
 
@@ -15,12 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vla_adp.viz.logs import RunLog
-from vla_adp.viz.summary import baseline_hash, expected_flops, pruned_share, success_rates, traits
+from vla_adp.viz.summary import baseline_method, expected_flops, full_flops, methods, pruned_share, success_rates, traits
 
 
 @dataclass(frozen=True)
 class TradeoffPoint:
-    config_hash: str
+    method: str
     label: str
     pruner: str | None
     keep_ratio: float | None
@@ -35,19 +35,21 @@ class TradeoffPoint:
 
 
 def tradeoff_points(log: RunLog, baseline: str | None = None) -> list[TradeoffPoint]:
-    """Every configuration with episodes; ``baseline`` (a config hash) defaults to the unpruned one."""
-    baseline = baseline or baseline_hash(log)
+    """Every method with episodes. Speedup over the same queries unpruned (``flops_full``) where the
+    log has it, else over ``baseline`` (a method id; default: the one unpruned method)."""
+    baseline = baseline or baseline_method(log)
     base_flops = expected_flops(log, baseline) if baseline else math.nan
     points = []
-    for h in log.config_hashes:
-        rate = success_rates(log, h).get(None)
+    for m in sorted(methods(log)):
+        rate = success_rates(log, m).get(None)
         if rate is None:
             continue
-        t = traits(log, h)
-        flops = expected_flops(log, h)
+        t = traits(log, m)
+        flops, full = expected_flops(log, m), full_flops(log, m)
+        ref = full if math.isfinite(full) else base_flops
         lo, hi = rate.interval
-        points.append(TradeoffPoint(h, t.label, t.pruner, t.keep_ratio, rate.n, rate.successes, rate.value, lo, hi,
-                                    flops, pruned_share(log, h), base_flops / flops if flops else math.nan))
+        points.append(TradeoffPoint(m, t.label, t.pruner, t.keep_ratio, rate.n, rate.successes, rate.value, lo, hi,
+                                    flops, pruned_share(log, m), ref / flops if flops else math.nan))
     if not points:
         raise ValueError("the logs hold no episode records: nothing to plot")
     return points

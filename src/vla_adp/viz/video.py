@@ -93,10 +93,13 @@ class EpisodeRecorder:
         pipelines: one :class:`ImagePipeline` per camera, in the frames' order; ``None`` = the
             default OFT pipeline (224 px, patch 14, 90 % crop) with each frame's own size as raw size.
         config: colours, alpha and fps (:class:`OverlayConfig`, reference names via ``from_dict``).
+        frames_path: also save the raw frames (one ``(T, H, W, 3)`` array per camera, and ``steps``)
+            to this ``.npz`` on close, so ``vla-adp viz video|overlay --frames`` can redraw them
+            from the log later (costs memory: the whole episode is kept until then).
     """
 
     def __init__(self, path: str | Path, pipelines: Sequence[ImagePipeline] | None = None,
-                 config: OverlayConfig = OverlayConfig()):
+                 config: OverlayConfig = OverlayConfig(), frames_path: str | Path | None = None):
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
             raise ValueError(f"episode videos are .mp4 files, got {self.path.name!r}")
@@ -106,6 +109,9 @@ class EpisodeRecorder:
         self.n_frames = 0
         self._writer = None
         self._shape: tuple[int, ...] | None = None
+        self.frames_path = None if frames_path is None else Path(frames_path)
+        self._kept: dict[str, list[np.ndarray]] = {}
+        self._steps: list[int] = []
 
     def add(self, frames: Mapping[str, np.ndarray] | Sequence[np.ndarray], info: Mapping[str, Any] | None = None,
             step: int | None = None) -> None:
@@ -116,6 +122,11 @@ class EpisodeRecorder:
         pipelines = self.pipelines or [ImagePipeline()] * len(images)
         frame = compose_frame(images, self.info, pipelines, self.config, step)
         self._write(frame)
+        if self.frames_path is not None:
+            names = list(frames) if isinstance(frames, Mapping) else [f"camera{i}" for i in range(len(images))]
+            for name, img in zip(names, images):
+                self._kept.setdefault(name, []).append(np.array(img, np.uint8))
+            self._steps.append(self.n_frames - 1 if step is None else int(step))
 
     def _write(self, frame: np.ndarray) -> None:
         if self._writer is None:
@@ -131,11 +142,15 @@ class EpisodeRecorder:
         self.n_frames += 1
 
     def close(self) -> Path | None:
-        """Finish the file; returns its path (``None`` if no frame was added)."""
+        """Finish the file (and the frames ``.npz``); returns the video's path (``None`` without frames)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-            return self.path
+        if self.frames_path is not None and self._steps:
+            self.frames_path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(self.frames_path, steps=np.asarray(self._steps),
+                                **{k: np.stack(v) for k, v in self._kept.items()})
+            self._kept, self._steps = {}, []
         return self.path if self.n_frames else None
 
     def __enter__(self) -> "EpisodeRecorder":
@@ -176,6 +191,5 @@ def write_episode_video(path: str | Path, frames: Mapping[str, np.ndarray], quer
     with EpisodeRecorder(path, pipelines, config) as rec:
         for i in range(t):
             info = infos[i].to_dict() if hasattr(infos[i], "to_dict") else infos[i]
-            rec.info = info
-            rec.add([a[i] for a in arrays], step=steps[i])
+            rec.add([a[i] for a in arrays], info, step=steps[i])
     return Path(path)
