@@ -297,6 +297,17 @@ def test_overlay_command_errors_are_clear(run_log, tmp_path, capsys):
     rc = main(["viz", "overlay", "--log", str(run_log), "--frame", str(tmp_path / "x.png"), "--out", str(tmp_path / "o.png")])
     assert rc == 2
     assert "queries match" in capsys.readouterr().err
+    lines = [json.loads(l) for l in run_log.read_text().splitlines()]
+    for d in lines:
+        d.pop("kept_indices", None)  # the runner logs indices only when asked
+    stripped = tmp_path / "no_indices.jsonl"
+    write_records(stripped, lines)
+    select = ["--config", "adp50top", "--suite", "libero_spatial", "--task-id", "0", "--episode", "0"]
+    Image.fromarray(grey()).save(tmp_path / "g.png")
+    rc = main(["viz", "overlay", "--log", str(stripped), *select, "--query", "3", "--frame", str(tmp_path / "g.png"),
+               str(tmp_path / "g.png"), "--out", str(tmp_path / "o.png")])
+    assert rc == 2 and "no kept_indices" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
 
 
 def test_recorder_writes_a_decodable_video_with_masks(tiny_policy, run_log, tmp_path):

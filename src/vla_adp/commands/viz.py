@@ -128,6 +128,13 @@ def read_frames(args, step: int) -> list[np.ndarray]:
     return [np.asarray(obs[k]) for k in camera_keys(obs) if k in obs]
 
 
+def _require_indices(queries) -> None:
+    missing = [q.query for q in queries if q.pruned and q.kept_indices is None]
+    if missing:
+        raise ValueError(f"queries {missing} ran pruned but their log lines carry no kept_indices, so there is "
+                         "nothing to draw; log them (the evaluation runner's --log-indices)")
+
+
 def _one(items: list, what: str, args) -> object:
     if len(items) != 1:
         given = {k: getattr(args, k) for k in ("config", "suite", "task_id", "episode", "query") if getattr(args, k, None) is not None}
@@ -143,6 +150,7 @@ def run_overlay(args) -> int:
     log = read_logs(args.log)
     q = _one(select_queries(log, _configs(log, args), suite=args.suite, task_id=args.task_id,
                             episode=args.episode, query=args.query), "queries", args)
+    _require_indices([q])
     frames = read_frames(args, q.step)
     if q.kept_indices is not None and len(q.kept_indices) != len(frames):
         raise ValueError(f"the query kept tokens of {len(q.kept_indices)} cameras; {len(frames)} frames given")
@@ -186,6 +194,7 @@ def run_video(args) -> int:
     log = read_logs(args.log)
     keys = episode_keys(log, _configs(log, args), suite=args.suite, task_id=args.task_id, episode=args.episode)
     key = _one(keys, "episodes", args)
+    _require_indices(log.queries[key])
     frames, steps = read_episode_frames(args.frames)
     pipelines = [_pipeline(args, a[0]) for a in frames.values()]
     out = write_episode_video(args.out, frames, log.queries[key], pipelines, steps, _overlay_config(args))
