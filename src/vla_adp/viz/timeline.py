@@ -104,7 +104,7 @@ def plot_timeline(tl: Timeline, path: str | Path, dpi: int = 100, width: float =
 
 
 def _plot_motion(ax, tl: Timeline) -> None:
-    ax.plot(tl.query, tl.displacement, "o-", ms=3, color="black", label="displacement d")
+    ax.plot(tl.query, tl.displacement, "o-", ms=3, color="black", label="δ of the window this query closed")
     if np.isfinite(tl.upper).any():
         ax.step(tl.query, tl.upper, where="mid", ls="--", color="tab:red", label="upper (max of previous)")
     if np.isfinite(tl.lower).any():
