@@ -96,7 +96,8 @@ def _shape(shape: Any) -> tuple[int, ...]:
 def _bytes(text: Any, max_bytes: int | None) -> bytes:
     if not isinstance(text, str):
         raise NumpyJsonError(f"json-numpy '__numpy__' must be a base64 string, got {type(text).__name__}")
-    if max_bytes is not None and len(text) > 4 * (max_bytes // 3 + 1):
+    decoded = len(text) // 4 * 3 - text.endswith("=") - text.endswith("==")  # exact for valid base64
+    if max_bytes is not None and decoded > max_bytes:
         raise NumpyJsonError(f"json-numpy array is larger than the {max_bytes}-byte limit")
     try:
         return b64decode(text, validate=True)
