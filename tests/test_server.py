@@ -1,8 +1,8 @@
 """The policy server on a real loopback port, talked to with real HTTP clients (httpx, json_numpy).
 
-A tiny checkpoint built in the test run is served by uvicorn in a background thread. The pruner
-with per-episode state is the small ``TravelPruner`` below: its keep count depends on the whole
-end-effector path of *its* episode, so any state shared between sessions changes the actions.
+A tiny checkpoint built in the test run is served by uvicorn in a background thread, pruned by ADP
+with the path-length gate: each query's gate decision depends on the end-effector path of *its*
+episode so far, so any state shared between sessions changes displacements, gate states and actions.
 """
 
 import json
@@ -25,47 +25,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import make_obs
 from vla_adp.policy import Policy
-from vla_adp.pruning.keep import Keep
+from vla_adp.pruning.registry import build_pruner
 from vla_adp.serve.client import RemotePolicy, RemotePolicyError
 from vla_adp.serve.metrics import percentiles
-from vla_adp.serve.server import BackgroundServer, ServerConfig, check_bind, create_app, is_loopback
+from vla_adp.serve.server import BackgroundServer, ServerConfig, check_bind, create_app, is_loopback, jsonable
 
 TTL = 100.0
 MAX_BODY = 2 << 20
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-class TravelPruner:
-    """Prunes odd queries; keeps ``8 + (1000·path length so far) mod 120`` tokens per camera.
-
-    Its state (path length, last position, steps seen) lives for one episode, like ADP's gate.
-    """
-
-    name = "travel"
-    positions = "contiguous"
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.travel, self.last, self.steps = 0.0, None, 0
-
-    def begin(self, query):
-        for p in [*query.eef_path, query.eef_pos]:
-            if self.last is not None:
-                self.travel += float(np.linalg.norm(np.asarray(p) - self.last))
-            self.last = np.asarray(p, np.float64)
-        self.steps += len(query.eef_path)
-        return frozenset({0}) if query.index % 2 == 1 else frozenset()
-
-    def at_layer(self, ctx):
-        k = 8 + int(self.travel * 1000) % 120
-        starts = [ctx.layout.view_of_visual(c).start for c in range(len(ctx.layout.views))]
-        idx = torch.cat([torch.arange(s, s + k) for s in starts])
-        return Keep(idx[None], (k,) * len(starts))
-
-    def end(self, outcome):
-        return {"travel": self.travel, "path_steps": self.steps}
 
 
 class Clock:
@@ -80,7 +47,7 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def policy(tiny_ckpt):
-    return Policy.load(tiny_ckpt, pruner=TravelPruner(), dtype=torch.float32)
+    return Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep=0.25, displacement="path"), dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -173,23 +140,26 @@ def test_resized_when_not_224(http, policy):
     np.testing.assert_array_equal(np.stack(json_numpy.loads(r.text)), local_run(policy, [obs])[0]["actions"])
 
 
+def without_timing(info):
+    return {k: v for k, v in jsonable(info).items() if k not in ("timing_ms", "session_id")}
+
+
 @pytest.mark.parametrize("how", ["query", "field"])
 def test_info_on_request(http, policy, how):
     sid = f"info-{how}"
     post(http, "/reset", {"session_id": sid})
-    obs = [make_obs(5), make_obs(6)]
+    obs = episode(1, 5)
+    want = local_run(policy, obs)
     for i, o in enumerate(obs):
         body = {**o, "session_id": sid} if how == "query" else {**o, "session_id": sid, "return_info": True}
         r = post(http, "/act", body, params={"info": "1"} if how == "query" else None)
         out = json_numpy.loads(r.text)
-        want = local_run(policy, obs[: i + 1])[-1]
         assert out["actions"].shape == (8, 7)
-        np.testing.assert_array_equal(out["actions"], want["actions"])
-        info = out["info"]
-        assert info["session_id"] == sid and info["query"] == i
-        assert info["pruned"] == want["info"]["pruned"] == (i == 1)
-        assert info["kept_visual"] == want["info"]["kept_visual"]
-        assert info["kept_indices"] == want["info"]["kept_indices"] and (info["kept_indices"] is None) == (i == 0)
+        np.testing.assert_array_equal(out["actions"], want[i]["actions"])
+        assert out["info"]["session_id"] == sid and out["info"]["query"] == i
+        assert without_timing(out["info"]) == without_timing(want[i]["info"])  # gate state, kept indices, FLOPs
+        assert set(out["info"]["timing_ms"]) >= {"vision", "llm", "total"}
+    assert [w["info"]["gate_state"] for w in want] == [0, 0, 0, 0, 1]  # cold start, then a pruned query
 
 
 def test_session_by_header_or_field(http):
@@ -204,7 +174,7 @@ def test_session_by_header_or_field(http):
 # -- sessions ----------------------------------------------------------------------------------
 def test_concurrent_sessions_are_isolated(server, policy):
     """Robots query at the same time; each gets exactly what it would get alone (bit-identical)."""
-    n_sessions, n_queries = 4, 5
+    n_sessions, n_queries = 4, 8
     plans = {f"robot-{i}": episode(10 + i, n_queries) for i in range(n_sessions)}
     want = {sid: local_run(policy, obs) for sid, obs in plans.items()}
     got, errors = {}, []
@@ -228,10 +198,9 @@ def test_concurrent_sessions_are_isolated(server, policy):
     for sid in plans:
         for q, (g, w) in enumerate(zip(got[sid], want[sid])):
             np.testing.assert_array_equal(g["actions"], w["actions"], err_msg=f"{sid} query {q}")
-            assert g["info"]["query"] == q and g["info"]["travel"] == w["info"]["travel"]
-            assert g["info"]["kept_visual"] == w["info"]["kept_visual"]
+            assert without_timing(g["info"]) == without_timing(w["info"]), f"{sid} query {q}"
     # the episodes prune differently, so shared state could not have gone unnoticed
-    assert len({tuple(g["info"]["kept_visual"] for g in got[sid]) for sid in plans}) == n_sessions
+    assert len({tuple(g["info"]["gate_state"] for g in got[sid]) for sid in plans}) == n_sessions
 
 
 def test_reset_starts_a_new_episode(server, policy):
@@ -275,11 +244,12 @@ def test_session_limit(tiny_ckpt):
         assert r.status_code == 429 and "limit 2" in r.json()["error"]
 
 
-def test_trajectory_reaches_the_pruner(server, policy):
-    """States recorded between queries travel with the next query (path-length gating)."""
+def test_trajectory_reaches_the_gate(server, policy):
+    """States recorded between queries travel with the next query: the path-length displacement
+    of each window is the local policy's, and differs from the one without a recorded path."""
     obs = episode(30, 3)
     paths = {1: [np.full(8, 0.1 * k) for k in range(4)], 2: [np.full(8, -0.3), np.full(8, 0.7)]}
-    want = local_run(policy, obs, paths)
+    want, unrecorded = local_run(policy, obs, paths), local_run(policy, obs)
     with RemotePolicy(server.url) as remote:
         remote.reset()
         got = []
@@ -287,9 +257,9 @@ def test_trajectory_reaches_the_pruner(server, policy):
             for s in paths.get(i, []):
                 remote.record_step(s)
             got.append(remote.infer(o))
-    assert [g["info"]["path_steps"] for g in got] == [0, 4, 6]
+    for g, w, u in zip(got[1:], want[1:], unrecorded[1:]):
+        assert g["info"]["displacement"] == w["info"]["displacement"] != u["info"]["displacement"]
     for g, w in zip(got, want):
-        assert g["info"]["travel"] == w["info"]["travel"]
         np.testing.assert_array_equal(g["actions"], w["actions"])
 
 
@@ -494,7 +464,7 @@ def test_remote_policy_matches_local_and_reports_errors(server, policy):
     want = local_run(policy, obs)
     with RemotePolicy(server.url) as remote:
         got = [remote.infer({**o, "ignored_by_policy": 1}) for o in obs]  # extra keys dropped, as locally
-        assert remote.platform.name == "libero" and remote.health()["pruner"] == "travel"
+        assert remote.platform.name == "libero" and remote.health()["pruner"] == "adp"
         with pytest.raises(RemotePolicyError, match="state has shape") as e:
             remote.infer({**obs[0], "state": np.zeros(3)})
         assert e.value.status == 400 and "finite numbers" in e.value.expected
