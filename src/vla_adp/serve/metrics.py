@@ -1,8 +1,8 @@
 """Server metrics for ``GET /metrics``: latency percentiles, kept visual tokens, share of pruned queries.
 
 Latencies cover the last ``window`` queries: ``latency_ms`` is the server's time per ``/act`` request
-from the body being read to the response being ready (parsing, validation, waiting for the model,
-inference); ``model_ms`` is the policy's own ``timing_ms.total``. Counts are since start.
+from reaching the endpoint to the response being ready (body upload, parsing, validation, waiting
+for the model, inference); ``model_ms`` is the policy's own ``timing_ms.total``. Counts are since start.
 """
 
 from __future__ import annotations
