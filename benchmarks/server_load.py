@@ -30,6 +30,7 @@ import torch
 
 from vla_adp.model.tiny import make_tiny_checkpoint
 from vla_adp.policy import Policy
+from vla_adp.pruning.registry import build_pruner
 from vla_adp.serve.client import RemotePolicy
 from vla_adp.serve.metrics import percentiles
 from vla_adp.serve.server import BackgroundServer, create_app
@@ -94,6 +95,8 @@ def serving(args, ckpt, policy: Policy):
             port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "vla_adp", "serve", "--checkpoint", str(ckpt), "--port", str(port),
                "--dtype", "fp32", "--device", args.device, "--log-level", "warning"]
+        if args.pruner:
+            cmd += ["--pruner", args.pruner] + (["--keep", str(args.keep)] if args.keep is not None else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
         try:
@@ -128,22 +131,25 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20, help="timed queries per client")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pruner", default=None, help="e.g. adp (default: no pruning)")
+    ap.add_argument("--keep", type=float, default=None, help="keep ratio for --pruner")
     ap.add_argument("--in-process", action="store_true",
                     help="serve from a thread of this process (shares the GIL with the clients)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or make_tiny_checkpoint(f"{tmp}/openvla-7b-oft-finetuned-libero-spatial")
-        policy = Policy.load(ckpt, dtype=torch.float32, device=args.device)
+        pruner = build_pruner(args.pruner, keep=args.keep) if args.pruner else None
+        policy = Policy.load(ckpt, pruner=pruner, dtype=torch.float32, device=args.device)
         a = policy.model.args
         obs = [observation(s, a.image_size, a.n_images, policy.platform.proprio_dim) for s in range(8)]
         where = args.url or ("server thread in this process" if args.in_process else "server subprocess")
         print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"torch threads {args.threads}, device {args.device}; checkpoint "
-              f"{'tiny random' if not args.checkpoint else ckpt}; {where}")
+              f"{'tiny random' if not args.checkpoint else ckpt}; pruner {args.pruner or 'none'}; {where}")
         print(f"local policy (no HTTP), p50/p90/p99 ms: {fmt(percentiles(local_ms(policy, obs, args.queries)))}")
-        print("| clients | queries | q/s | client p50/p90/p99 ms | server p50/p90/p99 ms | model p50 ms |")
-        print("|---|---|---|---|---|---|")
+        print("| clients | queries | q/s | client p50/p90/p99 ms | server p50/p90/p99 ms | model p50 ms | pruned |")
+        print("|---|---|---|---|---|---|---|")
         for n in args.clients:
             print(row(n, args, ckpt, policy, obs))
 
@@ -155,7 +161,7 @@ def row(n: int, args, ckpt, policy: Policy, obs: list[dict]) -> str:
         with RemotePolicy(url) as probe:
             m = probe.metrics()
     return (f"| {n} | {len(lat)} | {len(lat) / wall:.1f} | {fmt(percentiles(lat))} | "
-            f"{fmt(m['latency_ms'])} | {m['model_ms']['p50']:.1f} |")
+            f"{fmt(m['latency_ms'])} | {m['model_ms']['p50']:.1f} | {m['pruned_share']:.2f} |")
 
 
 if __name__ == "__main__":
