@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "collect": ("collect", "collect scripted-expert demonstrations (Meta-World) into a dataset folder"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "serve": ("serve", "serve a policy over HTTP (OpenVLA-OFT deploy.py protocol) with per-session pruning state"),
+    "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
+    "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
+    "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
 }
 
 
