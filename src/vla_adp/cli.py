@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "collect": ("collect", "collect scripted-expert demonstrations (Meta-World) into a dataset folder"),
+    "train": ("train", "behaviour-clone the small OpenVLA-OFT on collected demonstrations"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
     "serve": ("serve", "serve a policy over HTTP (OpenVLA-OFT deploy.py protocol) with per-session pruning state"),
     "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
