@@ -136,18 +136,20 @@ class Trainer:
         return float(loss)
 
     def run(self) -> dict[str, Any]:
-        """Train until ``steps`` or the time budget; returns a summary (also the last log line)."""
+        """Train until ``steps`` or the time budget, saving on the way; returns :meth:`summary`."""
         from tqdm import tqdm
 
         cfg, st = self.cfg, self.state
         self.model.train()
-        bar = tqdm(total=cfg.steps, initial=st.step, desc="train", unit="step", disable=not self.progress)
+        # The bar runs over the schedule's progress (steps or time, whichever is ahead), in per mille.
+        bar = tqdm(total=1000, initial=int(1000 * self.progress_at()), desc="train", unit="‰",
+                   bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", disable=not self.progress)
         start, base = time.perf_counter(), st.seconds  # the budget counts saves and logs too
         last_save, window = start, []
         while self.progress_at() < 1.0:
             window.append(self.train_step())
             st.seconds = base + time.perf_counter() - start
-            bar.update(1)
+            bar.update(min(1000, int(1000 * self.progress_at())) - bar.n)
             if st.step % cfg.log_every == 0:
                 self._log(window, bar)
                 window = []
@@ -164,7 +166,7 @@ class Trainer:
         loss = float(np.mean(window))
         self.state.losses.append(loss)
         rate = self.state.samples / max(self.state.seconds, 1e-9)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", sps=f"{rate:.1f}")
+        bar.set_postfix(step=self.state.step, loss=f"{loss:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", sps=f"{rate:.1f}")
         line = {"step": self.state.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
                 "seconds": round(self.state.seconds, 1), "samples_per_s": round(rate, 2)}
         with open(self.out / LOG_FILE, "a") as f:
