@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "pruners": ("pruners", "list the registered pruning methods and their parameters"),
 }
 
 

@@ -18,7 +18,8 @@ def add_arguments(p) -> None:
                    help=".npz or .pkl with full_image, wrist_image, state and instruction/task_description "
                         "(OFT's sample_libero_spatial_observation.pkl works); default: a synthetic observation")
     p.add_argument("--instruction", default=None, help="override the observation's instruction")
-    p.add_argument("--repeat", type=int, default=3, help="queries to run (timings of the last are printed)")
+    p.add_argument("--repeat", type=int, default=4,
+                   help="consecutive queries of one episode (the last is printed; VLA-Pruner prunes from the 4th)")
     p.add_argument("--json", action="store_true", help="print actions and info as JSON")
 
 
@@ -53,8 +54,8 @@ def run(args) -> int:
     obs = read_obs(args.obs, policy)
     if args.instruction:
         obs["instruction"] = args.instruction
+    policy.reset()  # one episode: pruners with temporal state (VLA-Pruner's warm-up) see a history
     for _ in range(max(1, args.repeat)):
-        policy.reset()
         out = policy.infer(obs)
     actions, info = out["actions"], out["info"]
     if args.json:
@@ -64,7 +65,8 @@ def run(args) -> int:
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     print(f"checkpoint {args.checkpoint}  platform {policy.platform.name}  unnorm_key {policy.unnorm_key}")
     print(f"action chunk {actions.shape}:\n{actions}")
-    print(f"sequence {info['seq_len']} -> {info['seq_len_pruned']} tokens, visual kept {info['kept_visual']}/{info['n_visual']}"
+    print(f"query {info['query']}: sequence {info['seq_len']} -> {info['seq_len_pruned']} tokens, "
+          f"visual kept {info['kept_visual']}/{info['n_visual']}"
           f" per view {info['kept_per_view']}, LLM {info['flops'] / 1e12:.4f} TFLOPs (paper convention)")
     print("timings (ms): " + "  ".join(f"{k} {v:.1f}" for k, v in info["timing_ms"].items()))
     return 0
