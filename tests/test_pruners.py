@@ -1,8 +1,8 @@
 """Peer pruners behind one interface: a registry sweep plus each method's own invariants.
 
 The sweep runs on a tiny 16-layer checkpoint built here, so that VLA-Pruner's layers (3, 4, 15)
-exist. The ADP-based entries (adp, random, inverse) need ``vla_pruning.gate`` from another branch;
-until it is merged they are skipped with that reason.
+exist. The ADP-based entries (adp, random, inverse) run with the static schedule so that every query
+prunes and the budget is checked on each.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ def deep_policy(tmp_path_factory):
 
 def build(name: str, keep: float, **fields):
     if name in ADP_BASED:
-        pytest.importorskip("vla_adp.pruning.gate", reason="the ADP gate lands from the `gate` branch")
         fields.setdefault("gate", {"schedule": "static"})  # prune every query, so the budget is checked
     if name == "lightvla":
         with pytest.warns(UserWarning, match="ignores keep_ratio"):
@@ -86,6 +85,8 @@ def test_sweep_budget_respected_or_reported(deep_policy, name):
             assert info["keep_ratio_achieved"] == pytest.approx(info["kept_visual"] / info["n_visual"])
         else:
             assert info["kept_visual"] == expected_kept(name, pruner, (256, 256))
+        assert info["flops"] == info["flops_llm"] + info["scoring_flops"]  # the scorer's cost is counted
+        assert (info["scoring_flops"] > 0) == (name != "random")
 
 
 @pytest.mark.parametrize("name", list(PRUNERS))
@@ -503,6 +504,31 @@ def test_contiguous_cut_of_a_padded_batch_matches_each_sample_alone(tiny_policy)
         alone = [tiny_policy.model(x, EveryOther(), frozenset({0}), action_slice="vla_adp") for x, _ in singles]
     for row, single in enumerate(alone):
         torch.testing.assert_close(both.hidden[row], single.hidden[0], atol=1e-5, rtol=1e-5)
+
+
+def test_scoring_flops_match_a_flop_counter(tiny_policy):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vla_adp.cost.flops import attention_rows_flops, lightvla_flops
+
+    inputs, layout = tiny_policy.inputs(make_obs(seed=4))
+    llm = tiny_policy.model.language_model
+    with torch.no_grad():
+        emb = tiny_policy.model.embed(inputs)
+        ctx = LayerContext(1, llm.run_layers(emb.hidden, emb.position_ids, 0, 1), emb.position_ids, layout,
+                           emb.visual, llm)
+        for rows in (torch.tensor([layout.stop]), torch.arange(layout.action.start)):
+            with FlopCounterMode(display=False) as counter:
+                ctx.attention_probs(rows)
+            assert counter.get_total_flops() == attention_rows_flops(llm.args, len(rows), layout.length)
+        patches, task = emb.hidden[:, layout.visual], emb.hidden[:, layout.visual.stop:]
+        for training in (False, True):
+            with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+                scores = lightvla.lightvla_scores(patches, task)
+                if training:
+                    lightvla.straight_through_select(scores, patches)
+            assert counter.get_total_flops() == lightvla_flops(512, task.shape[1], task.shape[2], training)
 
 
 # -- CLI -------------------------------------------------------------------------------------------

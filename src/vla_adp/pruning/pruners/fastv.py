@@ -23,7 +23,8 @@ Reference behaviour (peers.md §2.3) and where this file differs:
 * Attention weights. The references switch every layer to eager attention (``output_attentions``),
   which slows the whole model (VLA-Pruner #12, FastV #31). Here only the scoring rows of the one
   scoring layer are recomputed (:meth:`~vla_adp.pruning.base.LayerContext.attention_probs`, float32);
-  every layer, the scoring layer included, runs SDPA.
+  every layer, the scoring layer included, runs SDPA. That recomputation (q for the rows, k for all
+  keys, the logits) is reported as ``scoring_flops``.
 * No KV cache: OpenVLA-OFT predicts a chunk in one forward pass, so FastV's decode-time reuse and
   its duplicate-KV bug (FastV #46) do not arise.
 * Batches: rows are scored and cut independently; the ``global`` budget needs every row to split
@@ -36,6 +37,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from vla_adp.cost.flops import attention_rows_flops
 from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
 from vla_adp.pruning.keep import Keep
 from vla_adp.pruning.scoring import ROW_SOURCES, layer_attention_scores, score_rows
@@ -113,10 +115,10 @@ class FastVPruner:
         self.reset()
 
     def reset(self) -> None:
-        self._scores = None
+        self._scores, self._flops = None, 0.0
 
     def begin(self, query: Query) -> frozenset[int]:
-        self._scores = None
+        self._scores, self._flops = None, 0.0
         if self.config.keep_ratio >= 1.0:
             return frozenset()
         return frozenset({self.config.score_layer, self.config.cut_layer})
@@ -124,17 +126,20 @@ class FastVPruner:
     def at_layer(self, ctx: LayerContext) -> Keep | None:
         cfg = self.config
         if ctx.index == cfg.score_layer:
-            self._scores = layer_attention_scores(ctx, score_rows(ctx.layout, cfg.attention_source))
+            rows = score_rows(ctx.layout, cfg.attention_source)
+            self._scores = layer_attention_scores(ctx, rows)
+            self._flops = attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
             return None
         if self._scores is None:
             raise RuntimeError(f"FastV reached its cut layer {ctx.index} without scores from layer {cfg.score_layer}")
         return select_top_budget(self._scores, ctx.layout.views, cfg.keep_ratio, cfg.budget)
 
     def end(self, outcome: QueryOutcome) -> dict[str, Any]:
-        self._scores = None
-        cfg = self.config
+        """Settings and ``scoring_flops``: the recomputed attention rows (the policy adds it to ``flops``)."""
+        cfg, flops = self.config, self._flops
+        self._scores, self._flops = None, 0.0
         return {"keep_ratio": cfg.keep_ratio, "scoring_layer": cfg.score_layer, "cut_layer": cfg.cut_layer,
-                "attention_source": cfg.attention_source}
+                "attention_source": cfg.attention_source, "scoring_flops": flops}
 
 
 PRUNER = FastVPruner

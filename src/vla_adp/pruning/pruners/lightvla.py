@@ -28,6 +28,7 @@ Deviations from the reference code:
 * Right-padded training batches: the pad tokens are masked out of the task keys (the reference
   lets patches attend to pads), so a sample scores the same alone and in a padded batch.
 * The training noise comes from a seeded generator (``seed``, re-seeded by ``reset()``).
+* ``scoring_flops`` reports the scorer's matmuls (:func:`~vla_adp.cost.flops.lightvla_flops`).
 * Inference with batch > 1 raises a clear error (the reference's ``view(bsz, -1)`` silently
   assumes equal counts); training accepts batches because the length stays V.
 """
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vla_adp.cost.flops import lightvla_flops
 from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
 from vla_adp.pruning.keep import Keep
 from vla_adp.pruning.select import view_counts
@@ -143,10 +145,10 @@ class LightVLAPruner:
 
     def reset(self) -> None:
         self._generator = torch.Generator().manual_seed(self.config.seed)
-        self._kept = None
+        self._kept, self._flops = None, 0.0
 
     def begin(self, query: Query) -> frozenset[int]:
-        self._kept = None
+        self._kept, self._flops = None, 0.0
         return frozenset({0})
 
     def at_layer(self, ctx: LayerContext) -> Keep:
@@ -156,6 +158,7 @@ class LightVLAPruner:
         scores = lightvla_scores(patches, task, task_mask, self.config.eps)
         keep = self._train_keep(scores, patches, layout) if self.training else self._infer_keep(scores, layout)
         self._kept = (layout.n_visual, _distinct(keep.visual))
+        self._flops = lightvla_flops(layout.n_visual, task.shape[1], task.shape[2], self.training)
         return keep
 
     def _infer_keep(self, scores: Tensor, layout) -> Keep:
@@ -178,7 +181,7 @@ class LightVLAPruner:
         """The achieved keep ratio: distinct kept patches / V (training rows hold V with duplicates)."""
         n_visual, distinct = self._kept or (0, 0)
         return {"keep_ratio": None, "keep_ratio_achieved": distinct / n_visual if n_visual else None,
-                "lightvla_distinct": distinct, "lightvla_training": self.training}
+                "lightvla_distinct": distinct, "lightvla_training": self.training, "scoring_flops": self._flops}
 
 
 def _distinct(visual: Tensor) -> int:

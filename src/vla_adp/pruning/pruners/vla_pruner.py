@@ -33,6 +33,8 @@ Deviations:
   averages the prefill rows for VLA-Pruner (its ``fastv_attention_source`` only affects its FastV),
   while the maintainers recommend last-row scoring for the OpenVLA version (issues #10, #12).
 * Cosine distances in float32 (the fork uses the model dtype, bf16).
+* ``scoring_flops`` counts the recomputed attention rows of layers 3 and 15 (warm-up queries: 15
+  only); the pool's cosine Gram matrix (≤ 2·(2k_c)²·D per camera, < 1 % of that) is left out.
 * Batches: every row keeps its own history and selection (the fork reads batch row 0 only).
 * The fork's alternative "caching" mode (VLA-Cache machinery) is not part of this pruner.
 """
@@ -48,6 +50,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from vla_adp.cost.flops import attention_rows_flops
 from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
 from vla_adp.pruning.keep import Keep, apply_keep
 from vla_adp.pruning.scoring import ROW_SOURCES, attention_received, layer_attention_scores, score_rows
@@ -219,6 +222,7 @@ class VLAPrunerPruner:
     def _clear_query(self) -> None:
         self._pruning = False
         self._semantic = self._keep = self._current = None
+        self._flops = 0.0
 
     def begin(self, query: Query) -> frozenset[int]:
         self._clear_query()
@@ -235,7 +239,9 @@ class VLAPrunerPruner:
         cfg = self.config
         keep = None
         if self._pruning and ctx.index == cfg.fastv_k:
-            self._semantic = layer_attention_scores(ctx, score_rows(ctx.layout, cfg.attention_source))
+            rows = score_rows(ctx.layout, cfg.attention_source)
+            self._semantic = layer_attention_scores(ctx, rows)
+            self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
         if self._pruning and ctx.index == cfg.cut_layer:
             keep = self._keep = self._select(ctx)
         if ctx.index == cfg.action_layer:
@@ -253,6 +259,7 @@ class VLAPrunerPruner:
     def _action_scores(self, ctx: LayerContext) -> Tensor:
         rows = torch.arange(ctx.layout.action.start, ctx.layout.action.stop)
         kept = attention_received(ctx.attention_probs(rows), ctx.layout)  # (B, kept visual)
+        self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
         return scatter_visual(kept, self._keep, ctx.visual.shape[1])
 
     def end(self, outcome: QueryOutcome) -> dict[str, Any]:
@@ -261,7 +268,7 @@ class VLAPrunerPruner:
             self._history.append(self._current.detach())
         info = {"keep_ratio": self.config.keep_ratio, "vla_pruner_warmup": warmup,
                 "vla_pruner_history": len(self._history), "scoring_layer": self.config.fastv_k,
-                "action_layer": self.config.action_layer}
+                "action_layer": self.config.action_layer, "scoring_flops": self._flops}
         self._clear_query()
         return info
 
