@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
     "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
     "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
+    "pruners": ("pruners", "list the registered pruning methods and their parameters"),
 }
 
 
