@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
+    "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),
+    "sweep": ("sweep", "evaluate a grid of pruning configs on Ray (local or a cluster)"),
 }
 
 
