@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
     "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),
     "sweep": ("sweep", "evaluate a grid of pruning configs on Ray (local or a cluster)"),
+    "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
 }
 
 

@@ -148,7 +148,11 @@ class OpenVLAOFT(nn.Module):
         keeps: list[Keep] = []
         seq_lens = [layout.length] * n
         start = 0
-        for i in sorted(h for h in hooks if 0 <= h < n):
+        bad = sorted(h for h in hooks if not 0 <= h < n)
+        if bad:
+            raise ValueError(f"pruner {getattr(pruner, 'name', pruner)!r} asked for layer(s) {bad}; "
+                             f"this decoder has layers 0..{n - 1}")
+        for i in sorted(hooks):
             with timer("llm"):
                 x = llm.run_layers(x, pos, start, i, mask)
             start = i

@@ -107,7 +107,11 @@ class ADPConfig:
             and prunes before layer 0.
         positions: ``contiguous`` (reference ADP) or ``original`` position ids after the cut.
         enabled: prune at all (``qk_keep_enabled``); with the static schedule it is the only switch.
-        seed: seed of the ``random`` selection.
+        seed: seed of the ``random`` selection (re-seeded every episode).
+        order: ``position`` keeps kept tokens in original order; ``score`` orders each view's kept
+            tokens by descending score, as the reference does for a single camera (its global
+            ``topk(sorted=True)``); with contiguous positions the order changes the output.
+        scoring: ``fused`` (mean over text first; same Φ, less work) or ``exact`` (reference matrix).
     """
 
     keep_ratio: float = 0.5
@@ -119,6 +123,8 @@ class ADPConfig:
     positions: str = "contiguous"
     enabled: bool = True
     seed: int = 42
+    order: str = "position"
+    scoring: str = "fused"
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
@@ -133,6 +139,8 @@ class ADPConfig:
         _choice(self, "rounding", ROUNDINGS)
         _choice(self, "selection", SELECTIONS)
         _choice(self, "layer_mode", LAYER_MODES)
+        _choice(self, "order", ("position", "score"))
+        _choice(self, "scoring", ("fused", "exact"))
         if self.positions not in ("contiguous", "original"):
             raise ValueError(f"ADPConfig.positions must be 'contiguous' or 'original', got {self.positions!r}")
 

@@ -1,0 +1,76 @@
+"""Visual-token scores (pure functions).
+
+ADP's text-driven score (seed paper Eq. 7–9; reference `predict_action`, spec §6.2): at layer ℓ,
+apply ℓ's ``input_layernorm`` to the hidden states, project the text tokens (BOS, prompt incl. '▁',
+and the </s> stop token) with W_Q and the visual tokens with W_K, *no RoPE, no softmax*, and average
+the scaled dot products over heads and text tokens:
+
+    Φ(v) = 1/(N_h·T) Σ_h Σ_t  q_{h,t} · k_{h,v} / √d
+
+Because Φ is linear in q, the mean over text tokens can be taken first:
+Φ(v) = 1/N_h Σ_h  q̄_h · k_{h,v} / √d with q̄ = W_Q·mean_t(x_t) — the same number (up to float
+rounding) for T times less work on the text side (``method="fused"``, default). ``method="exact"``
+builds the full (N_h, T, V) matrix as the reference does, for fidelity checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from vla_adp.pruning.layout import TokenLayout
+
+
+def _heads(x: Tensor, n_heads: int) -> Tensor:
+    b, s, d = x.shape
+    return x.view(b, s, n_heads, d // n_heads).transpose(1, 2)  # (B, H, S, hd)
+
+
+def text_vision_scores(normed: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads: int, layout: TokenLayout,
+                       method: str = "fused") -> Tensor:
+    """Eq. 7–9 on layer-normed hidden states (B, S, D) -> Φ (B, V) in float32."""
+    text = normed[:, layout.text_positions().to(normed.device)]  # (B, T, D)
+    vis = normed[:, layout.visual]  # (B, V, D)
+    k = _heads(k_proj(vis), n_kv_heads).float()  # (B, Hkv, V, hd)
+    k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)
+    scale = 1.0 / math.sqrt(k.shape[-1])
+    if method == "fused":
+        q_bar = _heads(q_proj(text.float().mean(dim=1, keepdim=True).to(text.dtype)), n_heads).float()  # (B, H, 1, hd)
+        return (q_bar @ k.transpose(-1, -2)).squeeze(2).mean(dim=1) * scale
+    if method == "exact":
+        q = _heads(q_proj(text), n_heads).float()  # (B, H, T, hd)
+        return (q @ k.transpose(-1, -2) * scale).mean(dim=(1, 2))
+    raise ValueError(f"scoring method must be 'fused' or 'exact', got {method!r}")
+
+
+def layer_text_vision_scores(ctx, method: str = "fused") -> Tensor:
+    """Φ at the layer a :class:`~vla_adp.pruning.base.LayerContext` stands before."""
+    attn = ctx.layer.self_attn
+    return text_vision_scores(ctx.normed(), attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads, ctx.layout, method)
+
+
+def attention_received(probs: Tensor, layout: TokenLayout) -> Tensor:
+    """Mean over heads and query rows of the attention each visual token receives: (B, H, R, S) -> (B, V)."""
+    return probs[..., layout.visual].float().mean(dim=(1, 2))
+
+
+def participation_ratio(phi: Tensor) -> Tensor:
+    """Paper Eq. 26: PR = 1 / Σ p_i², p = Φ / ΣΦ (Φ shifted to be non-negative)."""
+    p = _distribution(phi)
+    return 1.0 / p.pow(2).sum(-1)
+
+
+def entropy(phi: Tensor) -> Tensor:
+    """Paper Eq. 26: H(p) = −Σ p_i log p_i, p = Φ / ΣΦ (Φ shifted to be non-negative)."""
+    p = _distribution(phi)
+    return -(p * p.clamp_min(1e-30).log()).sum(-1)
+
+
+def _distribution(phi: Tensor) -> Tensor:
+    # Φ is a raw q·k logit and can be negative; the paper normalises Φ directly, which needs Φ ≥ 0.
+    # Shift by the minimum so the least relevant token gets mass 0 (documented deviation).
+    phi = phi.float()
+    phi = phi - phi.min(dim=-1, keepdim=True).values
+    return phi / phi.sum(-1, keepdim=True).clamp_min(1e-30)
