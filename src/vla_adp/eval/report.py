@@ -118,7 +118,7 @@ def fmt_flops(x: float) -> str:
     for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if x >= scale:
             return f"{x / scale:.2f}{unit}"
-    return f"{x:.0f}"
+    return f"{x:.3g}"
 
 
 def _num(x: float, spec: str) -> str:
