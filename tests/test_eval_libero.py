@@ -43,9 +43,11 @@ def test_observation_is_built_as_the_reference_does(env):
     np.testing.assert_array_equal(obs["full_image"], T.resize_for_policy(raw["agentview_image"][::-1, ::-1], 224))
     np.testing.assert_array_equal(obs["wrist_image"],
                                   T.resize_for_policy(raw["robot0_eye_in_hand_image"][::-1, ::-1], 224))
-    state = np.concatenate([raw["robot0_eef_pos"], T.quat2axisangle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]])
+    state = np.concatenate([raw["robot0_eef_pos"], T.quat2axisangle(raw["robot0_eef_quat"]),
+                            raw["robot0_gripper_qpos"]])
     np.testing.assert_array_equal(obs["state"], state)
-    assert obs["instruction"] == env.instruction == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    assert obs["instruction"] == env.instruction
+    assert env.instruction == "pick up the black bowl between the plate and the ramekin and place it on the plate"
     frame = env.frame()
     assert frame.shape == (256, 256, 3)
     np.testing.assert_array_equal(frame, raw["agentview_image"][::-1, ::-1])

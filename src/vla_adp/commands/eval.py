@@ -36,20 +36,25 @@ def add_arguments(p) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-episode lines")
 
 
+def job_settings(args) -> dict:
+    """EvalJob fields shared by ``eval`` and ``sweep`` (checkpoint, episodes, protocol, loading)."""
+    if args.trials < 1 or args.first_trial < 0:
+        raise ValueError(f"--trials must be >= 1 and --first-trial >= 0, got {args.trials} and {args.first_trial}")
+    return dict(checkpoint=args.checkpoint, tasks=tuple(args.tasks) if args.tasks else None,
+                episodes=(args.first_trial, args.first_trial + args.trials), seed=args.seed,
+                max_steps=args.max_steps, render="fast" if args.fast_render else "faithful", open_loop=args.open_loop,
+                policy={"unnorm_key": args.unnorm_key, "center_crop": not args.no_center_crop,
+                        "action_slice": args.action_slice},
+                platform=args.platform, device=args.device,
+                dtype=args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32"))
+
+
 def job_from_args(args, log: str = ""):
     from vla_adp.eval.job import EvalJob
 
-    if args.trials < 1 or args.first_trial < 0:
-        raise ValueError(f"--trials must be >= 1 and --first-trial >= 0, got {args.trials} and {args.first_trial}")
-    dtype = args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32")
-    policy = {"unnorm_key": args.unnorm_key, "center_crop": not args.no_center_crop, "action_slice": args.action_slice}
-    return EvalJob(env=args.env, suite=args.suite, checkpoint=args.checkpoint, log=log,
-                   tasks=tuple(args.tasks) if args.tasks else None,
-                   episodes=(args.first_trial, args.first_trial + args.trials), pruner=args.pruner, keep=args.keep,
-                   pruning_config=args.pruning_config, seed=args.seed, max_steps=args.max_steps,
-                   render="fast" if args.fast_render else "faithful", open_loop=args.open_loop, policy=policy,
-                   platform=args.platform, device=args.device, dtype=dtype, log_indices=args.log_indices,
-                   video_dir=args.video_dir, verbose=not args.quiet)
+    return EvalJob(env=args.env, suite=args.suite, log=log, pruner=args.pruner, keep=args.keep,
+                   pruning_config=args.pruning_config, log_indices=args.log_indices, video_dir=args.video_dir,
+                   verbose=not args.quiet, **job_settings(args))
 
 
 def run(args) -> int:

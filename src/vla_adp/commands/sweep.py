@@ -36,17 +36,10 @@ def add_arguments(p) -> None:
 
 
 def template_job(args):
+    from vla_adp.commands.eval import job_settings
     from vla_adp.eval.job import EvalJob
 
-    if args.trials < 1 or args.first_trial < 0:
-        raise ValueError(f"--trials must be >= 1 and --first-trial >= 0, got {args.trials} and {args.first_trial}")
-    dtype = args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32")
-    policy = {"unnorm_key": args.unnorm_key, "center_crop": not args.no_center_crop, "action_slice": args.action_slice}
-    return EvalJob(env=args.env, suite=args.suite[0], checkpoint=args.checkpoint, log="",
-                   tasks=tuple(args.tasks) if args.tasks else None,
-                   episodes=(args.first_trial, args.first_trial + args.trials), seed=args.seed,
-                   max_steps=args.max_steps, render="fast" if args.fast_render else "faithful",
-                   open_loop=args.open_loop, policy=policy, platform=args.platform, device=args.device, dtype=dtype)
+    return EvalJob(env=args.env, suite=args.suite[0], log="", **job_settings(args))
 
 
 def run(args) -> int:

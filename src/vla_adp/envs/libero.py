@@ -190,10 +190,6 @@ class LiberoEnv:
 
 
 # -- the factory interface the evaluation runner uses (vla_adp.eval.job.ENV_FACTORIES) ------
-def default_max_steps(suite: str) -> int:
-    """The reference's policy-step limit of a suite."""
-    return LiberoConfig(suite, 0).steps
-
-
-def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "faithful") -> LiberoEnv:
-    return LiberoEnv(LiberoConfig(suite, task_id, max_steps=max_steps, render=render))
+def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "faithful",
+             image_size: int = 224) -> LiberoEnv:
+    return LiberoEnv(LiberoConfig(suite, task_id, max_steps=max_steps, render=render, image_size=image_size))

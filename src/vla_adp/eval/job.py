@@ -9,8 +9,8 @@ description files, plus the pruner's resolved config; it is computed without loa
 the sweep driver can find finished chunks before it starts any worker.
 
 Environments come from :data:`ENV_FACTORIES`: a module that defines ``make_env(suite, task_id,
-max_steps=None, render="faithful") -> Env``, ``suite_tasks(suite) -> list[str]`` and
-``default_max_steps(suite) -> int``.
+max_steps=None, render="faithful", image_size=224) -> Env`` (``max_steps=None``: the suite's
+protocol limit; ``image_size``: the policy's input side) and ``suite_tasks(suite) -> list[str]``.
 """
 
 from __future__ import annotations
@@ -119,12 +119,12 @@ def pruner_identity(job: EvalJob, pruner) -> dict[str, Any] | None:
 
 def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
     """What defines the run's results; ``method`` is what stays equal across suites."""
-    mod = env_module(job.env)
+    env_module(job.env)
     return {
         "env": job.env,
         "suite": job.suite,
         "checkpoint": checkpoint_identity(job.checkpoint),
-        "max_steps": job.max_steps or mod.default_max_steps(job.suite),
+        "max_steps": job.max_steps,  # None: the suite's protocol limit
         "unnorm_key": job.policy.get("unnorm_key"),
         "method": {
             "pruner": pruner_identity(job, pruner if pruner is not None else build_pruner(job)),
@@ -193,7 +193,11 @@ def run_job(job: EvalJob) -> list[EpisodeRecord]:
     policy = load_policy(job, pruner)
     settings = EpisodeSettings(run.config_hash, job.seed, job.open_loop, job.log_indices, job.video_dir, job.verbose)
     mod = env_module(job.env)
-    make = lambda task_id: mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render)  # noqa: E731
+    size = policy.model.args.image_size
+
+    def make(task_id: int):
+        return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size)
+
     with LogWriter(job.log) as writer:
         writer.write(run)
         return run_suite(make, tasks, episodes, policy, settings, writer, done, suite=job.suite)

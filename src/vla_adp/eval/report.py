@@ -159,7 +159,8 @@ def task_table(rows: list[Method]) -> str:
         for suite, tid, task in tasks:
             c = m.cost(suite, tid)
             body.append([names[m.method_hash], m.method_hash[:8], suite, str(tid), fmt_rate(m.rate(suite, tid)),
-                         fmt_flops(c["flops"]), _num(c["gamma"], ".2f"), str(c["errors"]), task[:60]])
+                         fmt_flops(c["flops"]), _num(c["gamma"], ".2f"), str(c["errors"]),
+                         task.replace("_", " ")[:60]])
     return _table(header, body)
 
 
