@@ -78,6 +78,14 @@ def test_video_of_each_episode(tiny_policy, tmp_path):
     assert abs(int(frames[5].mean()) - 5) <= 2  # frame t is the env's frame before step t
 
 
+def test_episodes_beyond_the_initial_states_fail_before_running(tiny_policy):
+    env = ToyEnv()
+    env.n_episodes = 3
+    with pytest.raises(ValueError, match=r"has episodes 0..2, asked for 1..3"):
+        run_task(env, tiny_policy, range(1, 4), EpisodeSettings("h"))
+    assert env.resets == []
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="open_loop"):
         EpisodeSettings("h", open_loop=0)

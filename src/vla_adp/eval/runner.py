@@ -170,6 +170,11 @@ def _save_video(frames: list[np.ndarray], settings: EpisodeSettings, rec: Episod
 def run_task(env: Env, policy, episodes: Iterable[int], settings: EpisodeSettings, writer=None,
              done: set[tuple[str, int, int]] = frozenset()) -> list[EpisodeRecord]:
     """Episodes of one task in order, skipping those in ``done`` (resume), logging to ``writer``."""
+    episodes = list(episodes)
+    available = getattr(env, "n_episodes", None)  # LIBERO: 50 initial states per task
+    if available is not None and episodes and not 0 <= min(episodes) <= max(episodes) < available:
+        raise ValueError(f"{env.suite} task {env.task_id} has episodes 0..{available - 1}, "
+                         f"asked for {min(episodes)}..{max(episodes)}")
     records = []
     on_query = writer.write if writer is not None else None
     for ep in episodes:
