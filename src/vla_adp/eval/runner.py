@@ -31,13 +31,12 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from vla_adp.cost.flops import llm_flops
 from vla_adp.envs.base import Env
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 
 QUERY_FIELDS = {f.name for f in fields(QueryRecord)}
 # QueryRecord fields the runner fills itself, never from ``info``.
-RUNNER_FIELDS = {"config_hash", "suite", "task_id", "task", "episode", "step", "eef_pos", "flops_full", "kind"}
+RUNNER_FIELDS = {"config_hash", "suite", "task_id", "task", "episode", "step", "eef_pos", "kind"}
 
 
 @dataclass(frozen=True)
@@ -76,12 +75,6 @@ def seed_everything(seed: int) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def full_query_flops(policy, seq_len: int) -> float:
-    """Decoder FLOPs of the same query without pruning (for the expected speedup)."""
-    llm = policy.model.args.llm
-    return llm_flops(llm, [seq_len] * llm.n_layers)
-
-
 def query_record(info: dict[str, Any], env: Env, episode: int, step: int, obs: dict, policy,
                  settings: EpisodeSettings) -> QueryRecord:
     """A QueryRecord from ``infer()``'s info; keys the schema does not know go to ``extra``."""
@@ -94,8 +87,7 @@ def query_record(info: dict[str, Any], env: Env, episode: int, step: int, obs: d
     pos = getattr(policy.platform, "eef_pos", None)
     eef = np.asarray(obs["state"], np.float64)[slice(*pos)].tolist() if pos and "state" in obs else None
     return QueryRecord(config_hash=settings.config_hash, suite=env.suite, task_id=env.task_id, task=env.task,
-                       episode=episode, step=step, eef_pos=eef, extra=extra,
-                       flops_full=full_query_flops(policy, info["seq_len"]), **known)
+                       episode=episode, step=step, eef_pos=eef, extra=extra, **known)
 
 
 def _act(policy, obs: dict, queue: deque, open_loop: int) -> dict[str, Any]:
@@ -143,7 +135,9 @@ def _loop(env: Env, policy, episode: int, settings: EpisodeSettings, rec: Episod
             rec.queries += 1
             rec.pruned_queries += int(q.pruned)
             rec.flops_total += q.flops
-            rec.flops_full_total += q.flops_full
+            # the unpruned cost of the same queries, where the policy reports it (speedup from logs)
+            full = rec.flops_full_total
+            rec.flops_full_total = None if full is None or q.flops_full is None else full + q.flops_full
             if on_query is not None:
                 on_query(q)
         result = env.step(queue.popleft())

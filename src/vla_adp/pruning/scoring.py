@@ -71,6 +71,9 @@ def entropy(phi: Tensor) -> Tensor:
 def _distribution(phi: Tensor) -> Tensor:
     # Φ is a raw q·k logit and can be negative; the paper normalises Φ directly, which needs Φ ≥ 0.
     # Shift by the minimum so the least relevant token gets mass 0 (documented deviation).
+    # A constant Φ carries no ranking: treat it as uniform (PR = V, H = log V) rather than 0/0.
     phi = phi.float()
     phi = phi - phi.min(dim=-1, keepdim=True).values
-    return phi / phi.sum(-1, keepdim=True).clamp_min(1e-30)
+    total = phi.sum(-1, keepdim=True)
+    uniform = torch.full_like(phi, 1.0 / phi.shape[-1])
+    return torch.where(total > 0, phi / total.clamp_min(1e-30), uniform)
