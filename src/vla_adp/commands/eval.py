@@ -62,13 +62,14 @@ def run(args) -> int:
 
     import torch
 
-    from vla_adp.eval.job import run_config, run_job
+    from vla_adp.eval.job import run_config, run_job, task_ids
     from vla_adp.eval.logs import config_hash, read_logs
     from vla_adp.eval.stats import success_rate
 
     if args.threads:
         torch.set_num_threads(args.threads)
     job = job_from_args(args)
+    task_ids(job)  # a bad suite or task id fails here, before anything is written
     h = config_hash(run_config(job))
     job = dataclasses.replace(job, log=args.log or str(Path("runs") / f"{args.env}-{args.suite}-{h}.jsonl"))
     print(f"config {h}  log {job.log}", flush=True)
