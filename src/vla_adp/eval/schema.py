@@ -9,8 +9,9 @@ A log is one JSON object per line, each with a ``kind``:
   ``kept_indices`` per camera), sequence lengths, FLOPs, stage timings, end-effector position.
 * ``episode``: one per finished episode: success, steps, queries, pruned queries, FLOPs, error text.
 
-``flops`` is the decoder cost of a query as the policy ran it; ``flops_full`` (``flops_full_total``
-per episode) the same query unpruned, so a report made from logs alone gives the expected speedup.
+``flops`` is the cost of a query as the policy ran it (decoder + the pruner's scoring); ``flops_full``
+(``flops_full_total`` per episode) the same query's decoder unpruned, so a report made from logs
+alone gives the expected speedup.
 Query lines of an episode count only once its ``episode`` line follows (an interrupted attempt
 leaves query lines that the reader drops).
 
