@@ -17,10 +17,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "collect scripted-expert demonstrations (Meta-World) into a dataset folder"),
     "train": ("train", "behaviour-clone the small OpenVLA-OFT on collected demonstrations"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
+    "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),
+    "sweep": ("sweep", "evaluate a grid of pruning configs on Ray (local or a cluster)"),
     "serve": ("serve", "serve a policy over HTTP (OpenVLA-OFT deploy.py protocol) with per-session pruning state"),
     "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
     "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
     "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
+    "pruners": ("pruners", "list the registered pruning methods and their parameters"),
 }
 
 
