@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("metaworld")
 
 from vla_adp.envs.base import Env  # noqa: E402
-from vla_adp.envs.metaworld import SEED_BLOCK, MetaWorldEnv, episode_seed  # noqa: E402
+from vla_adp.envs.metaworld import SEED_BLOCK, MetaWorldEnv, episode_seed, make_env, suite_tasks  # noqa: E402
 from vla_adp.policy import Policy  # noqa: E402
 from vla_adp.train.config import ModelSize, TrainConfig  # noqa: E402
 from vla_adp.train.dataset import BatchBuilder, Demos, chunk_index, load_demos, norm_stats  # noqa: E402
@@ -104,6 +104,19 @@ def test_unknown_task_names_the_choices():
         MetaWorldEnv("drawer-opn")
 
 
+def test_runner_factory():
+    assert "reach" in suite_tasks("metaworld") and len(suite_tasks("metaworld_all")) >= 10
+    env = make_env("metaworld", 1, max_steps=7, image_size=SIZE)
+    try:
+        assert (env.task, env.suite, env.split, env.max_steps) == (suite_tasks("metaworld")[1], "metaworld", "eval", 7)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="tasks 0..5"):
+        make_env("metaworld", 6)
+    with pytest.raises(ValueError, match="metaworld_all"):
+        suite_tasks("metaworld10")
+
+
 def test_expert_succeeds(env):
     arrays, ok = expert_episode(env, 1)
     assert ok and len(arrays["actions"]) < env.max_steps
@@ -185,6 +198,20 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads_as_a_policy(dataset, 
     expected = unnormalize_actions(norm, trainer.stats["metaworld"]["action"])
     np.testing.assert_allclose(policy32.infer(obs)["actions"], expected, rtol=1e-4, atol=1e-5)
     assert policy.infer(obs)["actions"].shape == (8, 4)
+
+
+def test_shared_runner_evaluates_a_trained_checkpoint(dataset, tmp_path):
+    from vla_adp.eval.job import EvalJob, run_job
+    from vla_adp.eval.logs import read_logs
+
+    cfg = TrainConfig(str(dataset[0]), str(tmp_path / "ck"), steps=2, warmup_steps=0, model=TINY)
+    Trainer(cfg, progress=False).run()
+    log = tmp_path / "eval.jsonl"
+    job = EvalJob(env="metaworld", suite="metaworld", checkpoint=cfg.out, log=str(log), tasks=(2,), episodes=(0, 1),
+                  max_steps=9, pruner="adp", keep=0.5, pruner_fields={"gate": {"schedule": "static"}}, verbose=False)
+    (rec,) = run_job(job)
+    assert (rec.suite, rec.task, rec.steps, rec.queries, rec.pruned_queries) == ("metaworld", "drawer-close", 9, 2, 2)
+    assert len(read_logs([log]).episodes) == 1 and run_job(job) == []  # resumes: nothing left to run
 
 
 def test_resume_continues_exactly(dataset, tmp_path):

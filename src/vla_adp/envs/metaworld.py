@@ -65,6 +65,12 @@ TASKS: dict[str, TaskSpec] = {  # expert steps to success over 50 seeds, max: se
 }
 
 
+# Suites of the evaluation runner: task ids index these tuples. "metaworld" is the task set of the
+# committed reference policy (src/vla_adp/assets/metaworld_policy); "metaworld_all" every task above.
+REFERENCE_TASKS = ("button-press-topdown", "drawer-open", "drawer-close", "window-open", "window-close", "reach")
+SUITES: dict[str, tuple[str, ...]] = {"metaworld": REFERENCE_TASKS, "metaworld_all": tuple(TASKS)}
+
+
 @dataclass(frozen=True)
 class SceneCamera:
     """A free MuJoCo camera (``mjvCamera``) aimed at the workspace.
@@ -144,13 +150,12 @@ class MetaWorldEnv:
         split: ``eval`` (held-out goals) or ``train`` (demonstration goals).
         max_steps: policy steps per episode; default the task's :class:`TaskSpec`.
         camera: the scene view: a :class:`SceneCamera` or a named camera of the Meta-World model.
-        task_id: index of the task in a benchmark run (logs only).
+        task_id: index of the task in its suite (logs only).
+        suite: suite name written to the logs (see :data:`SUITES`).
     """
 
-    suite = "metaworld"
-
     def __init__(self, task: str, image_size: int = 112, split: str = "eval", max_steps: int | None = None,
-                 camera: str | SceneCamera = SceneCamera(), task_id: int = 0):
+                 camera: str | SceneCamera = SceneCamera(), task_id: int = 0, suite: str = "metaworld"):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         if not isinstance(image_size, int) or image_size < 16:
@@ -161,6 +166,7 @@ class MetaWorldEnv:
         self.instruction = self.spec.instruction
         self.max_steps = int(max_steps or self.spec.max_steps)
         self.task_id, self.split, self.image_size, self.camera = task_id, split, image_size, camera
+        self.suite = suite
         self.env = ALL_V3_ENVIRONMENTS[f"{self.task}-v3"]()
         self._configure(self.env)
         self.renderer = FastRenderer(self.env.model, image_size)
@@ -235,3 +241,27 @@ class MetaWorldEnv:
             "instruction": self.instruction,
         }
         return self._obs
+
+
+# -- the factory interface of the evaluation runner (vla_adp.eval.job.ENV_FACTORIES) ---------------
+def suite_tasks(suite: str) -> list[str]:
+    """Task names of ``suite``, in task-id order."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown Meta-World suite {suite!r}; expected one of {sorted(SUITES)}")
+    return list(SUITES[suite])
+
+
+def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "fast",
+             image_size: int = 112) -> MetaWorldEnv:
+    """Task ``task_id`` of ``suite`` on held-out goals (episode e: seed 1_000_000 + e).
+
+    ``render``: Meta-World has one renderer here, :class:`FastRenderer`, with which the reference
+    policy was trained; ``faithful`` and ``fast`` both name it.
+    """
+    tasks = suite_tasks(suite)
+    if render not in ("faithful", "fast"):
+        raise ValueError(f"render must be 'faithful' or 'fast', got {render!r}")
+    if not isinstance(task_id, int) or not 0 <= task_id < len(tasks):
+        raise ValueError(f"{suite} has tasks 0..{len(tasks) - 1}, got {task_id!r}")
+    return MetaWorldEnv(tasks[task_id], image_size=image_size, split="eval", max_steps=max_steps,
+                        task_id=task_id, suite=suite)
