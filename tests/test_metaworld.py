@@ -144,6 +144,11 @@ def test_bad_shard_is_named(tmp_path):
         load_demos(tmp_path)
 
 
+def test_missing_task_is_named(dataset):
+    with pytest.raises(ValueError, match="window-open"):
+        load_demos(dataset[0], ("reach", "window-open"))
+
+
 def test_chunk_targets_repeat_the_last_action():
     demos = Demos(np.zeros((5, 1, 1, 3), np.uint8), np.zeros((5, 1, 1, 3), np.uint8), np.zeros((5, 4), np.float32),
                   np.arange(20, dtype=np.float32).reshape(5, 4), np.array([0, 0, 0, 1, 1]), np.array([3, 5]),

@@ -16,7 +16,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--threads", default="auto",
+                   help="torch CPU threads, or 'auto': the faster of 1 and 2, re-measured every 200 steps")
     p.add_argument("--save-minutes", type=float, default=d.save_minutes)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--llm-dim", type=int, default=m.llm_dim)
@@ -32,7 +33,7 @@ def run(args) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
     model = ModelSize(patch=args.patch, llm_dim=args.llm_dim, llm_layers=args.llm_layers, llm_ffn=args.llm_ffn)
     cfg = TrainConfig(args.data, args.out, tasks, args.minutes, args.steps, args.batch_size, args.lr,
-                      warmup_steps=args.warmup_steps, threads=args.threads, save_minutes=args.save_minutes,
+                      warmup_steps=args.warmup_steps, threads=None if args.threads == "auto" else int(args.threads), save_minutes=args.save_minutes,
                       seed=args.seed, model=model)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"{len(trainer.demos)} frames, {len(trainer.demos.instructions)} demos, tasks {sorted(set(trainer.demos.tasks))}; "

@@ -38,6 +38,11 @@ WRIST_CAMERA = "gripperPOV"
 ROLLED_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})  # xyaxes with y pointing down
 
 
+# A 0.02 m goal sphere covers ~5 px of the 112 px scene view; at 0.04 m (~10 px) the point goals of
+# reach / push / pick-place are visible from every seeded position.
+GOAL_MARKER = 0.04
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One Meta-World task as the policy sees it.
@@ -45,16 +50,20 @@ class TaskSpec:
     Args:
         instruction: the language instruction (lower case, no final period).
         max_steps: policy steps per evaluation episode (about 2× the expert's longest demo).
+        goal_marker: radius (m) to draw the ``goal`` site with, where the goal is a free point in
+            space the policy must see; ``None`` keeps Meta-World's 0.02 m. Sites never collide, so
+            this changes pixels only.
     """
 
     instruction: str
     max_steps: int
+    goal_marker: float | None = None
 
 
 TASKS: dict[str, TaskSpec] = {  # expert steps to success over 50 seeds, max: see benchmarks/metaworld_training.md
-    "reach": TaskSpec("reach the red goal", 150),  # expert <= 73
-    "push": TaskSpec("push the puck to the green goal", 150),  # <= 74
-    "pick-place": TaskSpec("pick up the puck and place it at the blue goal", 150),  # <= 62
+    "reach": TaskSpec("reach the red goal", 150, GOAL_MARKER),  # expert <= 73
+    "push": TaskSpec("push the puck to the green goal", 150, GOAL_MARKER),  # <= 74
+    "pick-place": TaskSpec("pick up the puck and place it at the blue goal", 150, GOAL_MARKER),  # <= 62
     "drawer-open": TaskSpec("open the drawer", 200),  # <= 93
     "drawer-close": TaskSpec("close the drawer", 160),  # <= 79
     "button-press-topdown": TaskSpec("push the red button down", 150),  # <= 75
@@ -182,6 +191,8 @@ class MetaWorldEnv:
         env.__dict__.pop("sawyer_observation_space", None)
         env._freeze_rand_vec, env.seeded_rand_vec, env._set_task_called = False, True, True
         env.max_path_length = max(env.max_path_length, self.max_steps + 1)
+        if self.spec.goal_marker is not None:
+            env.model.site_size[env.model.site("goal").id, 0] = self.spec.goal_marker
 
     # -- Env protocol ------------------------------------------------------------------------
     def reset(self, episode: int) -> dict[str, Any]:

@@ -76,7 +76,8 @@ class TrainConfig:
         steps: length of the cosine schedule; the schedule follows whichever of step or time
             budget is further along, so the learning rate has annealed when the budget ends.
         batch_size / lr / weight_decay / warmup_steps / grad_clip: AdamW + linear warm-up + cosine.
-        threads: torch CPU threads.
+        threads: torch CPU threads; ``None``: the faster of 1 and 2, re-measured every 200 steps
+            (:class:`~vla_adp.train.threads.ThreadTuner`).
         save_minutes: save the training state and the checkpoint this often.
         seed: initialisation and batch sampling.
         model: the small OFT shapes.
@@ -93,17 +94,27 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 200
     grad_clip: float = 1.0
-    threads: int = 1
+    threads: int | None = None
     save_minutes: float = 5.0
     log_every: int = 25
     seed: int = 0
     model: ModelSize = ModelSize()
 
+    @property
+    def thread_choices(self) -> tuple[int, ...]:
+        return (self.threads,) if self.threads else (1, 2)
+
     def __post_init__(self) -> None:
+        if self.tasks is not None:
+            from vla_adp.envs.metaworld import task_name
+
+            object.__setattr__(self, "tasks", tuple(task_name(t) for t in self.tasks))
         for name in ("minutes", "lr", "save_minutes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("steps", "batch_size", "threads", "log_every"):
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"TrainConfig.threads must be a positive int or None (auto), got {self.threads!r}")
+        for name in ("steps", "batch_size", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive int, got {value!r}")

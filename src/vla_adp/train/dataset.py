@@ -62,6 +62,10 @@ def shard_files(data_dir: str | Path, tasks: tuple[str, ...] | None = None) -> l
         raise FileNotFoundError(f"dataset folder not found: {root} (write one with `vla-adp collect metaworld`)")
     files = sorted(p for p in root.glob("*/episode_*.npz") if not p.name.endswith(".tmp.npz"))
     if tasks:
+        missing = sorted(set(tasks) - {p.parent.name for p in files})
+        if missing:
+            found = sorted({p.parent.name for p in files})
+            raise ValueError(f"{root}: no demonstrations of {missing}; the dataset has {found}")
         files = [p for p in files if p.parent.name in tasks]
     if not files:
         raise ValueError(f"{root}: no demonstration shards (<task>/episode_*.npz) for tasks {tasks or 'any'}")

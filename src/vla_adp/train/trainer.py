@@ -30,6 +30,7 @@ from vla_adp.model.tiny import train_tokenizer
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.train.config import ModelSize, TrainConfig
 from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
+from vla_adp.train.threads import ThreadTuner
 
 DATASET_KEY = "metaworld"
 STATE_FILE = "training/state.pt"
@@ -63,7 +64,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.out)
-        torch.set_num_threads(cfg.threads)
+        self.threads = ThreadTuner(cfg.thread_choices)
+        torch.set_num_threads(cfg.thread_choices[0])
         self.platform = get_platform("metaworld")
         self.demos = load_demos(cfg.data, cfg.tasks)
         self.tokenizer_file = self._tokenizer(resume)
@@ -147,7 +149,10 @@ class Trainer:
         start, base = time.perf_counter(), st.seconds  # the budget counts saves and logs too
         last_save, window = start, []
         while self.progress_at() < 1.0:
+            step, t0 = st.step, time.perf_counter()
+            self.threads.threads_for(step)
             window.append(self.train_step())
+            self.threads.record(step, time.perf_counter() - t0)
             st.seconds = base + time.perf_counter() - start
             bar.update(min(1000, int(1000 * self.progress_at())) - bar.n)
             if st.step % cfg.log_every == 0:
@@ -168,7 +173,7 @@ class Trainer:
         rate = self.state.samples / max(self.state.seconds, 1e-9)
         bar.set_postfix(step=self.state.step, loss=f"{loss:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", sps=f"{rate:.1f}")
         line = {"step": self.state.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
-                "seconds": round(self.state.seconds, 1), "samples_per_s": round(rate, 2)}
+                "seconds": round(self.state.seconds, 1), "samples_per_s": round(rate, 2), "threads": torch.get_num_threads()}
         with open(self.out / LOG_FILE, "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -182,7 +187,7 @@ class Trainer:
         return {"steps": st.step, "samples": st.samples, "seconds": round(st.seconds, 1),
                 "samples_per_s": round(st.samples / max(st.seconds, 1e-9), 2),
                 "final_loss": st.losses[-1] if st.losses else None, "frames": len(d),
-                "episodes": len(d.instructions), "tasks": sorted(set(d.tasks)), "threads": self.cfg.threads,
+                "episodes": len(d.instructions), "tasks": sorted(set(d.tasks)), "threads": list(self.cfg.thread_choices),
                 "parameters": sum(p.numel() for p in self.model.parameters()), "config": _jsonable(self.cfg)}
 
 
