@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "bench": ("bench", "per-stage latency, speedup vs FLOPs and peak memory of every pruner on one clock"),
 }
 
 

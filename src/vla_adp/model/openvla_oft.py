@@ -156,14 +156,15 @@ class OpenVLAOFT(nn.Module):
             with timer("llm"):
                 x = llm.run_layers(x, pos, start, i, mask)
             start = i
-            with timer("prune"):
+            with timer("prune"):  # the pruner's scoring and selection
                 keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm))
-                if keep is not None:
-                    if mask is not None:
-                        raise ValueError("pruning a right-padded training batch is not supported")
+            if keep is not None:
+                if mask is not None:
+                    raise ValueError("pruning a right-padded training batch is not supported")
+                with timer("gather"):  # the shorter sequence (shared by every pruner)
                     x, pos, layout = apply_keep(x, pos, layout, keep, getattr(pruner, "positions", "contiguous"))
-                    keeps.append(keep)
-                    seq_lens[i:] = [layout.length] * (n - i)
+                keeps.append(keep)
+                seq_lens[i:] = [layout.length] * (n - i)
         with timer("llm"):
             x = llm.norm(llm.run_layers(x, pos, start, n, mask))
         return x, keeps, layout, seq_lens

@@ -111,7 +111,8 @@ class ADPConfig:
         order: ``position`` keeps kept tokens in original order; ``score`` orders each view's kept
             tokens by descending score, as the reference does for a single camera (its global
             ``topk(sorted=True)``); with contiguous positions the order changes the output.
-        scoring: ``fused`` (mean over text first; same Φ, less work) or ``exact`` (reference matrix).
+        scoring: ``fused`` (mean over text first; same Φ, less work), ``exact`` (reference matrix) or
+            ``folded`` (W_K folded into the mean query as well: no K projection of the visual tokens).
     """
 
     keep_ratio: float = 0.5
@@ -140,7 +141,7 @@ class ADPConfig:
         _choice(self, "selection", SELECTIONS)
         _choice(self, "layer_mode", LAYER_MODES)
         _choice(self, "order", ("position", "score"))
-        _choice(self, "scoring", ("fused", "exact"))
+        _choice(self, "scoring", ("fused", "exact", "folded"))
         if self.positions not in ("contiguous", "original"):
             raise ValueError(f"ADPConfig.positions must be 'contiguous' or 'original', got {self.positions!r}")
 

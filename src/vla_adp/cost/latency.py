@@ -1,0 +1,378 @@
+"""One clock for every pruner: per-stage latency of a policy query (issue 7; style anchor 11).
+
+A query is timed stage by stage, with the sections the model and the policy already mark:
+
+    transforms (resize, crop, normalise) ─ gate (pruner.begin) ─ vision ─ projector ─
+    [prune (pruner's scoring + selection) ─ gather (shorter sequence)] ─ llm ─ head ─ gate (pruner.end)
+
+and end to end (``e2e``, one clock around all of it). Discipline (environment.md "CPU timing"):
+configurations run *interleaved* — round r runs every configuration once, in an order rotated by r —
+so slow drifts of a shared machine hit all of them alike; warm-up rounds are dropped; results are
+medians and p90 over the rounds; speedups are ratios of medians measured in the same run, next to the
+per-round paired ratios (their p10–p90 is the noise band). The FLOPs prediction for the same
+sequence lengths comes from :func:`vla_adp.cost.flops.llm_flops` (both conventions).
+
+On a GPU, :class:`EventStopwatch` times the same sections with CUDA events and
+:func:`graphed_decoder_ms` replays the decoder of a fixed shape as a CUDA graph.
+**The GPU paths were not exercised on this project's machines (no GPU); the CPU path never uses them.**
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_adp.cost.flops import llm_flops
+from vla_adp.model import transforms as T
+from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
+from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
+from vla_adp.pruning.layout import TokenLayout
+from vla_adp.pruning.scoring import layer_text_vision_scores
+from vla_adp.utils.timing import Stopwatch, sync
+
+STAGES = ("transforms", "gate", "vision", "projector", "prune", "gather", "llm", "head")
+OVERHEAD = ("gate", "prune", "gather")  # what a pruner adds on top of the shorter LLM pass
+BASELINE = "none"
+
+
+# -- statistics (pure) -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Summary:
+    """Order statistics of one quantity over the measured rounds (ms or a ratio)."""
+
+    n: int
+    median: float
+    p10: float
+    p90: float
+    min: float
+    max: float
+
+    @property
+    def spread(self) -> float:
+        """(p90 − p10) / median: the relative width of the middle 80 %."""
+        return (self.p90 - self.p10) / self.median if self.median else float("nan")
+
+
+def summarize(samples: Sequence[float]) -> Summary:
+    """Median, p10/p90 (linear interpolation) and range of ``samples``."""
+    if len(samples) == 0:
+        raise ValueError("cannot summarise an empty list of samples")
+    x = np.asarray(samples, dtype=np.float64)
+    p10, med, p90 = np.percentile(x, [10, 50, 90])
+    return Summary(len(x), float(med), float(p10), float(p90), float(x.min()), float(x.max()))
+
+
+def paired_ratios(base: Sequence[float], other: Sequence[float]) -> list[float]:
+    """base[r] / other[r] per round r (both measured in the same interleaved round)."""
+    if len(base) != len(other):
+        raise ValueError(f"paired ratios need equal rounds, got {len(base)} and {len(other)}")
+    return [b / o for b, o in zip(base, other) if o > 0]
+
+
+def expected_latency(t_full: float, t_pruned: float, gamma: float, t_gate: float = 0.0) -> float:
+    """Mean per-query latency when a share γ of the queries prunes (the latency twin of Eq. 24).
+
+    Unpruned queries of a gated pruner still pay its gate (``t_gate``).
+    """
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma (share of pruned queries) must be in [0, 1], got {gamma!r}")
+    return gamma * t_pruned + (1.0 - gamma) * (t_full + t_gate)
+
+
+def expected_speedup(t_full: float, t_pruned: float, gamma: float, t_gate: float = 0.0) -> float:
+    """Unpruned latency over :func:`expected_latency` (per query, hence per episode)."""
+    return t_full / expected_latency(t_full, t_pruned, gamma, t_gate)
+
+
+# -- stopwatches -------------------------------------------------------------------------------
+class EventStopwatch:
+    """CUDA-event sections with the :class:`~vla_adp.utils.timing.Stopwatch` interface.
+
+    Records a start/end event pair per section and synchronises once, in :meth:`ms`, so the timer
+    does not stall the stream between stages. UNTESTED HERE: no GPU on the project's machines.
+    """
+
+    def __init__(self, device=None):
+        self.pairs: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
+
+    @contextmanager
+    def __call__(self, name: str):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        try:
+            yield
+        finally:
+            end.record()
+            self.pairs[name].append((start, end))
+
+    def ms(self) -> dict[str, float]:
+        torch.cuda.synchronize()
+        return {k: sum(s.elapsed_time(e) for s, e in v) for k, v in self.pairs.items()}
+
+
+def make_timer(device: torch.device):
+    return EventStopwatch(device) if device.type == "cuda" else Stopwatch(device)
+
+
+# -- one query ---------------------------------------------------------------------------------
+@dataclass
+class Case:
+    """One configuration of the benchmark: no pruner (``none``) or a pruner at a keep ratio."""
+
+    label: str
+    pruner_name: str | None = None
+    keep: float | None = None
+    pruner: Any = None
+    error: str | None = None  # why the pruner could not be built (reported, not raised)
+    spec: str | None = None  # the ``name[:field=value,...]`` it was built from
+
+
+@dataclass
+class QuerySample:
+    ms: dict[str, float]
+    seq_lens: list[int]
+    kept_visual: int
+    pruned: bool
+
+
+# Settings that make a gated pruner prune every query, so that the pruned shape is what gets timed.
+FORCE_PRUNED: dict[str, dict[str, Any]] = {"adp": {"gate": {"schedule": "static", "limit_consecutive": False}}}
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:field=value,field=value`` (values read as JSON where they parse)."""
+    name, _, rest = spec.partition(":")
+    fields: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"pruner spec {spec!r}: expected name:field=value[,field=value], got {item!r}")
+        try:
+            fields[key] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key] = value
+    return name, fields
+
+
+def build_case(spec: str | None, keep: float | None = None) -> Case:
+    """A benchmark configuration; a pruner that cannot be built is kept with the reason as ``error``."""
+    if spec in (None, BASELINE):
+        return Case(BASELINE)
+    from vla_adp.pruning.registry import build_pruner
+
+    name, fields = parse_spec(spec)
+    label = f"{spec}@{keep:g}" if keep is not None else spec
+    try:
+        pruner = build_pruner(name, keep=keep, **{**FORCE_PRUNED.get(name, {}), **fields})
+    except (ImportError, TypeError) as e:  # not on this branch yet, or no keep_ratio field
+        return Case(label, name, keep, error=f"{type(e).__name__}: {e}", spec=spec)
+    return Case(label, name, keep, pruner, spec=spec)
+
+
+def prepare_pixels(images: list[np.ndarray], args, center_crop: bool = True) -> torch.Tensor:
+    """The policy's image path (:meth:`vla_adp.policy.Policy.images` / ``pixels``): resize, crop, normalise."""
+    towers = args.towers
+    out = []
+    for img in images:
+        img = T.resize_for_policy(img, args.image_size) if img.shape[:2] != (args.image_size,) * 2 else img
+        img = T.center_crop(img) if center_crop else img
+        out.append(T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]))
+    return torch.from_numpy(np.concatenate(out, axis=0))[None]
+
+
+class QueryRunner:
+    """Runs timed queries of one model on one fixed observation, for any pruner."""
+
+    def __init__(self, model: OpenVLAOFT, inputs: OFTInputs, images: list[np.ndarray]):
+        self.model, self.inputs, self.images = model, inputs, images
+        a = model.args
+        self.layout = TokenLayout((a.patches_per_image,) * a.n_images, inputs.input_ids.shape[1] - 1,
+                                  a.n_action_slots, int(a.use_proprio))
+        self.index = 0
+
+    @torch.inference_mode()
+    def query(self, pruner=None) -> QuerySample:
+        """One query through transforms, gate, model and the pruner's end-of-query update."""
+        dev = self.model.device
+        timer = make_timer(dev)
+        sync(dev)
+        t0 = time.perf_counter()
+        with timer("transforms"):
+            pixels = prepare_pixels(self.images, self.model.args).to(dev)
+        inputs = OFTInputs(pixels, self.inputs.input_ids, self.inputs.proprio)
+        with timer("gate"):
+            hooks = pruner.begin(self._query()) if pruner is not None else frozenset()
+        out = self.model(inputs, pruner, hooks, timer=timer)
+        actions = out.actions[0].float().cpu().numpy()
+        if pruner is not None:
+            with timer("gate"):
+                pruner.end(QueryOutcome(out.layout, actions, out.keeps))
+        sync(dev)
+        e2e = 1e3 * (time.perf_counter() - t0)
+        self.index += 1
+        if not np.isfinite(actions).all():
+            raise RuntimeError("the benchmark model produced non-finite actions")
+        ms = {s: 0.0 for s in STAGES} | timer.ms() | {"e2e": e2e}
+        return QuerySample(ms, list(out.seq_lens), out.layout.n_visual, bool(out.keeps))
+
+    def _query(self) -> Query:
+        # A steadily moving end effector, so that motion-gated pruners see a plausible trajectory.
+        pos = np.array([0.01 * self.index, 0.0, 0.0])
+        return Query(self.index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3))
+
+    @torch.inference_mode()
+    def scoring(self, method: str = "fused") -> dict[str, float]:
+        """ADP's layer-0 text→vision score Φ alone (Eq. 7–9), on the embedded sequence."""
+        ctx = self._layer0()
+        dev = self.model.device
+        timer = make_timer(dev)
+        with timer("phi"):
+            phi = layer_text_vision_scores(ctx, method)
+        if phi.shape[-1] != self.layout.n_visual:
+            raise RuntimeError(f"scorer returned {phi.shape[-1]} scores for {self.layout.n_visual} visual tokens")
+        return timer.ms()
+
+    def _layer0(self) -> LayerContext:
+        if not hasattr(self, "_ctx"):
+            emb = self.model.embed(self.inputs)
+            self._ctx = LayerContext(0, emb.hidden, emb.position_ids, emb.layout, emb.visual, self.model.language_model)
+        return self._ctx
+
+
+# -- interleaved rounds ------------------------------------------------------------------------
+def interleave(tasks: dict[str, Callable[[], Any]], reps: int, warmup: int,
+               progress: Callable[[int, int], None] | None = None) -> dict[str, list[Any]]:
+    """Round r runs every task once, in an order rotated by r; the first ``warmup`` rounds are dropped."""
+    if reps < 1 or warmup < 0:
+        raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps!r}, warmup={warmup!r}")
+    names = list(tasks)
+    kept: dict[str, list[Any]] = {name: [] for name in names}
+    for r in range(warmup + reps):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            sample = tasks[name]()
+            if r >= warmup:
+                kept[name].append(sample)
+        if progress is not None:
+            progress(r + 1, warmup + reps)
+    return kept
+
+
+# -- results -----------------------------------------------------------------------------------
+@dataclass
+class CaseResult:
+    """Everything measured for one configuration; ``samples`` keeps the raw per-round ms."""
+
+    label: str
+    pruner: str | None
+    keep: float | None
+    error: str | None = None
+    pruned_share: float = 0.0
+    kept_visual: Summary | None = None
+    seq_lens: list[int] = field(default_factory=list)
+    flops: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, Summary] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    memory: dict[str, Any] | None = None
+
+
+def case_result(case: Case, samples: list[QuerySample], llm_args) -> CaseResult:
+    """Summaries of one case's rounds; FLOPs are the median over rounds (data-dependent pruners vary)."""
+    if case.error or not samples:
+        return CaseResult(case.label, case.pruner_name, case.keep, error=case.error or "no samples")
+    per_stage = {k: [s.ms.get(k, 0.0) for s in samples] for k in (*STAGES, "e2e")}
+    per_stage["overhead"] = [sum(s.ms.get(k, 0.0) for k in OVERHEAD) for s in samples]
+    flops = {c: float(np.median([llm_flops(llm_args, s.seq_lens, c) for s in samples]))
+             for c in ("paper", "consistent")}
+    mid = samples[len(samples) // 2]
+    return CaseResult(case.label, case.pruner_name, case.keep, None,
+                      pruned_share=float(np.mean([s.pruned for s in samples])),
+                      kept_visual=summarize([s.kept_visual for s in samples]), seq_lens=mid.seq_lens, flops=flops,
+                      stages={k: summarize(v) for k, v in per_stage.items()}, samples=per_stage)
+
+
+def speedups(base: CaseResult, row: CaseResult) -> dict[str, float]:
+    """Measured speedups of ``row`` over the unpruned ``base`` next to the FLOPs-predicted ones.
+
+    ``llm``: decoder only; ``llm+overhead``: decoder plus the pruner's gate, scoring, selection and
+    gather; ``e2e``: the whole query. ``realised`` = measured LLM speedup / predicted (consistent
+    convention: every matmul at 2 FLOPs per MAC, the cost the hardware actually pays).
+    """
+    med = lambda r, k: r.stages[k].median  # noqa: E731
+    llm_pair = summarize(paired_ratios(base.samples["llm"], row.samples["llm"]))
+    pred = {c: base.flops[c] / row.flops[c] for c in ("paper", "consistent")}
+    llm_total = lambda r: np.add(r.samples["llm"], r.samples["overhead"])  # noqa: E731
+    return {
+        "llm": med(base, "llm") / med(row, "llm"),
+        "llm_paired_p10": llm_pair.p10, "llm_paired_p90": llm_pair.p90,
+        "predicted_consistent": pred["consistent"], "predicted_paper": pred["paper"],
+        "realised": (med(base, "llm") / med(row, "llm")) / pred["consistent"],
+        "llm+overhead": med(base, "llm") / float(np.median(llm_total(row))),
+        "e2e": med(base, "e2e") / med(row, "e2e"),
+        "overhead_pct_of_unpruned_e2e": 100 * med(row, "overhead") / med(base, "e2e"),
+    }
+
+
+# -- GPU: CUDA graphs of fixed decoder shapes (UNTESTED HERE: no GPU) ---------------------------
+def graphed_decoder_ms(llm, seq_lens: list[int], reps: int = 50, warmup: int = 5) -> Summary:
+    """Latency of the decoder replayed as one CUDA graph for a fixed per-layer length profile.
+
+    The graph runs each run of equal lengths as ``run_layers`` and cuts the sequence to the next
+    length in between (the gather's shape effect), so pruned and unpruned shapes each get their own
+    graph. Needs a CUDA model; not exercised on the project's CPU machines.
+    """
+    dev, dtype = llm.norm.weight.device, llm.norm.weight.dtype
+    if dev.type != "cuda":
+        raise ValueError("CUDA graphs need the model on a CUDA device (--device cuda)")
+    x = torch.randn(1, seq_lens[0], llm.args.dim, device=dev, dtype=dtype)
+    segments = _segments(seq_lens)
+
+    def step():
+        h = x
+        for start, stop, length in segments:
+            h = h[:, :length]
+            pos = torch.arange(length, device=dev)[None]
+            h = llm.run_layers(h, pos, start, stop)
+        return h
+
+    graph = _capture(step, warmup)
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return summarize(times)
+
+
+def _segments(seq_lens: list[int]) -> list[tuple[int, int, int]]:
+    """[(start, stop, length)] runs of layers with one sequence length."""
+    out, start = [], 0
+    for i in range(1, len(seq_lens) + 1):
+        if i == len(seq_lens) or seq_lens[i] != seq_lens[start]:
+            out.append((start, i, seq_lens[start]))
+            start = i
+    return out
+
+
+def _capture(fn: Callable[[], torch.Tensor], warmup: int):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(side):
+        for _ in range(warmup):  # kernels and allocator settle before capture, as PyTorch requires
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(graph):
+        fn()
+    return graph
