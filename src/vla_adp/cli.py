@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
     "bench": ("bench", "per-stage latency, speedup vs FLOPs and peak memory of every pruner on one clock"),
 }
 

@@ -178,6 +178,8 @@ class Policy:
         if s.pruner is not None:
             with timer("gate"):
                 info.update(s.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
+            # FLOPs of the query = decoder + the pruner's own scoring (e.g. ADP's Eq. 22 / probe pass).
+            info["flops"] = info["flops_llm"] + float(info.get("scoring_flops", 0.0))
         info["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         s.query_index += 1
         s.trajectory = []
@@ -214,5 +216,6 @@ class Policy:
             "kept_visual": kept[-1],
             "kept_per_view": list(views),
             "kept_indices": keep_idx,
+            "flops_llm": llm_flops(self.model.args.llm, out.seq_lens),
             "flops": llm_flops(self.model.args.llm, out.seq_lens),
         }

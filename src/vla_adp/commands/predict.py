@@ -18,7 +18,9 @@ def add_arguments(p) -> None:
                    help=".npz or .pkl with full_image, wrist_image, state and instruction/task_description "
                         "(OFT's sample_libero_spatial_observation.pkl works); default: a synthetic observation")
     p.add_argument("--instruction", default=None, help="override the observation's instruction")
-    p.add_argument("--repeat", type=int, default=3, help="queries to run (timings of the last are printed)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="queries in one episode (the action-aware gate starts with full-vision windows); "
+                        "the last query's actions and timings are printed")
     p.add_argument("--json", action="store_true", help="print actions and info as JSON")
 
 
@@ -53,9 +55,11 @@ def run(args) -> int:
     obs = read_obs(args.obs, policy)
     if args.instruction:
         obs["instruction"] = args.instruction
+    policy.reset()
+    pruned = []
     for _ in range(max(1, args.repeat)):
-        policy.reset()
         out = policy.infer(obs)
+        pruned.append(int(out["info"]["pruned"]))
     actions, info = out["actions"], out["info"]
     if args.json:
         info = {k: v for k, v in info.items() if k != "kept_indices"}
@@ -63,6 +67,9 @@ def run(args) -> int:
         return 0
     np.set_printoptions(precision=4, suppress=True, linewidth=120)
     print(f"checkpoint {args.checkpoint}  platform {policy.platform.name}  unnorm_key {policy.unnorm_key}")
+    if policy.pruner is not None:
+        print(f"pruner {policy.pruner.name}: pruned per query {pruned} (1 = pruned; gate info: "
+              + ", ".join(f"{k}={info[k]}" for k in ("gate_reason", "displacement") if k in info) + ")")
     print(f"action chunk {actions.shape}:\n{actions}")
     print(f"sequence {info['seq_len']} -> {info['seq_len_pruned']} tokens, visual kept {info['kept_visual']}/{info['n_visual']}"
           f" per view {info['kept_per_view']}, LLM {info['flops'] / 1e12:.4f} TFLOPs (paper convention)")

@@ -46,14 +46,20 @@ class GateConfig:
 
     Args:
         schedule: ``dynamic`` (the gate), ``static`` (prune every query: "ADP w/o D"),
-            ``periodic`` (alternate every ``period`` windows: "w/o D + PS"), ``random`` (state 1 with
-            probability ``random_state_prob``, seeded).
+            ``periodic`` (alternate phases of ``period`` queries, the first in ``initial_state``:
+            "w/o D + PS"), ``random`` (state 1 with probability ``random_state_prob``, drawn per
+            (``random_seed``, query index)). Open-loop schedules skip the limiter; see gate.py for
+            what Table 3a's numbers imply about them.
         rule: ``adjacent`` extrema (Eq. 17–18), ``mean`` (Eq. 16, running mean incl. the current
             window), ``ema`` (the reference's "avg": m <- 0.5 m + 0.5 d).
         window: adjacent-extrema window τ; the reference uses max(3, window).
         third_case: between the extrema: ``prune`` (state 1: reference code and paper §5.1) or
             ``previous`` (keep the state: Eq. 18 as printed).
-        initial_state: state while the history is shorter than the window (cold start).
+        initial_state: state of the cold-start queries (query 0 always; see ``cold_start``).
+        cold_start: queries at the start of an episode that take ``initial_state`` whatever the
+            rule says; ``None`` = the reference code: max(3, window) for ``adjacent`` (queries 0, 1,
+            2 with the shipped window 3), 1 for ``mean``/``ema``. The paper's "two-window cold
+            start" (§5.1, Alg. 1) is ``cold_start=2`` (extrema then over the windows there are).
         displacement: ``net`` ‖p_last − p_first‖ (reference default), ``path`` Σ‖p_{t+1} − p_t‖ over
             recorded steps with steps below ``min_delta_pos`` dropped (reference "sum"/"arc_sum"/
             "hypot"), ``fk`` path length of the chunk's predicted deltas composed in the body frame
@@ -67,6 +73,7 @@ class GateConfig:
     window: int = 3
     third_case: str = "prune"
     initial_state: int = 0
+    cold_start: int | None = None
     displacement: str = "net"
     min_delta_pos: float = 0.0
     limit_consecutive: bool = True
@@ -85,8 +92,12 @@ class GateConfig:
         for name in ("window", "max_consecutive", "period"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"GateConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if self.cold_start is not None and (not isinstance(self.cold_start, int) or self.cold_start < 1):
+            raise ValueError(f"GateConfig.cold_start must be None or an int >= 1, got {self.cold_start!r}")
         if self.min_delta_pos < 0:
             raise ValueError(f"GateConfig.min_delta_pos must be >= 0, got {self.min_delta_pos!r}")
+        if not isinstance(self.random_seed, int) or self.random_seed < 0:
+            raise ValueError(f"GateConfig.random_seed must be an int >= 0, got {self.random_seed!r}")
         if not 0.0 <= self.random_state_prob <= 1.0:
             raise ValueError(f"GateConfig.random_state_prob must be in [0, 1], got {self.random_state_prob!r}")
 
@@ -197,13 +208,14 @@ def _split(value) -> tuple[float, ...] | None:
 
 
 def _rule(value: str) -> str:
-    # Reference: "avg" is the EMA; any other string falls to the adjacent-extrema branch.
-    return {"avg": "ema", "ema": "ema", "mean": "mean"}.get(value, "adjacent")
+    # Reference: "avg" (case-insensitive) is the EMA; any other string falls to the adjacent-extrema branch.
+    return {"avg": "ema", "ema": "ema", "mean": "mean"}.get(str(value or "").lower(), "adjacent")
 
 
 def _displacement(value: str) -> str:
-    # Reference: "sum"/"arc_sum"/"hypot" are one path-length rule; anything else is "net".
-    return {"sum": "path", "arc_sum": "path", "hypot": "path", "path": "path", "fk": "fk"}.get(value, "net")
+    # Reference: "sum"/"arc_sum"/"hypot" (case-insensitive) are one path-length rule; anything else is "net".
+    names = {"sum": "path", "arc_sum": "path", "hypot": "path", "path": "path", "fk": "fk"}
+    return names.get(str(value or "").lower(), "net")
 
 
 REFERENCE_FIELDS: dict[str, tuple[str, str, Any]] = {

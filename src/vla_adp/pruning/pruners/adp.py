@@ -22,6 +22,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from vla_adp.cost.flops import query_scoring_flops
 from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
 from vla_adp.pruning.config import ADPConfig
 from vla_adp.pruning.gate import ActionAwareGate
@@ -49,10 +50,12 @@ class ADPPruner:
         self.gate.reset()
         self._generator = torch.Generator().manual_seed(self.config.seed)
         self._state = 0
+        self._scoring_flops = 0.0
 
     def begin(self, query: Query) -> frozenset[int]:
         state = self.gate.decide(query)
         self._state = int(state and self.config.enabled)
+        self._scoring_flops = 0.0
         prunes = self._state and self.config.keep_ratio < 1.0
         return frozenset({self.prune_layer}) if prunes else frozenset()
 
@@ -60,9 +63,11 @@ class ADPPruner:
         cfg, layout = self.config, ctx.layout
         k = keep_count(layout.n_visual, cfg.keep_ratio, cfg.rounding)
         quotas = view_quotas(k, layout.views, cfg.split)
-        scores = None if cfg.selection == "random" else self.scores(ctx)
-        if scores is None:
+        if cfg.selection == "random":
             scores = torch.zeros(ctx.hidden.shape[0], layout.n_visual)
+        else:
+            scores = self.scores(ctx)
+            self._scoring_flops = query_scoring_flops(ctx.llm.args, layout, cfg.layer, cfg.layer_mode, cfg.scoring)
         return select_per_view(scores, layout.views, quotas, cfg.selection, self._generator, cfg.order)
 
     def scores(self, ctx: LayerContext) -> Tensor:
@@ -87,7 +92,7 @@ class ADPPruner:
     def end(self, outcome: QueryOutcome) -> dict:
         self.gate.observe_actions(outcome.actions)
         return {**self.gate.info(), "gate_state": self._state, "keep_ratio": self.config.keep_ratio,
-                "scoring_layer": self.config.layer}
+                "scoring_layer": self.config.layer, "scoring_flops": self._scoring_flops}
 
 
 PRUNER = ADPPruner

@@ -1,0 +1,67 @@
+"""``vla-adp flops``: the paper's FLOPs trade-off tables (seed paper Tables 5–9, Eq. 19–25).
+
+Defaults reproduce the printed tables; ``--convention consistent`` counts QKᵀ and AV at 2 FLOPs per
+MAC each (= a FlopCounterMode count), ``--mode inline`` prices our in-place cut instead of the
+reference's extra probe pass, and ``--gamma-from LOG.jsonl`` takes γ from a run's query records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vla_adp.cost.flops import CONVENTIONS, MODES, gamma_from_records
+from vla_adp.cost.tradeoff import SUMS, format_table, trade_off_table
+from vla_adp.pruning.select import ROUNDINGS
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--keep", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7],
+                   help="keep ratios, one table each (default: 0.3 0.4 0.5 0.6 0.7)")
+    p.add_argument("--layers", type=int, nargs="+", default=[0, 2, 4, 8, 16, 24],
+                   help="scoring layers, one ADP column each (default: 0 2 4 8 16 24)")
+    p.add_argument("--gamma", type=float, default=0.44, help="share of pruned windows (default 0.44, the paper's)")
+    p.add_argument("--gamma-from", default=None, metavar="LOG.jsonl",
+                   help="measure gamma from a run log's query records instead")
+    p.add_argument("--rounding", choices=ROUNDINGS, default="ceil",
+                   help="kept visual tokens r(rho*512): ceil (paper tables, default), round (reference code), floor (Eq. 10)")
+    p.add_argument("--convention", choices=CONVENTIONS, default="paper",
+                   help="paper: 2S^2D attention (tables, default); consistent: 4S^2D (= FlopCounterMode)")
+    p.add_argument("--mode", choices=MODES, default="probe",
+                   help="probe: extra pass through l layers (reference, tables, default); inline: cut before layer l")
+    p.add_argument("--text-tokens", type=int, default=32, help="prompt tokens incl. the trailing '▁' (32 gives S=603)")
+    p.add_argument("--sums", choices=SUMS, default="exact",
+                   help="exact: add unrounded components (reproduces the tables, default); rounded: add two-decimal components")
+    p.add_argument("--json", action="store_true", help="print the tables as JSON (unrounded TFLOPs)")
+
+
+def read_records(path: str) -> list[dict]:
+    """Parsed lines of a JSONL run log; a line that is not JSON is an error naming its number."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"run log not found: {p}")
+    records = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{n}: not valid JSON ({e})") from None
+    return records
+
+
+def run(args) -> int:
+    gamma = gamma_from_records(read_records(args.gamma_from)) if args.gamma_from else args.gamma
+    settings = dict(gamma=gamma, rounding=args.rounding, convention=args.convention, mode=args.mode,
+                    text_tokens=args.text_tokens, sums=args.sums)
+    tables = [(keep, trade_off_table(keep, args.layers, **settings)) for keep in args.keep]
+    if args.json:
+        out = [{"keep_ratio": keep, **settings, "columns": [c.to_dict() for c in cols]} for keep, cols in tables]
+        print(json.dumps(out, indent=2))
+        return 0
+    for i, (keep, cols) in enumerate(tables):
+        title = (f"FLOPs and speedup with keep ratio {keep:g}  (gamma {gamma:.3g}, {args.convention} convention, "
+                 f"{args.mode} scoring, k = {args.rounding}(rho*512), {args.sums} sums)")
+        print(("\n" if i else "") + format_table(cols, title))
+    return 0
