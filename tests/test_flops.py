@@ -256,7 +256,7 @@ def test_full_7b_decoder_on_meta_counts_8_tflops():
     assert round(counted / 1e12, 2) == 8.00
 
 
-@pytest.mark.parametrize("method", ["exact", "fused"])
+@pytest.mark.parametrize("method", ["exact", "fused", "folded"])
 def test_scorer_count_equals_eq22(method):
     torch.manual_seed(0)
     args = LlamaArgs(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=256, vocab_size=64)  # grouped K

@@ -89,7 +89,7 @@ def measure_run(model_name: str, dtype: str, args, log=print) -> dict[str, Any]:
     results = [L.case_result(c, samples.get(c.label, []), model.args.llm) for c in cases]
     run = _run_header(model_name, dtype, device, model, runner, args)
     run["cases"] = _with_speedups(results)
-    run["scoring"] = _scoring(samples, results[0], args.scoring)
+    run["scoring"] = _scoring(samples, results[0], args.scoring, model.args.llm, runner.layout)
     if not args.no_memory:
         _add_memory(run, model_name, dtype, cases, runner, args, log)
     if args.cuda_graphs:
@@ -118,12 +118,17 @@ def _with_speedups(results: list[L.CaseResult]) -> list[dict[str, Any]]:
     return out
 
 
-def _scoring(samples: dict, base: L.CaseResult, methods) -> dict[str, Any]:
+def _scoring(samples: dict, base: L.CaseResult, methods, llm_args, layout) -> dict[str, Any]:
+    """Φ alone per method: measured share of the unpruned query and LLM, next to its FLOPs share."""
+    from vla_adp.cost.flops import scoring_flops
+
     out = {}
     for m in methods:
         s = asdict(L.summarize([x["phi"] for x in samples[f"phi:{m}"]]))
         s["pct_of_unpruned_e2e"] = 100 * s["median"] / base.stages["e2e"].median
         s["pct_of_unpruned_llm"] = 100 * s["median"] / base.stages["llm"].median
+        s["flops"] = scoring_flops(llm_args, len(layout.text_positions()), layout.n_visual, m)
+        s["flops_pct_of_unpruned_llm"] = 100 * s["flops"] / base.flops["consistent"]
         out[m] = s
     return out
 

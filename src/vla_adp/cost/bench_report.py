@@ -75,9 +75,11 @@ def stage_table(run: dict[str, Any]) -> list[str]:
 
 def scoring_table(run: dict[str, Any]) -> list[str]:
     """The layer-0 text→vision score Φ alone, against the unpruned query and its LLM."""
-    rows = [[m, _ms(s), f"{s['pct_of_unpruned_e2e']:.2f} %", f"{s['pct_of_unpruned_llm']:.2f} %"]
+    rows = [[m, _ms(s), f"{s['pct_of_unpruned_e2e']:.2f} %", f"{s['pct_of_unpruned_llm']:.2f} %",
+             f"{s['flops'] / 1e9:.3f} ({s['flops_pct_of_unpruned_llm']:.2f} %)"]
             for m, s in run.get("scoring", {}).items()]
-    return _table(["Φ method", "ms med (p90)", "% of unpruned e2e", "% of unpruned LLM"], rows)
+    return _table(["Φ method", "ms med (p90)", "% of unpruned e2e", "% of unpruned LLM",
+                   "GFLOPs (% of unpruned LLM FLOPs)"], rows)
 
 
 def criteria(run: dict[str, Any]) -> list[str]:

@@ -196,7 +196,7 @@ class QueryRunner:
         a = model.args
         self.layout = TokenLayout((a.patches_per_image,) * a.n_images, inputs.input_ids.shape[1] - 1,
                                   a.n_action_slots, int(a.use_proprio))
-        self.index = 0
+        self.episode_step: dict[int, int] = {}  # per pruner instance: queries it has seen (one long episode)
 
     @torch.inference_mode()
     def query(self, pruner=None) -> QuerySample:
@@ -209,7 +209,7 @@ class QueryRunner:
             pixels = prepare_pixels(self.images, self.model.args).to(dev)
         inputs = OFTInputs(pixels, self.inputs.input_ids, self.inputs.proprio)
         with timer("gate"):
-            hooks = pruner.begin(self._query()) if pruner is not None else frozenset()
+            hooks = pruner.begin(self._query(pruner)) if pruner is not None else frozenset()
         out = self.model(inputs, pruner, hooks, timer=timer)
         actions = out.actions[0].float().cpu().numpy()
         if pruner is not None:
@@ -217,16 +217,17 @@ class QueryRunner:
                 pruner.end(QueryOutcome(out.layout, actions, out.keeps))
         sync(dev)
         e2e = 1e3 * (time.perf_counter() - t0)
-        self.index += 1
         if not np.isfinite(actions).all():
             raise RuntimeError("the benchmark model produced non-finite actions")
         ms = {s: 0.0 for s in STAGES} | timer.ms() | {"e2e": e2e}
         return QuerySample(ms, list(out.seq_lens), out.layout.n_visual, bool(out.keeps))
 
-    def _query(self) -> Query:
-        # A steadily moving end effector, so that motion-gated pruners see a plausible trajectory.
-        pos = np.array([0.01 * self.index, 0.0, 0.0])
-        return Query(self.index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3))
+    def _query(self, pruner) -> Query:
+        """The pruner's next query of its episode, with a steadily moving end effector."""
+        index = self.episode_step.get(id(pruner), 0)
+        self.episode_step[id(pruner)] = index + 1
+        pos = np.array([0.01 * index, 0.0, 0.0])
+        return Query(index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3))
 
     @torch.inference_mode()
     def scoring(self, method: str = "fused") -> dict[str, float]:
