@@ -4,7 +4,7 @@ Per model × dtype, every configuration — unpruned, and each pruner at each ke
 interleaved on the same random-weight model and the same synthetic query of the real LIBERO shape;
 see :mod:`vla_adp.cost.latency` for the protocol and :mod:`vla_adp.cost.bench_models` for the models.
 
-    vla-adp bench --model tiny scaled --dtype fp32 bf16 --keep 0.3 0.5 0.7 --reps 20 --markdown
+    vla-adp bench --model tiny scaled --pruners all adp:scoring=folded --reps 20 --markdown
     vla-adp bench --load bench.json --logs runs/libero_adp.jsonl       # expected per-episode speedup
     vla-adp bench --model 7b --device cuda --dtype bf16 --cuda-graphs  # GPU protocol (untested here)
 """
@@ -38,11 +38,13 @@ def add_arguments(p) -> None:
                    help="default: fp32 and bf16 on the CPU, bf16 on a GPU")
     p.add_argument("--keep", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="keep ratios (matched across pruners)")
     p.add_argument("--pruners", nargs="+", default=None,
-                   help="pruner specs, name or name:field=value,... (default: every registered pruner)")
+                   help="pruner specs, name or name:field=value,...; 'all' = every registered pruner (default)")
     p.add_argument("--reps", type=int, default=20, help="measured rounds (each runs every configuration once)")
     p.add_argument("--warmup", type=int, default=3, help="rounds run first and dropped (VLA-Pruner needs history)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU protocol: 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--clock", choices=tuple(L.CLOCKS), default="wall",
+                   help="wall (latency; default) or thread (CPU time of the one torch thread: steadier on a shared CPU)")
     p.add_argument("--prompt-tokens", type=int, default=PROMPT_TOKENS, help="prompt length incl. '▁' (32: 603 tokens)")
     p.add_argument("--scoring", nargs="*", choices=SCORING_METHODS, default=list(SCORING_METHODS),
                    help="stand-alone layer-0 Φ methods to time")
@@ -57,6 +59,8 @@ def add_arguments(p) -> None:
 def _check(args) -> None:
     if args.reps < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError(f"need --reps >= 1, --warmup >= 0, --threads >= 1; got {args.reps}, {args.warmup}, {args.threads}")
+    if args.clock == "thread" and args.threads != 1:
+        raise ValueError(f"--clock thread counts one thread's CPU time; it needs --threads 1, got {args.threads}")
     bad = [k for k in args.keep if not 0.0 < k <= 1.0]
     if bad:
         raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
@@ -64,15 +68,17 @@ def _check(args) -> None:
         raise ValueError(f"--device {args.device} asked for, but torch sees no CUDA device")
     from vla_adp.pruning.registry import PRUNERS
 
-    unknown = [s for s in args.pruners or [] if L.parse_spec(s)[0] not in PRUNERS]
+    unknown = [s for s in args.pruners or [] if s != "all" and L.parse_spec(s)[0] not in PRUNERS]
     if unknown:
         raise ValueError(f"unknown pruner(s) {unknown}; registered: {sorted(PRUNERS)}")
 
 
 def pruner_specs(args) -> list[str]:
+    """The specs to measure, ``all`` expanded to every registered pruner (duplicates dropped)."""
     from vla_adp.pruning.registry import PRUNERS
 
-    return list(args.pruners) if args.pruners else list(PRUNERS)
+    specs = [x for s in args.pruners or ["all"] for x in (PRUNERS if s == "all" else [s])]
+    return list(dict.fromkeys(specs))
 
 
 def measure_run(model_name: str, dtype: str, args, log=print) -> dict[str, Any]:
@@ -80,7 +86,7 @@ def measure_run(model_name: str, dtype: str, args, log=print) -> dict[str, Any]:
     device = torch.device(args.device)
     model = build_model(model_name, DTYPES[dtype], str(device))
     inputs = synthetic_inputs(model.args, str(device), args.prompt_tokens)
-    runner = L.QueryRunner(model, inputs, synthetic_images(model.args))
+    runner = L.QueryRunner(model, inputs, synthetic_images(model.args), args.clock)
     cases = [L.build_case(None)] + [L.build_case(s, k) for s in pruner_specs(args) for k in args.keep]
     tasks = {c.label: (lambda c=c: runner.query(c.pruner)) for c in cases if not c.error}
     tasks |= {f"phi:{m}": (lambda m=m: runner.scoring(m)) for m in args.scoring}
@@ -102,10 +108,14 @@ def _run_header(model_name, dtype, device, model, runner, args) -> dict[str, Any
     a, llm = model.args, model.args.llm
     shape = (f"decoder D={llm.dim} M={llm.ffn_dim} ({llm.ffn_dim / llm.dim:.2f}·D) {llm.n_layers} layers × "
              f"{llm.n_heads} heads of {llm.head_dim}; towers " +
-             ", ".join(f"{t.timm_id.split('_')[-1].split('.')[0]} {t.width}×{t.depth}" for t in a.towers))
-    return {"model": model_name, "dtype": dtype, "device": str(device), "threads": torch.get_num_threads(),
+             ", ".join(f"{_family(t.timm_id)} {t.width}×{t.depth}" for t in a.towers))
+    return {"model": model_name, "dtype": dtype, "device": str(device), "threads": torch.get_num_threads(), "clock": args.clock,
             "reps": args.reps, "warmup": args.warmup, "seq_len": runner.layout.length,
             "n_visual": runner.layout.n_visual, "shape": shape}
+
+
+def _family(timm_id: str) -> str:
+    return next((f for f in ("dinov2", "siglip") if f in timm_id), timm_id)
 
 
 def _with_speedups(results: list[L.CaseResult]) -> list[dict[str, Any]]:

@@ -70,7 +70,8 @@ def stage_table(run: dict[str, Any]) -> list[str]:
     """Median (p90) ms of every stage of every configuration."""
     rows = [[c["label"], *(_ms(c["stages"].get(k)) for k in STAGE_COLUMNS)]
             for c in run["cases"] if not c.get("error")]
-    return _table(["config", *STAGE_COLUMNS], rows)
+    header = [{"prune": "prune (score+select)"}.get(k, k) for k in STAGE_COLUMNS]
+    return _table(["config", *header], rows)
 
 
 def scoring_table(run: dict[str, Any]) -> list[str]:
@@ -106,6 +107,7 @@ def run_section(run: dict[str, Any]) -> list[str]:
     base = next(c for c in run["cases"] if c["label"] == "none")
     noise = base["stages"]["e2e"]
     lines = [f"### {run['model']} · {run['dtype']} · {run['device']} · {run['threads']} thread(s) · "
+             f"{run.get('clock', 'wall')} clock · "
              f"{run['seq_len']} tokens ({run['n_visual']} visual) · {run['reps']} rounds after {run['warmup']} warm-up",
              "", f"Model: {run['shape']}. Unpruned e2e spread (p90−p10)/median = {_spread(noise):.1%}.", ""]
     for title, table in (("Side by side", side_by_side(run)), ("Per stage, ms median (p90)", stage_table(run)),

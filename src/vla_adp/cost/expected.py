@@ -66,7 +66,8 @@ def gamma_by_config(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _match(cases: list[dict[str, Any]], pruner: str | None, keep: float | None) -> dict[str, Any] | None:
     found = [c for c in cases if c["pruner"] == pruner and c.get("error") is None and c["keep"] is not None
              and keep is not None and abs(c["keep"] - keep) <= KEEP_TOLERANCE]
-    return min(found, key=lambda c: abs(c["keep"] - keep)) if found else None
+    # The nearest keep ratio; among equals the plain pruner before variants such as adp:scoring=folded.
+    return min(found, key=lambda c: (abs(c["keep"] - keep), c["label"].split("@")[0] != pruner)) if found else None
 
 
 def expected_rows(run: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:

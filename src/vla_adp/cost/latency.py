@@ -9,7 +9,8 @@ and end to end (``e2e``, one clock around all of it). Discipline (environment.md
 configurations run *interleaved* — round r runs every configuration once, in an order rotated by r —
 so slow drifts of a shared machine hit all of them alike; warm-up rounds are dropped; results are
 medians and p90 over the rounds; speedups are ratios of medians measured in the same run, next to the
-per-round paired ratios (their p10–p90 is the noise band). The FLOPs prediction for the same
+per-round paired ratios (their p10–p90 is the noise band). ``clock="thread"`` counts the CPU time
+of the (single) torch thread instead of wall time, for shared machines. The FLOPs prediction for the same
 sequence lengths comes from :func:`vla_adp.cost.flops.llm_flops` (both conventions).
 
 On a GPU, :class:`EventStopwatch` times the same sections with CUDA events and
@@ -118,8 +119,34 @@ class EventStopwatch:
         return {k: sum(s.elapsed_time(e) for s, e in v) for k, v in self.pairs.items()}
 
 
-def make_timer(device: torch.device):
-    return EventStopwatch(device) if device.type == "cuda" else Stopwatch(device)
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+class ThreadTimeStopwatch(Stopwatch):
+    """CPU time of the calling thread per section (``--clock thread``).
+
+    With one torch thread every kernel runs on the calling thread, so this counts the work the query
+    did and not the time other processes held the core: far steadier on a shared machine, but not a
+    latency (it misses waiting, e.g. for memory bandwidth another process takes). CPU only.
+    """
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.thread_time()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.thread_time() - t0
+
+
+def make_timer(device: torch.device, clock: str = "wall"):
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {tuple(CLOCKS)}, got {clock!r}")
+    if device.type == "cuda":
+        if clock != "wall":
+            raise ValueError("the thread clock is for the CPU protocol; on a GPU use the wall clock (CUDA events)")
+        return EventStopwatch(device)
+    return ThreadTimeStopwatch(device) if clock == "thread" else Stopwatch(device)
 
 
 # -- one query ---------------------------------------------------------------------------------
@@ -191,20 +218,23 @@ def prepare_pixels(images: list[np.ndarray], args, center_crop: bool = True) -> 
 class QueryRunner:
     """Runs timed queries of one model on one fixed observation, for any pruner."""
 
-    def __init__(self, model: OpenVLAOFT, inputs: OFTInputs, images: list[np.ndarray]):
+    def __init__(self, model: OpenVLAOFT, inputs: OFTInputs, images: list[np.ndarray], clock: str = "wall"):
         self.model, self.inputs, self.images = model, inputs, images
+        self.clock = clock
+        make_timer(model.device, clock)  # fail early on a bad clock/device pair
         a = model.args
         self.layout = TokenLayout((a.patches_per_image,) * a.n_images, inputs.input_ids.shape[1] - 1,
                                   a.n_action_slots, int(a.use_proprio))
         self.episode_step: dict[int, int] = {}  # per pruner instance: queries it has seen (one long episode)
+        self._ctx: LayerContext | None = None
 
     @torch.inference_mode()
     def query(self, pruner=None) -> QuerySample:
         """One query through transforms, gate, model and the pruner's end-of-query update."""
-        dev = self.model.device
-        timer = make_timer(dev)
+        dev, clock = self.model.device, CLOCKS[self.clock]
+        timer = make_timer(dev, self.clock)
         sync(dev)
-        t0 = time.perf_counter()
+        t0 = clock()
         with timer("transforms"):
             pixels = prepare_pixels(self.images, self.model.args).to(dev)
         inputs = OFTInputs(pixels, self.inputs.input_ids, self.inputs.proprio)
@@ -216,7 +246,7 @@ class QueryRunner:
             with timer("gate"):
                 pruner.end(QueryOutcome(out.layout, actions, out.keeps))
         sync(dev)
-        e2e = 1e3 * (time.perf_counter() - t0)
+        e2e = 1e3 * (clock() - t0)
         if not np.isfinite(actions).all():
             raise RuntimeError("the benchmark model produced non-finite actions")
         ms = {s: 0.0 for s in STAGES} | timer.ms() | {"e2e": e2e}
@@ -233,8 +263,7 @@ class QueryRunner:
     def scoring(self, method: str = "fused") -> dict[str, float]:
         """ADP's layer-0 text→vision score Φ alone (Eq. 7–9), on the embedded sequence."""
         ctx = self._layer0()
-        dev = self.model.device
-        timer = make_timer(dev)
+        timer = make_timer(self.model.device, self.clock)
         with timer("phi"):
             phi = layer_text_vision_scores(ctx, method)
         if phi.shape[-1] != self.layout.n_visual:
@@ -242,7 +271,7 @@ class QueryRunner:
         return timer.ms()
 
     def _layer0(self) -> LayerContext:
-        if not hasattr(self, "_ctx"):
+        if self._ctx is None:  # the embedded query, once: Φ is timed on it alone
             emb = self.model.embed(self.inputs)
             self._ctx = LayerContext(0, emb.hidden, emb.position_ids, emb.layout, emb.visual, self.model.language_model)
         return self._ctx
