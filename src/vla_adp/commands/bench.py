@@ -26,7 +26,7 @@ import torch
 from vla_adp.commands.common import DTYPES
 from vla_adp.cost import latency as L
 from vla_adp.cost.bench_models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
-from vla_adp.cost.bench_report import report
+from vla_adp.cost.bench_report import between_runs, report
 
 SCORING_METHODS = ("fused", "exact", "folded")
 
@@ -52,7 +52,8 @@ def add_arguments(p) -> None:
     p.add_argument("--cuda-graphs", action="store_true", help="also time each decoder shape as a CUDA graph (GPU)")
     p.add_argument("--json", default=None, help="write the full result (incl. raw per-round samples) here")
     p.add_argument("--markdown", action="store_true", help="print the full markdown report (default: side-by-side only)")
-    p.add_argument("--load", default=None, help="read a --json result instead of measuring")
+    p.add_argument("--load", nargs="+", default=None,
+                   help="read --json result(s) instead of measuring; several: also a between-runs table")
     p.add_argument("--logs", nargs="+", default=None, help="closed-loop JSONL logs: expected per-episode speedups")
 
 
@@ -184,26 +185,43 @@ def _log(msg: str) -> None:
 
 
 def run(args) -> int:
-    if args.load:
-        result = json.loads(Path(args.load).read_text()) if Path(args.load).is_file() else None
-        if result is None:
-            raise FileNotFoundError(f"bench result not found: {args.load}")
-    else:
-        _check(args)
-        torch.set_num_threads(args.threads)
-        load_before = _load()
-        dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
-        runs = [measure_run(m, d, args, _log) for m in args.model for d in dtypes]
-        result = {"command": "vla-adp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-                  "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                  "machine": machine(load_before), "runs": runs}
-    if args.logs:
-        result["expected"] = _expected(result, args.logs)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    print(report(result) if args.markdown else _short(result))
+    if args.load and args.json and len(args.load) > 1:
+        raise ValueError("--json writes one result; give it one --load file, not several")
+    results = [_read(p) for p in args.load] if args.load else [_measure(args)]
+    for result in results:
+        if args.logs:
+            result["expected"] = _expected(result, args.logs)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        print(report(result) if args.markdown else _short(result))
+    if len(results) > 1:
+        print("\n".join(["### Between runs", "", *between_runs(results, args.load)]))
     return 0
+
+
+def _read(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"bench result not found: {p}")
+    try:
+        result = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{p}: not a vla-adp bench JSON result ({e})") from None
+    if not isinstance(result, dict) or "runs" not in result:
+        raise ValueError(f"{p}: not a vla-adp bench JSON result (no 'runs')")
+    return result
+
+
+def _measure(args) -> dict[str, Any]:
+    _check(args)
+    torch.set_num_threads(args.threads)
+    load_before = _load()
+    dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
+    runs = [measure_run(m, d, args, _log) for m in args.model for d in dtypes]
+    return {"command": "vla-adp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+            "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "machine": machine(load_before), "runs": runs}
 
 
 def _expected(result: dict, logs: list[str]) -> list[dict[str, Any]]:

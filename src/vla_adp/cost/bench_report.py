@@ -129,6 +129,22 @@ def expected_table(rows: list[dict[str, Any]]) -> list[str]:
                    "expected LLM(+overhead) speedup", "expected e2e speedup"], body)
 
 
+def between_runs(results: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """One row per pruned configuration per run: how much realised speedups and Φ shares move between runs."""
+    rows = []
+    for name, result in zip(names, results):
+        for run in result["runs"]:
+            phi = "; ".join(f"{m} {s['pct_of_unpruned_e2e']:.2f} %" for m, s in run.get("scoring", {}).items())
+            for c in run["cases"]:
+                s = c.get("speedup")
+                if s:
+                    rows.append([name, f"{run['model']} {run['dtype']} {run.get('clock', 'wall')}",
+                                 result["machine"]["load_before"].split()[0], c["label"], f"{s['llm']:.2f}",
+                                 f"{s['predicted_consistent']:.2f}", f"{s['realised']:.1%}", phi or "–"])
+    return _table(["result", "run", "load", "config", "meas. LLM speedup", "pred. (consistent)", "realised",
+                   "Φ % of unpruned e2e"], rows)
+
+
 def report(result: dict[str, Any]) -> str:
     """The whole markdown report of a bench result."""
     m = result["machine"]
