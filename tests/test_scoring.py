@@ -93,4 +93,5 @@ def test_pr_and_entropy_of_constructed_distributions():
     assert entropy(base).item() == pytest.approx(math.log(4))
     assert participation_ratio(peaked).item() == pytest.approx(1.0)
     assert entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
-    assert np.isfinite(entropy(uniform).item())
+    assert participation_ratio(uniform).item() == pytest.approx(8.0)  # constant Φ: uniform, not 0/0
+    assert entropy(uniform).item() == pytest.approx(math.log(8))

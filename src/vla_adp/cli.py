@@ -15,7 +15,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
+    "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),
+    "sweep": ("sweep", "evaluate a grid of pruning configs on Ray (local or a cluster)"),
+    "serve": ("serve", "serve a policy over HTTP (OpenVLA-OFT deploy.py protocol) with per-session pruning state"),
     "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
+    "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
+    "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
+    "pruners": ("pruners", "list the registered pruning methods and their parameters"),
     "bench": ("bench", "per-stage latency, speedup vs FLOPs and peak memory of every pruner on one clock"),
 }
 

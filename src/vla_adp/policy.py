@@ -202,10 +202,11 @@ class Policy:
         kept = [layout.n_visual] if not out.keeps else [k.k for k in out.keeps]
         views = out.layout.views
         keep_idx = None
-        if out.keeps:
+        if out.keeps:  # per camera, indices local to that camera's patch grid (0..P-1)
             last = out.keeps[-1].visual[0].cpu()
             bounds = np.cumsum((0, *views))
-            keep_idx = [last[bounds[c]:bounds[c + 1]].tolist() for c in range(len(views))]
+            keep_idx = [(last[bounds[c]:bounds[c + 1]] - layout.view_of_visual(c).start).tolist()
+                        for c in range(len(views))]
         return {
             "query": s.query_index,
             "pruner": getattr(s.pruner, "name", None),
@@ -216,6 +217,7 @@ class Policy:
             "kept_visual": kept[-1],
             "kept_per_view": list(views),
             "kept_indices": keep_idx,
+            "flops_full": llm_flops(self.model.args.llm, [layout.length] * len(out.seq_lens)),
             "flops_llm": llm_flops(self.model.args.llm, out.seq_lens),
             "flops": llm_flops(self.model.args.llm, out.seq_lens),
         }

@@ -88,6 +88,23 @@ def scoring_flops(args: LlamaArgs, n_text: int, n_visual: int, method: str = "ex
     return q + k + 2 * args.n_heads * rows * n_visual * hd
 
 
+def attention_rows_flops(args: LlamaArgs, n_rows: int, seq_len: int) -> float:
+    """Cost of recomputing one layer's attention weights for ``n_rows`` query rows over ``seq_len`` keys.
+
+    What the FastV / VLA-Pruner scoring hooks add next to the layer's own SDPA: q for the rows, k for
+    every key, the (N_h, R, S) logits; 2 FLOPs per MAC as Eq. 22 (norm, RoPE and softmax left out).
+    """
+    d, hd = args.dim, args.head_dim
+    q, k = 2 * n_rows * d * args.n_heads * hd, 2 * seq_len * d * args.n_kv_heads * hd
+    return q + k + 2 * args.n_heads * n_rows * seq_len * hd
+
+
+def lightvla_flops(n_visual: int, n_task: int, dim: int, training: bool = False) -> float:
+    """LightVLA's parameter-free scorer: P̂T̂ᵀ and softmax·T̂ (2·V·T·D each), the V×V score Q·P̂ᵀ
+    (2·V²·D) and, in training, the straight-through product H·P (another 2·V²·D)."""
+    return 2.0 * n_visual * dim * (2 * n_task + n_visual * (2 if training else 1))
+
+
 @dataclass(frozen=True)
 class ADPCost:
     """FLOPs of one pruned forward, split as in Tables 5–9.

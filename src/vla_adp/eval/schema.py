@@ -9,6 +9,12 @@ A log is one JSON object per line, each with a ``kind``:
   ``kept_indices`` per camera), sequence lengths, FLOPs, stage timings, end-effector position.
 * ``episode``: one per finished episode: success, steps, queries, pruned queries, FLOPs, error text.
 
+``flops`` is the cost of a query as the policy ran it (decoder + the pruner's scoring); ``flops_full``
+(``flops_full_total`` per episode) the same query's decoder unpruned, so a report made from logs
+alone gives the expected speedup.
+Query lines of an episode count only once its ``episode`` line follows (an interrupted attempt
+leaves query lines that the reader drops).
+
 Reports and plots are made from logs only, so logs from many machines merge by concatenation. A run
 resumes by skipping every (config_hash, suite, task_id, episode) that already has an ``episode`` line.
 """
@@ -42,6 +48,7 @@ class QueryRecord:
     eef_pos: list[float] | None = None
     kept_indices: list[list[int]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    flops_full: float | None = None
     kind: str = "query"
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +71,7 @@ class EpisodeRecord:
     wall_s: float
     error: str | None = None
     video: str | None = None
+    flops_full_total: float | None = None
     kind: str = "episode"
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,3 +80,23 @@ class EpisodeRecord:
     @property
     def key(self) -> tuple[str, str, int, int]:
         return (self.config_hash, self.suite, self.task_id, self.episode)
+
+
+@dataclass
+class RunRecord:
+    """Written when a run (re)starts; ``config["method"]`` is what a report row groups by."""
+
+    config_hash: str
+    method_hash: str
+    config: dict[str, Any]
+    versions: dict[str, str]
+    machine: dict[str, Any]
+    time: str
+    argv: list[str] = field(default_factory=list)
+    kind: str = "run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+RECORDS = {"query": QueryRecord, "episode": EpisodeRecord, "run": RunRecord}

@@ -27,7 +27,7 @@ from vla_adp.model.heads import L1RegressionActionHead, ProprioProjector, Projec
 from vla_adp.model.llm import LlamaDecoder
 from vla_adp.model.vision import FusedFeaturizer
 from vla_adp.pruning.base import LayerContext, Pruner
-from vla_adp.pruning.keep import Keep, apply_keep
+from vla_adp.pruning.keep import Keep, apply_keep, sequence_index
 from vla_adp.pruning.layout import TokenLayout
 from vla_adp.utils.timing import NullStopwatch
 
@@ -157,17 +157,26 @@ class OpenVLAOFT(nn.Module):
                 x = llm.run_layers(x, pos, start, i, mask)
             start = i
             with timer("prune"):  # the pruner's scoring and selection
-                keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm))
+                keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm, key_mask=mask))
             if keep is not None:
-                if mask is not None:
-                    raise ValueError("pruning a right-padded training batch is not supported")
+                positions = getattr(pruner, "positions", "contiguous")
                 with timer("gather"):  # the shorter sequence (shared by every pruner)
-                    x, pos, layout = apply_keep(x, pos, layout, keep, getattr(pruner, "positions", "contiguous"))
+                    x, pos, layout, mask = self._cut(x, pos, layout, mask, keep, positions)
                 keeps.append(keep)
                 seq_lens[i:] = [layout.length] * (n - i)
         with timer("llm"):
             x = llm.norm(llm.run_layers(x, pos, start, n, mask))
         return x, keeps, layout, seq_lens
+
+    @staticmethod
+    def _cut(x, pos, layout, mask, keep: Keep, positions: str):
+        """apply_keep, carrying a padding key mask along (pads sit in the prompt, never cut)."""
+        if mask is not None:
+            mask = mask.gather(1, sequence_index(layout, keep))
+        x, pos, layout = apply_keep(x, pos, layout, keep, positions)
+        if mask is not None and positions == "contiguous":
+            pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # number the real tokens, as embed() does
+        return x, pos, layout, mask
 
     def _actions(self, hidden: Tensor, decode: str) -> Tensor:
         b = hidden.shape[0]

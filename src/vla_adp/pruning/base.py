@@ -50,6 +50,7 @@ class LayerContext:
         layout: current layout (already pruned if an earlier layer cut).
         visual: (B, V, D) projector outputs of all visual tokens (VLA-Pruner's diversity features).
         llm: the decoder (its ``layers[index]`` gives the scoring projections).
+        key_mask: (B, S) bool, False on right-padding tokens of a training batch; None otherwise.
     """
 
     index: int
@@ -59,6 +60,7 @@ class LayerContext:
     visual: Tensor
     llm: Any
     inputs: Any = None
+    key_mask: Tensor | None = None
 
     @property
     def layer(self):

@@ -15,6 +15,11 @@ from typing import Any
 # name -> module under vla_adp.pruning.pruners
 PRUNERS: dict[str, str] = {
     "adp": "adp",
+    "random": "random",
+    "inverse": "inverse",
+    "fastv": "fastv",
+    "vla_pruner": "vla_pruner",
+    "lightvla": "lightvla",
 }
 
 
@@ -57,13 +62,21 @@ def build_pruner(name: str | None, keep: float | None = None, config_file: str |
     return mod.PRUNER(cfg)
 
 
+def describe_one(name: str) -> tuple[str, list[tuple[str, Any]]]:
+    """(summary, [(field, default), ...]) of one registered pruner; imports its module."""
+    mod = _module(name)
+    doc = (mod.PRUNER.__doc__ or "").strip().splitlines()
+    fields = []
+    for f in dataclasses.fields(mod.CONFIG):
+        if f.default is not dataclasses.MISSING:
+            fields.append((f.name, f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            fields.append((f.name, f.default_factory()))
+        else:
+            fields.append((f.name, None))
+    return (doc[0] if doc else ""), fields
+
+
 def describe() -> list[tuple[str, str, list[tuple[str, Any]]]]:
     """(name, summary, [(field, default), ...]) for every registered pruner."""
-    rows = []
-    for name in PRUNERS:
-        mod = _module(name)
-        doc = (mod.PRUNER.__doc__ or "").strip().splitlines()[0] if mod.PRUNER.__doc__ else ""
-        fields = [(f.name, f.default if f.default is not dataclasses.MISSING else None)
-                  for f in dataclasses.fields(mod.CONFIG)]
-        rows.append((name, doc, fields))
-    return rows
+    return [(name, *describe_one(name)) for name in PRUNERS]

@@ -96,6 +96,31 @@ def attention_received(probs: Tensor, layout: TokenLayout) -> Tensor:
     return probs[..., layout.visual].float().mean(dim=(1, 2))
 
 
+ROW_SOURCES = ("last", "prefill")
+
+
+def score_rows(layout: TokenLayout, source: str) -> Tensor:
+    """Query rows whose attention ranks the visual tokens (FastV, VLA-Pruner).
+
+    ``last``: the final token (FastV); in OpenVLA-OFT that is the </s> stop token.
+    ``prefill``: every row before the action slots (BOS, visual, proprio, prompt), as VLA-Pruner's
+    OpenVLA-OFT fork averages them.
+    """
+    if source == "last":
+        return torch.tensor([layout.stop])
+    if source == "prefill":
+        return torch.arange(layout.action.start)
+    raise ValueError(f"attention source must be one of {ROW_SOURCES}, got {source!r}")
+
+
+def layer_attention_scores(ctx, rows: Tensor) -> Tensor:
+    """Attention received by each visual token at the layer ``ctx`` stands before: (B, V), float32.
+
+    Softmax(q·kᵀ/√d) with RoPE for ``rows`` only (the layer itself keeps SDPA), mean over heads and rows.
+    """
+    return attention_received(ctx.attention_probs(rows), ctx.layout)
+
+
 def participation_ratio(phi: Tensor) -> Tensor:
     """Paper Eq. 26: PR = 1 / Σ p_i², p = Φ / ΣΦ (Φ shifted to be non-negative)."""
     p = _distribution(phi)
@@ -111,6 +136,9 @@ def entropy(phi: Tensor) -> Tensor:
 def _distribution(phi: Tensor) -> Tensor:
     # Φ is a raw q·k logit and can be negative; the paper normalises Φ directly, which needs Φ ≥ 0.
     # Shift by the minimum so the least relevant token gets mass 0 (documented deviation).
+    # A constant Φ carries no ranking: treat it as uniform (PR = V, H = log V) rather than 0/0.
     phi = phi.float()
     phi = phi - phi.min(dim=-1, keepdim=True).values
-    return phi / phi.sum(-1, keepdim=True).clamp_min(1e-30)
+    total = phi.sum(-1, keepdim=True)
+    uniform = torch.full_like(phi, 1.0 / phi.shape[-1])
+    return torch.where(total > 0, phi / total.clamp_min(1e-30), uniform)

@@ -20,6 +20,7 @@ from vla_adp.pruning.keep import Keep
 
 ROUNDINGS = ("round", "ceil", "floor")
 MODES = ("top", "inverse", "random")
+BUDGETS = ("global", "per_view")
 
 
 def keep_count(n: int, ratio: float, rounding: str = "round") -> int:
@@ -120,3 +121,28 @@ def select_per_view(
             picks.append(local + start)
         start += n
     return Keep(torch.cat(picks, dim=1), tuple(quotas))
+
+
+def view_counts(visual: Tensor, views: tuple[int, ...]) -> tuple[int, ...]:
+    """Kept tokens per camera of sorted indices (B, K); every batch row must split the same way."""
+    bounds = torch.tensor([sum(views[: c + 1]) for c in range(len(views))], device=visual.device)
+    per_row = torch.stack([(visual < b).sum(dim=1) for b in bounds], dim=1)  # (B, C) cumulative
+    per_row = torch.diff(per_row, dim=1, prepend=torch.zeros_like(per_row[:, :1]))
+    if (per_row != per_row[:1]).any():
+        raise ValueError(f"batch rows keep different per-camera counts {per_row.tolist()}; "
+                         "use the per_view budget for batches")
+    return tuple(int(n) for n in per_row[0])
+
+
+def select_top_budget(scores: Tensor, views: tuple[int, ...], ratio: float, budget: str = "per_view") -> Keep:
+    """Top round(ρ·n) visual tokens of ``scores`` (B, V), ascending order.
+
+    ``per_view``: each camera keeps round(ρ·n_c) of its own tokens (VLA-Pruner's OFT fork);
+    ``global``: round(ρ·V) over all cameras together (FastV's single-image rule).
+    """
+    if budget == "per_view":
+        return select_per_view(scores, views, tuple(keep_count(n, ratio) for n in views))
+    if budget == "global":
+        idx = scores.float().topk(keep_count(scores.shape[1], ratio), dim=1).indices.sort(dim=1).values
+        return Keep(idx, view_counts(idx, views))
+    raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")

@@ -1,0 +1,83 @@
+"""``vla-adp eval ENV --checkpoint DIR --suite SUITE [--trials 50] ...``: closed-loop evaluation.
+
+The documented full run (OpenVLA-OFT protocol, one suite, GPU)::
+
+    vla-adp eval libero --checkpoint DIR --suite libero_spatial --trials 50
+
+Rerunning the same command resumes from its log: finished episodes are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vla_adp.commands.common import add_checkpoint_args, add_pruner_args
+
+
+def add_arguments(p) -> None:
+    from vla_adp.eval.job import ENV_FACTORIES
+
+    p.add_argument("env", choices=sorted(ENV_FACTORIES), help="benchmark")
+    add_checkpoint_args(p)
+    add_pruner_args(p)
+    p.add_argument("--suite", required=True, help="e.g. libero_spatial, libero_object, libero_goal, libero_10")
+    p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: every task)")
+    p.add_argument("--trials", type=int, default=50, help="episodes per task (initial states first..first+trials-1)")
+    p.add_argument("--first-trial", type=int, default=0, help="first initial state (to split a run by hand)")
+    p.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's)")
+    p.add_argument("--seed", type=int, default=7, help="torch/numpy/python seed, set before every episode")
+    p.add_argument("--open-loop", type=int, default=None, help="actions executed per query (default: whole chunk)")
+    p.add_argument("--fast-render", action="store_true",
+                   help="no multisampling/shadows/reflections: ~3x faster on a CPU, pixels differ (smoke tests only)")
+    p.add_argument("--log", default=None, help="JSONL log (default: runs/ENV-SUITE-CONFIGHASH.jsonl); resumes from it")
+    p.add_argument("--video-dir", default=None, help="write one mp4 per episode here (default: no videos)")
+    p.add_argument("--log-indices", action="store_true", help="log the kept visual-token indices of every query")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no per-episode lines")
+
+
+def job_settings(args) -> dict:
+    """EvalJob fields shared by ``eval`` and ``sweep`` (checkpoint, episodes, protocol, loading)."""
+    if args.trials < 1 or args.first_trial < 0:
+        raise ValueError(f"--trials must be >= 1 and --first-trial >= 0, got {args.trials} and {args.first_trial}")
+    return dict(checkpoint=args.checkpoint, tasks=tuple(args.tasks) if args.tasks else None,
+                episodes=(args.first_trial, args.first_trial + args.trials), seed=args.seed,
+                max_steps=args.max_steps, render="fast" if args.fast_render else "faithful", open_loop=args.open_loop,
+                policy={"unnorm_key": args.unnorm_key, "center_crop": not args.no_center_crop,
+                        "action_slice": args.action_slice},
+                platform=args.platform, device=args.device,
+                dtype=args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32"))
+
+
+def job_from_args(args, log: str = ""):
+    from vla_adp.eval.job import EvalJob
+
+    return EvalJob(env=args.env, suite=args.suite, log=log, pruner=args.pruner, keep=args.keep,
+                   pruning_config=args.pruning_config, log_indices=args.log_indices, video_dir=args.video_dir,
+                   verbose=not args.quiet, **job_settings(args))
+
+
+def run(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from vla_adp.eval.job import run_config, run_job, task_ids
+    from vla_adp.eval.logs import config_hash, read_logs
+    from vla_adp.eval.stats import success_rate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    job = job_from_args(args)
+    task_ids(job)  # a bad suite or task id fails here, before anything is written
+    h = config_hash(run_config(job))
+    job = dataclasses.replace(job, log=args.log or str(Path("runs") / f"{args.env}-{args.suite}-{h}.jsonl"))
+    print(f"config {h}  log {job.log}", flush=True)
+    run_job(job)
+    eps = [e for e in read_logs([job.log]).episodes if e.config_hash == h]
+    r = success_rate(e.success for e in eps)
+    errors = sum(e.error is not None for e in eps)
+    print(f"{args.suite}: {r.k}/{r.n} successes ({100 * r.rate:.1f}%, Wilson 95% [{100 * r.lo:.1f}, "
+          f"{100 * r.hi:.1f}]), {errors} errors, in {job.log}")
+    print(f"table: vla-adp report {job.log}")
+    return 0

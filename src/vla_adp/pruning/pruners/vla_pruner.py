@@ -1,0 +1,283 @@
+"""VLA-Pruner (Liu et al., arXiv 2511.16449; MINT-SJTU/VLA-Pruner, OpenVLA-OFT fork @3d156ee).
+
+Dual-level importance with temporal smoothing, then max-relevance / min-redundancy selection. Per
+camera c with budget k_c = round(ρ·n_c) (n_c = 256 in LIBERO):
+
+    s_sem(v) = mean_h mean_{r < action_start} A⁽ᴷ⁾_{h,r,v}            semantic score, layer K = 3
+    a_t(v)   = mean_h mean_{r ∈ action slots} A⁽¹⁵⁾_{h,r,v}            action score of query t,
+                                                                     0 for tokens pruned at t
+    s_act(v) = Σ_{i<w} γ^i a_{t-1-i}(v) / Σ_{i<w} γ^i                decayed window, newest first
+    C_c      = Top-k_c(s_sem) ∪ Top-k_c(s_act)                        max-relevance pool
+    keep_c   = greedy max-min cosine diversity over C_c on the projector outputs, down to k_c
+
+Dataflow of one pruned query (one model call; hooks before layers K, K+1 and 15):
+
+    layers 0..2 ─► hook: q·kᵀ of the prefill rows at layer 3 (s_sem) ─► layer 3 (SDPA, full)
+       ─► hook: select, cut (original positions) ─► layers 4..14 ─► hook: q·kᵀ of the 56 action
+       rows at layer 15 on the pruned sequence (a_t, scattered back to V positions) ─► layers 15..31
+
+Reference behaviour (peers.md §2.1, the OFT fork) reproduced here: ``fastv_k=3`` with the fork's
+off-by-one (attention of layer 3 itself, tokens dropped from layer 4 on); action layer 15;
+window w=3, γ=0.8 in the *fixed* direction (newest 1.0, then 0.8, 0.64; the released OpenVLA code
+had it reversed, issue #7); warm-up: no pruning until the window is full, i.e. the first three
+queries of an episode run unpruned and only feed the history; union of both top-k per camera, then
+greedy max-min cosine distance (first pick: the largest nearest-neighbour distance; then the
+candidate farthest from the picked set; relevance does not enter this step; ties: lowest index);
+original position ids. Side effect kept on purpose: a token pruned at query t scores 0 on the
+action side at t+1, so only the semantic branch can bring it back.
+
+Deviations:
+* Attention weights are computed for the needed rows of layers 3 and 15 only (every layer keeps
+  SDPA); the fork forces eager attention with ``output_attentions`` in all 32 layers.
+* ``attention_source`` also offers ``last`` (the </s> row) for the semantic score; the fork always
+  averages the prefill rows for VLA-Pruner (its ``fastv_attention_source`` only affects its FastV),
+  while the maintainers recommend last-row scoring for the OpenVLA version (issues #10, #12).
+* Cosine distances in float32 (the fork uses the model dtype, bf16).
+* ``scoring_flops`` counts the recomputed attention rows of layers 3 and 15 (warm-up queries: 15
+  only); the pool's cosine Gram matrix (≤ 2·(2k_c)²·D per camera, < 1 % of that) is left out.
+* Batches: every row keeps its own history and selection (the fork reads batch row 0 only).
+* The fork's alternative "caching" mode (VLA-Cache machinery) is not part of this pruner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from vla_adp.cost.flops import attention_rows_flops
+from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
+from vla_adp.pruning.keep import Keep, apply_keep
+from vla_adp.pruning.scoring import ROW_SOURCES, attention_received, layer_attention_scores, score_rows
+from vla_adp.pruning.select import keep_count
+
+
+# -- pure math -------------------------------------------------------------------------------------
+def decay_weights(n: int, decay: float) -> Tensor:
+    """Weights of a window of ``n`` entries ordered oldest → newest: (γ^{n-1}, …, γ, 1) / Σ."""
+    w = torch.tensor([decay**age for age in range(n)], dtype=torch.float64).flip(0)
+    return (w / w.sum()).float()
+
+
+def decayed_mean(history: Sequence[Tensor], decay: float) -> Tensor:
+    """Decayed window average of action scores, ``history`` oldest → newest, each (B, V)."""
+    w = decay_weights(len(history), decay).to(history[-1].device)
+    return sum(wi * h.float() for wi, h in zip(w, history))
+
+
+def max_min_diversity(features: Tensor, k: int) -> Tensor:
+    """Greedy max-min cosine diversity (the fork's ``_redundancy_minization``): (N, D) -> (k,) picks.
+
+    The first pick has the largest distance to its nearest neighbour; each later pick maximises its
+    minimum distance to the picked set. Indices come in pick order; ties go to the lowest index.
+    """
+    n = features.shape[0]
+    if n <= k:
+        return torch.arange(n, device=features.device)
+    unit = features.float() / features.float().norm(dim=1, keepdim=True).clamp_min(1e-6)
+    dist = 1.0 - unit @ unit.T  # (N, N) cosine distance
+    # Picks stay 0-d tensors so the loop never waits for the device.
+    picks = [dist.topk(2, dim=0, largest=False).values[1].argmax()]
+    nearest = dist[picks[0]]  # distance of every candidate to the picked set
+    for _ in range(k - 1):
+        picks.append(nearest.argmax())
+        nearest = torch.minimum(nearest, dist[picks[-1]])
+    return torch.stack(picks)
+
+
+def relevance_then_diversity(semantic: Tensor, action: Tensor, features: Tensor, k: int) -> Tensor:
+    """One camera, one batch row: Top-k(semantic) ∪ Top-k(action), then max-min diversity to k.
+
+    Args:
+        semantic, action: (n,) scores of the camera's tokens.
+        features: (n, D) their projector outputs.
+    Returns:
+        (k,) kept indices within the camera, ascending.
+    """
+    pool = torch.cat([semantic.topk(k).indices, action.topk(k).indices]).unique(sorted=True)
+    if pool.numel() > k:
+        pool = pool[max_min_diversity(features[pool], k)]
+    return pool.sort().values
+
+
+def select_vla_pruner(semantic: Tensor, action: Tensor, features: Tensor, views: tuple[int, ...],
+                      ratio: float) -> Keep:
+    """Per camera and batch row: union of both top-k_c, diversity filter; (B, V) scores -> Keep."""
+    picks, counts, start = [], [], 0
+    for n in views:
+        k = keep_count(n, ratio)
+        span = slice(start, start + n)
+        rows = [relevance_then_diversity(semantic[b, span], action[b, span], features[b, span], k)
+                for b in range(semantic.shape[0])]
+        picks.append(torch.stack(rows) + start)
+        counts.append(k)
+        start += n
+    return Keep(torch.cat(picks, dim=1), tuple(counts))
+
+
+def scatter_visual(scores: Tensor, keep: Keep | None, n_visual: int) -> Tensor:
+    """Scores of the kept visual tokens (B, K) back onto all V positions, 0 where pruned."""
+    if keep is None:
+        return scores
+    full = scores.new_zeros(scores.shape[0], n_visual)
+    return full.scatter(1, keep.visual.to(scores.device), scores)
+
+
+# -- config ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VLAPrunerConfig:
+    """VLA-Pruner settings (OpenVLA-OFT fork defaults).
+
+    Args:
+        keep_ratio: ρ; each camera keeps round(ρ·n_c) (1.0 = unpruned, bit for bit).
+        fastv_k: layer whose attention gives the semantic score; tokens are dropped before
+            layer ``fastv_k + 1`` (the OFT fork's convention).
+        action_layer: layer whose action-slot attention feeds the history (``vla_pruner_layer``).
+        history: window length w; also the warm-up (queries run unpruned until it is full).
+        decay: γ; weight γ^age, newest entry age 0.
+        attention_source: semantic rows, ``prefill`` (fork) or ``last`` (the </s> row).
+    """
+
+    keep_ratio: float = 0.5
+    fastv_k: int = 3
+    action_layer: int = 15
+    history: int = 3
+    decay: float = 0.8
+    attention_source: str = "prefill"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"VLAPrunerConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
+        for name in ("fastv_k", "action_layer"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"VLAPrunerConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.history, int) or self.history < 1:
+            raise ValueError(f"VLAPrunerConfig.history must be an int >= 1, got {self.history!r}")
+        if not 0.0 < self.decay <= 1.0:
+            raise ValueError(f"VLAPrunerConfig.decay must be in (0, 1], got {self.decay!r}")
+        if self.attention_source not in ROW_SOURCES:
+            raise ValueError(f"VLAPrunerConfig.attention_source must be one of {ROW_SOURCES}, "
+                             f"got {self.attention_source!r}")
+
+    @property
+    def cut_layer(self) -> int:
+        return self.fastv_k + 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VLAPrunerConfig":
+        """Our field names or the fork's (``fastv_k``, ``fastv_r`` = 1 − ρ, ``vla_pruner_layer``,
+        ``vla_pruner_av_hist_w``/``av_hist_w``, ``vla_pruner_av_decay``/``av_decay``)."""
+        ours = {f.name for f in dataclasses.fields(cls)}
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in REFERENCE_FIELDS:
+                name, convert = REFERENCE_FIELDS[key]
+                out[name] = convert(value)
+            elif key in ours:
+                out[key] = value
+            elif key in ("use_vla_pruner", "use_fastv"):
+                continue  # selecting the method is the registry's job
+            elif key == "vla_pruner_mode" and value == "semantic_action":
+                continue
+            elif key == "fastv_attention_source":
+                warnings.warn("fastv_attention_source does not affect VLA-Pruner in the reference fork (its semantic "
+                              "score always averages the prefill rows); set attention_source to change it here")
+            else:
+                raise ValueError(f"unknown or unsupported VLA-Pruner config field {key!r}={value!r}; expected one of "
+                                 f"{sorted(ours | set(REFERENCE_FIELDS))} (vla_pruner_mode: only 'semantic_action')")
+        return cls(**out)
+
+
+REFERENCE_FIELDS: dict[str, tuple[str, Any]] = {
+    "fastv_r": ("keep_ratio", lambda r: 1.0 - float(r)),
+    "vla_pruner_layer": ("action_layer", int),
+    "vla_pruner_av_hist_w": ("history", int),
+    "av_hist_w": ("history", int),
+    "vla_pruner_av_decay": ("decay", float),
+    "av_decay": ("decay", float),
+}
+
+
+# -- pruner ----------------------------------------------------------------------------------------
+class VLAPrunerPruner:
+    """VLA-Pruner: semantic ∪ decayed action top-k per camera, then max-min diversity (OFT fork)."""
+
+    name = "vla_pruner"
+    positions = "original"
+
+    def __init__(self, config: VLAPrunerConfig = VLAPrunerConfig()):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """New episode: empty action history, so the warm-up starts again."""
+        self._history: deque[Tensor] = deque(maxlen=self.config.history)
+        self._clear_query()
+
+    def _clear_query(self) -> None:
+        self._pruning = False
+        self._semantic = self._keep = self._current = None
+        self._flops = 0.0
+
+    def begin(self, query: Query) -> frozenset[int]:
+        self._clear_query()
+        cfg = self.config
+        if cfg.keep_ratio >= 1.0:
+            return frozenset()
+        self._pruning = len(self._history) == cfg.history
+        hooks = {cfg.action_layer}
+        if self._pruning:
+            hooks |= {cfg.fastv_k, cfg.cut_layer}
+        return frozenset(hooks)
+
+    def at_layer(self, ctx: LayerContext) -> Keep | None:
+        cfg = self.config
+        keep = None
+        if self._pruning and ctx.index == cfg.fastv_k:
+            rows = score_rows(ctx.layout, cfg.attention_source)
+            self._semantic = layer_attention_scores(ctx, rows)
+            self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+        if self._pruning and ctx.index == cfg.cut_layer:
+            keep = self._keep = self._select(ctx)
+        if ctx.index == cfg.action_layer:
+            self._current = self._action_scores(ctx if keep is None else _after_cut(ctx, keep))
+        return keep
+
+    def _select(self, ctx: LayerContext) -> Keep:
+        batch = ctx.hidden.shape[0]
+        if self._history[-1].shape[0] != batch:
+            raise ValueError(f"VLA-Pruner history holds batch {self._history[-1].shape[0]} but this query has "
+                             f"batch {batch}; call reset() when the batch changes")
+        action = decayed_mean(self._history, self.config.decay)
+        return select_vla_pruner(self._semantic, action, ctx.visual, ctx.layout.views, self.config.keep_ratio)
+
+    def _action_scores(self, ctx: LayerContext) -> Tensor:
+        rows = torch.arange(ctx.layout.action.start, ctx.layout.action.stop)
+        kept = attention_received(ctx.attention_probs(rows), ctx.layout)  # (B, kept visual)
+        self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+        return scatter_visual(kept, self._keep, ctx.visual.shape[1])
+
+    def end(self, outcome: QueryOutcome) -> dict[str, Any]:
+        warmup = not self._pruning and self.config.keep_ratio < 1.0
+        if self._current is not None:
+            self._history.append(self._current.detach())
+        info = {"keep_ratio": self.config.keep_ratio, "vla_pruner_warmup": warmup,
+                "vla_pruner_history": len(self._history), "scoring_layer": self.config.fastv_k,
+                "action_layer": self.config.action_layer, "scoring_flops": self._flops}
+        self._clear_query()
+        return info
+
+
+def _after_cut(ctx: LayerContext, keep: Keep) -> LayerContext:
+    """The context of the same layer on the already-cut sequence (action layer == cut layer)."""
+    hidden, pos, layout = apply_keep(ctx.hidden, ctx.position_ids, ctx.layout, keep, "original")
+    return dataclasses.replace(ctx, hidden=hidden, position_ids=pos, layout=layout)
+
+
+PRUNER = VLAPrunerPruner
+CONFIG = VLAPrunerConfig

