@@ -88,7 +88,8 @@ def measure_run(model_name: str, dtype: str, args, log=print) -> dict[str, Any]:
     model = build_model(model_name, DTYPES[dtype], str(device))
     inputs = synthetic_inputs(model.args, str(device), args.prompt_tokens)
     runner = L.QueryRunner(model, inputs, synthetic_images(model.args), args.clock)
-    cases = [L.build_case(None)] + [L.build_case(s, k) for s in pruner_specs(args) for k in args.keep]
+    cases = L.build_cases(pruner_specs(args), args.keep, model.args.llm.n_layers)
+    L.probe_cases(cases, runner)
     tasks = {c.label: (lambda c=c: runner.query(c.pruner)) for c in cases if not c.error}
     tasks |= {f"phi:{m}": (lambda m=m: runner.scoring(m)) for m in args.scoring}
     log(f"[bench] {model_name} {dtype} {device}: {len(tasks)} tasks × ({args.warmup} + {args.reps}) rounds")

@@ -20,6 +20,7 @@ On a GPU, :class:`EventStopwatch` times the same sections with CUDA events and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -170,8 +171,12 @@ class QuerySample:
     pruned: bool
 
 
-# Settings that make a gated pruner prune every query, so that the pruned shape is what gets timed.
-FORCE_PRUNED: dict[str, dict[str, Any]] = {"adp": {"gate": {"schedule": "static", "limit_consecutive": False}}}
+# Every query of a gated pruner (ADP, random, inverse) prunes, so that the pruned shape is timed.
+FORCE_PRUNED = {"gate": {"schedule": "static", "limit_consecutive": False}}
+# Layer indices set for the 32-layer 7B, scaled to a shallower benchmark decoder (field: least value),
+# so that the share of layers before the cut stays about the 7B's.
+REF_LAYERS = 32
+DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"k": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1}}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -189,19 +194,71 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, fields
 
 
-def build_case(spec: str | None, keep: float | None = None) -> Case:
-    """A benchmark configuration; a pruner that cannot be built is kept with the reason as ``error``."""
+def depth_fields(name: str, n_layers: int | None, given: dict[str, Any]) -> dict[str, int]:
+    """The pruner's 7B layer indices scaled to ``n_layers`` (those the user did not set)."""
+    if not n_layers or n_layers == REF_LAYERS:
+        return {}
+    from vla_adp.pruning.registry import config_class
+
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class(name))}
+    return {f: max(least, round(defaults[f] * n_layers / REF_LAYERS))
+            for f, least in DEPTH_FIELDS.get(name, {}).items() if f not in given}
+
+
+def keep_free(name: str) -> bool:
+    """Whether the pruner's kept count ignores the keep ratio (LightVLA: ``keep_ratio`` defaults to None)."""
+    from vla_adp.pruning.registry import config_class
+
+    return any(f.name == "keep_ratio" and f.default is None for f in dataclasses.fields(config_class(name)))
+
+
+def build_case(spec: str | None, keep: float | None = None, n_layers: int | None = None) -> Case:
+    """A benchmark configuration; a pruner that cannot be built is kept with the reason as ``error``.
+
+    Args:
+        spec: ``name[:field=value,...]`` or None / ``none`` for the unpruned query.
+        n_layers: the benchmark decoder's depth, for :func:`depth_fields`.
+    """
     if spec in (None, BASELINE):
         return Case(BASELINE)
-    from vla_adp.pruning.registry import build_pruner
+    from vla_adp.pruning.registry import build_pruner, config_class
 
     name, fields = parse_spec(spec)
-    label = f"{spec}@{keep:g}" if keep is not None else spec
     try:
-        pruner = build_pruner(name, keep=keep, **{**FORCE_PRUNED.get(name, {}), **fields})
+        fields = {**depth_fields(name, n_layers, fields), **fields}
+        label = name + (":" + ",".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
+        label += f"@{keep:g}" if keep is not None else ""
+        forced = FORCE_PRUNED if any(f.name == "gate" for f in dataclasses.fields(config_class(name))) else {}
+        pruner = build_pruner(name, keep=keep, **{**forced, **fields})
     except (ImportError, TypeError) as e:  # not on this branch yet, or no keep_ratio field
-        return Case(label, name, keep, error=f"{type(e).__name__}: {e}", spec=spec)
-    return Case(label, name, keep, pruner, spec=spec)
+        return Case(spec + (f"@{keep:g}" if keep is not None else ""), name, keep,
+                    error=f"{type(e).__name__}: {e}", spec=spec)
+    return Case(label, name, keep, pruner, spec=label.rsplit("@", 1)[0])
+
+
+def build_cases(specs: list[str], keeps: list[float], n_layers: int | None = None) -> list[Case]:
+    """The unpruned case, then every spec at every keep ratio (once, keep None, if it ignores keep)."""
+    cases = [build_case(None)]
+    for spec in specs:
+        try:
+            free = keep_free(parse_spec(spec)[0])
+        except ImportError:
+            free = False  # build_case reports the import error
+        cases += [build_case(spec, k, n_layers) for k in ([None] if free else keeps)]
+    return cases
+
+
+def probe_cases(cases: list[Case], runner: "QueryRunner") -> None:
+    """Run each case once (a warm-up query); one that fails at run time is reported, not fatal.
+
+    E.g. FastV asked to cut after a layer a shallow benchmark decoder does not have.
+    """
+    for case in cases:
+        if case.error is None:
+            try:
+                runner.query(case.pruner)
+            except (ValueError, RuntimeError, IndexError) as e:
+                case.error = f"{type(e).__name__}: {e}"
 
 
 def prepare_pixels(images: list[np.ndarray], args, center_crop: bool = True) -> torch.Tensor:

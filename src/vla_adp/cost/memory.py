@@ -1,10 +1,11 @@
 """Peak memory of one policy query, per configuration (issue 7).
 
 CPU: each configuration runs in a fresh interpreter (``python -m vla_adp.cost.memory SPEC``), because a process's peak resident set
-only grows. The child builds the model, resets the kernel's high-water mark (``/proc/self/clear_refs``
-← 5, Linux ≥ 4.0) so that building does not count, runs the warm-up and measured queries of that one
-configuration, and reports ``VmHWM`` (peak RSS) minus the RSS before the first query: the memory the
-queries added on top of the weights — activations, kernel workspaces and what the allocator kept.
+only grows. The child builds the model, runs the warm-up queries of that one configuration, resets
+the kernel's high-water mark (``/proc/self/clear_refs`` ← 5, Linux ≥ 4.0) so that building does not
+count, runs the measured query, and reports ``VmHWM`` (peak RSS) minus the RSS before the first
+query: the memory queries add on top of the weights — activations, kernel workspaces and what the
+allocator kept from earlier queries (an unpruned warm-up query's peak can show through).
 Where the mark cannot be reset, ``ru_maxrss`` is used and the result says so (it then includes
 whatever building the model peaked at).
 
@@ -57,13 +58,15 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     case = build_case(spec["pruner"], spec["keep"])
     if case.error:
         return {"error": case.error}
-    exact = reset_peak()
     before = rss_kib()
-    for _ in range(spec["queries"]):
+    for _ in range(spec["queries"] - 1):  # warm-up: VLA-Pruner's first queries run unpruned
         runner.query(case.pruner)
+    exact = reset_peak()  # the mark now starts at the current RSS, so the last query's peak is what it reads
+    sample = runner.query(case.pruner)
     peak = rss_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"rss_before_mib": before / 1024, "peak_rss_mib": peak / 1024, "query_mib": (peak - before) / 1024,
-            "method": "VmHWM reset after build" if exact else "ru_maxrss (includes model building)"}
+            "pruned": sample.pruned, "kept_visual": sample.kept_visual,
+            "method": "VmHWM reset before the last query" if exact else "ru_maxrss (includes model building)"}
 
 
 def cpu_query_memory(spec: dict[str, Any], timeout_s: float = 600.0) -> dict[str, Any]:
