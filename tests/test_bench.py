@@ -68,7 +68,8 @@ def test_pruner_spec_parsing():
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     rc = main(["bench", "--model", "tiny", "--dtype", "fp32", "--keep", "0.3", "0.7", "--pruners", "adp",
-               "adp:scoring=folded", "--reps", "2", "--warmup", "1", "--no-memory", "--json", str(out), "--markdown"])
+               "adp:scoring=folded", "fastv", "--reps", "2", "--warmup", "1", "--no-memory", "--json", str(out),
+               "--markdown"])
     assert rc == 0
     return json.loads(out.read_text())
 
@@ -87,21 +88,22 @@ def test_every_stage_is_timed_and_positive(tiny_run):
 
 
 def test_pruned_queries_are_shorter_and_predicted_speedup_is_the_flops_modules(tiny_run):
+    from vla_adp.cost.bench_models import model_args
+
     (run,) = tiny_run["runs"]
     cases = {c["label"]: c for c in run["cases"]}
     base = cases["none"]
-    n_layers = len(base["seq_lens"])
+    llm = model_args("tiny").llm
     for keep in (0.3, 0.7):
-        case = cases[f"adp@{keep:g}"]
         k = keep_count(512, keep, "round")
-        assert case["kept_visual"]["median"] == k
-        assert case["seq_lens"] == [603 - 512 + k] * n_layers
-        from vla_adp.cost.bench_models import model_args
-
-        llm = model_args("tiny").llm
-        predicted = llm_flops(llm, [603] * n_layers, "consistent") / llm_flops(llm, case["seq_lens"], "consistent")
-        assert case["speedup"]["predicted_consistent"] == pytest.approx(predicted)
-        assert case["speedup"]["predicted_consistent"] > 1.0
+        assert cases[f"adp@{keep:g}"]["seq_lens"] == [603 - 512 + k] * 2  # ADP cuts before layer 0
+        assert cases[f"fastv:k=1@{keep:g}"]["seq_lens"] == [603, 603 - 512 + k]  # FastV after layer 0 (K scaled)
+    for label, case in cases.items():
+        if label == "none":
+            continue
+        assert case["kept_visual"]["median"] < 512 and case["seq_lens"][-1] < 603
+        predicted = llm_flops(llm, [603] * 2, "consistent") / llm_flops(llm, case["seq_lens"], "consistent")
+        assert case["speedup"]["predicted_consistent"] == pytest.approx(predicted) and predicted > 1.0
         assert case["flops"]["paper"] < base["flops"]["paper"]
         measured = base["stages"]["llm"]["median"] / case["stages"]["llm"]["median"]
         assert case["speedup"]["llm"] == pytest.approx(measured)
@@ -184,12 +186,36 @@ def test_unavailable_pruner_is_reported_not_raised(monkeypatch):
     assert L.case_result(case, [], None).error == case.error
 
 
-def test_query_runner_on_a_real_pruner_records_kept_tokens():
+def test_layer_indices_scale_to_the_benchmark_depth_and_gated_pruners_always_prune():
+    assert L.depth_fields("fastv", 8, {}) == {"k": 1}
+    assert L.depth_fields("vla_pruner", 8, {}) == {"fastv_k": 1, "action_layer": 4}  # 3 and 15 of 32
+    assert L.depth_fields("vla_pruner", 8, {"fastv_k": 2}) == {"action_layer": 4}  # the user's value wins
+    assert L.depth_fields("fastv", 32, {}) == {}
+    assert L.keep_free("lightvla") and not L.keep_free("adp")
+    cases = L.build_cases(["lightvla", "fastv"], [0.3, 0.5], n_layers=8)
+    assert [c.label for c in cases] == ["none", "lightvla", "fastv:k=1@0.3", "fastv:k=1@0.5"]
+    for name in ("adp", "random", "inverse"):
+        assert L.build_case(name, 0.3).pruner.config.gate.schedule == "static"
+
+
+@pytest.fixture(scope="module")
+def tiny_runner():
     from vla_adp.cost.bench_models import build_model, synthetic_images, synthetic_inputs
 
     torch.manual_seed(0)
     model = build_model("tiny", torch.float32)
-    runner = L.QueryRunner(model, synthetic_inputs(model.args, n_prompt=5), synthetic_images(model.args, size=224))
+    return L.QueryRunner(model, synthetic_inputs(model.args, n_prompt=5), synthetic_images(model.args, size=224))
+
+
+def test_a_case_that_fails_at_run_time_is_reported_not_fatal(tiny_runner):
+    cases = [L.build_case(None), L.build_case("fastv:k=2", 0.5)]  # the tiny decoder has layers 0..1
+    L.probe_cases(cases, tiny_runner)
+    assert cases[0].error is None
+    assert "layer" in cases[1].error and cases[1].label == "fastv:k=2@0.5"
+
+
+def test_query_runner_on_a_real_pruner_records_kept_tokens(tiny_runner):
+    runner, model = tiny_runner, tiny_runner.model
     case = L.build_case("adp", 0.5)
     sample = runner.query(case.pruner)
     assert sample.pruned and sample.kept_visual == 256
