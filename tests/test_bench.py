@@ -56,6 +56,14 @@ def test_segments_of_a_length_profile():
     assert L._segments([603, 603, 245, 245]) == [(0, 2, 603), (2, 4, 245)]
 
 
+def test_gpu_paths_refuse_a_cpu_model(tiny_runner):
+    """The CUDA-graph and CUDA-event paths cannot run here (no GPU); they must refuse, not fall back."""
+    with pytest.raises(ValueError, match="CUDA"):
+        L.graphed_decoder_ms(tiny_runner.model.language_model, [603, 603])
+    with pytest.raises(ValueError, match="clock"):
+        L.make_timer(torch.device("cpu"), "cycles")
+
+
 def test_pruner_spec_parsing():
     assert L.parse_spec("adp") == ("adp", {})
     assert L.parse_spec("adp:scoring=folded,layer=2") == ("adp", {"scoring": "folded", "layer": 2})
@@ -170,6 +178,8 @@ def test_expected_speedup_from_logs(tiny_run, tmp_path):
     (["--model", "7b"], "GPU only"),
     (["--load", "/nonexistent/bench.json"], "not found"),
     (["--load", "a.json", "b.json", "--json", "c.json"], "one --load file"),
+    (["--cuda-graphs"], "needs --device cuda"),
+    (["--clock", "thread", "--threads", "2"], "needs --threads 1"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, capsys):
     rc = main(["bench", "--model", "tiny", "--reps", "1", "--warmup", "0", "--no-memory", "--scoring", *argv])

@@ -60,6 +60,8 @@ def add_arguments(p) -> None:
 def _check(args) -> None:
     if args.reps < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError(f"need --reps >= 1, --warmup >= 0, --threads >= 1; got {args.reps}, {args.warmup}, {args.threads}")
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        raise ValueError("--cuda-graphs replays decoder shapes on a GPU; it needs --device cuda")
     if args.clock == "thread" and args.threads != 1:
         raise ValueError(f"--clock thread counts one thread's CPU time; it needs --threads 1, got {args.threads}")
     bad = [k for k in args.keep if not 0.0 < k <= 1.0]
