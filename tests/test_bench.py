@@ -13,6 +13,7 @@ import torch
 
 from vla_adp.cli import main
 from vla_adp.cost import latency as L
+from vla_adp.cost.cuda_graphs import _segments, graphed_decoder_ms
 from vla_adp.cost.expected import expected_rows, gamma_by_config, read_query_records
 from vla_adp.cost.flops import llm_flops
 from vla_adp.eval.schema import QueryRecord
@@ -52,14 +53,14 @@ def test_interleave_rotates_order_and_drops_warmup():
 
 
 def test_segments_of_a_length_profile():
-    assert L._segments([603] * 3) == [(0, 3, 603)]
-    assert L._segments([603, 603, 245, 245]) == [(0, 2, 603), (2, 4, 245)]
+    assert _segments([603] * 3) == [(0, 3, 603)]
+    assert _segments([603, 603, 245, 245]) == [(0, 2, 603), (2, 4, 245)]
 
 
 def test_gpu_paths_refuse_a_cpu_model(tiny_runner):
     """The CUDA-graph and CUDA-event paths cannot run here (no GPU); they must refuse, not fall back."""
     with pytest.raises(ValueError, match="CUDA"):
-        L.graphed_decoder_ms(tiny_runner.model.language_model, [603, 603])
+        graphed_decoder_ms(tiny_runner.model.language_model, [603, 603])
     with pytest.raises(ValueError, match="clock"):
         L.make_timer(torch.device("cpu"), "cycles")
 

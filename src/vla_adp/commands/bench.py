@@ -103,7 +103,9 @@ def measure_run(model_name: str, dtype: str, args, log=print) -> dict[str, Any]:
     if not args.no_memory:
         _add_memory(run, model_name, dtype, cases, runner, args, log)
     if args.cuda_graphs:
-        run["graphs"] = {c["label"]: asdict(L.graphed_decoder_ms(model.language_model, c["seq_lens"]))
+        from vla_adp.cost.cuda_graphs import graphed_decoder_ms
+
+        run["graphs"] = {c["label"]: asdict(graphed_decoder_ms(model.language_model, c["seq_lens"]))
                          for c in run["cases"] if not c.get("error")}
     return run
 

@@ -14,7 +14,7 @@ of the (single) torch thread instead of wall time, for shared machines. The FLOP
 sequence lengths comes from :func:`vla_adp.cost.flops.llm_flops` (both conventions).
 
 On a GPU, :class:`EventStopwatch` times the same sections with CUDA events and
-:func:`graphed_decoder_ms` replays the decoder of a fixed shape as a CUDA graph.
+:func:`vla_adp.cost.cuda_graphs.graphed_decoder_ms` replays the decoder of a fixed shape as a CUDA graph.
 **The GPU paths were not exercised on this project's machines (no GPU); the CPU path never uses them.**
 """
 
@@ -406,60 +406,3 @@ def speedups(base: CaseResult, row: CaseResult) -> dict[str, float]:
         "e2e": med(base, "e2e") / med(row, "e2e"),
         "overhead_pct_of_unpruned_e2e": 100 * med(row, "overhead") / med(base, "e2e"),
     }
-
-
-# -- GPU: CUDA graphs of fixed decoder shapes (UNTESTED HERE: no GPU) ---------------------------
-def graphed_decoder_ms(llm, seq_lens: list[int], reps: int = 50, warmup: int = 5) -> Summary:
-    """Latency of the decoder replayed as one CUDA graph for a fixed per-layer length profile.
-
-    The graph runs each run of equal lengths as ``run_layers`` and cuts the sequence to the next
-    length in between (the gather's shape effect), so pruned and unpruned shapes each get their own
-    graph. Needs a CUDA model; not exercised on the project's CPU machines.
-    """
-    dev, dtype = llm.norm.weight.device, llm.norm.weight.dtype
-    if dev.type != "cuda":
-        raise ValueError("CUDA graphs need the model on a CUDA device (--device cuda)")
-    x = torch.randn(1, seq_lens[0], llm.args.dim, device=dev, dtype=dtype)
-    segments = _segments(seq_lens)
-
-    def step():
-        h = x
-        for start, stop, length in segments:
-            h = h[:, :length]
-            pos = torch.arange(length, device=dev)[None]
-            h = llm.run_layers(h, pos, start, stop)
-        return h
-
-    graph = _capture(step, warmup)
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        graph.replay()
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e))
-    return summarize(times)
-
-
-def _segments(seq_lens: list[int]) -> list[tuple[int, int, int]]:
-    """[(start, stop, length)] runs of layers with one sequence length."""
-    out, start = [], 0
-    for i in range(1, len(seq_lens) + 1):
-        if i == len(seq_lens) or seq_lens[i] != seq_lens[start]:
-            out.append((start, i, seq_lens[start]))
-            start = i
-    return out
-
-
-def _capture(fn: Callable[[], torch.Tensor], warmup: int):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(side):
-        for _ in range(warmup):  # kernels and allocator settle before capture, as PyTorch requires
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        fn()
-    return graph
