@@ -123,7 +123,8 @@ class ADPConfig:
             tokens by descending score, as the reference does for a single camera (its global
             ``topk(sorted=True)``); with contiguous positions the order changes the output.
         scoring: ``fused`` (mean over text first; same Φ, less work), ``exact`` (reference matrix) or
-            ``folded`` (W_K folded into the mean query as well: no K projection of the visual tokens).
+            ``folded`` (default; W_K folded into the mean query as well: no K projection of the visual
+            tokens). All three are the same Φ in exact arithmetic.
     """
 
     keep_ratio: float = 0.5
@@ -136,7 +137,7 @@ class ADPConfig:
     enabled: bool = True
     seed: int = 42
     order: str = "position"
-    scoring: str = "fused"
+    scoring: str = "folded"
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
