@@ -95,12 +95,12 @@ def test_one_episode_with_and_without_adp(tiny_ckpt, tmp_path, capsys):
     logs = read_log(log)
     assert len(logs.runs) == 2 and len({r.method_hash for r in logs.runs}) == 2
     base_hash, adp_hash = (r.config_hash for r in logs.runs)
-    for e in logs.episodes:
+    for e in logs.episodes.values():
         assert (e.suite, e.task_id, e.episode, e.error, e.seed) == ("libero_spatial", 0, 0, None, 7)
         assert e.success or e.steps == 30
-        assert e.queries == len([q for q in logs.queries if q.config_hash == e.config_hash]) == -(-e.steps // 8)
-    base = [q for q in logs.queries if q.config_hash == base_hash]
-    adp = [q for q in logs.queries if q.config_hash == adp_hash]
+        assert e.queries == len([q for q in logs.all_queries() if q.config_hash == e.config_hash]) == -(-e.steps // 8)
+    base = [q for q in logs.all_queries() if q.config_hash == base_hash]
+    adp = [q for q in logs.all_queries() if q.config_hash == adp_hash]
     assert not any(q.pruned for q in base) and all(q.flops == q.flops_full for q in base)
     assert base[0].eef_pos == adp[0].eef_pos  # same initial state after the same wait steps
     pruned = [q for q in adp if q.pruned]
@@ -108,7 +108,7 @@ def test_one_episode_with_and_without_adp(tiny_ckpt, tmp_path, capsys):
     assert all(q.flops < q.flops_full and q.gate_state == 1 for q in pruned)
     for prev, q in zip(adp, adp[1:]):  # the gate's "net" displacement = distance between query poses
         assert q.displacement == pytest.approx(np.linalg.norm(np.subtract(q.eef_pos, prev.eef_pos)))
-    ep = next(e for e in logs.episodes if e.config_hash == adp_hash)
+    ep = next(e for e in logs.episodes.values() if e.config_hash == adp_hash)
     assert ep.pruned_queries == len(pruned) and ep.flops_total == pytest.approx(sum(q.flops for q in adp))
     capsys.readouterr()
     assert main(["report", str(log)]) == 0
@@ -143,5 +143,5 @@ def test_killed_run_resumes_without_lost_or_repeated_episodes(tiny_ckpt, tmp_pat
     assert counts == Counter({0: 1, 1: 1, 2: 1, 3: 1})
     logs = read_log(log)
     assert len(logs.runs) == 2 and len({r.config_hash for r in logs.runs}) == 1
-    assert sorted(Counter((q.episode, q.query) for q in logs.queries).values()) == [1] * 4  # 8 steps: 1 query each
+    assert sorted(Counter((q.episode, q.query) for q in logs.all_queries()).values()) == [1] * 4  # 8 steps: 1 query each
     assert main(["report", str(log)]) == 0

@@ -54,7 +54,7 @@ def test_exception_is_logged_with_traceback_and_counted(tiny_policy, tmp_path, c
         assert "Traceback" in r.error and "RuntimeError: toy env exploded at step 5" in r.error
     assert "toy env exploded" in capsys.readouterr().out
     logs = read_log(tmp_path / "log.jsonl")
-    assert [e.error for e in logs.episodes] == [r.error for r in recs]
+    assert [e.error for e in logs.episodes.values()] == [r.error for r in recs]
 
 
 def test_suite_skips_done_episodes_and_closes_envs(tiny_policy, tmp_path):

@@ -72,10 +72,10 @@ def test_local_ray_sweep_two_configs_two_episodes(tiny_ckpt, tmp_path, capsys):
     files = sorted(out.rglob("*.jsonl"))
     assert len(files) == 4  # one per Ray task: 2 configs x 1 task x 2 one-episode chunks
     logs = read_logs([out])
-    assert Counter((e.config_hash, e.episode) for e in logs.episodes) == Counter(
+    assert Counter((e.config_hash, e.episode) for e in logs.episodes.values()) == Counter(
         {(h, ep): 1 for h in {r.config_hash for r in logs.runs} for ep in (0, 1)})
-    assert len({r.method_hash for r in logs.runs}) == 2 and all(e.error is None for e in logs.episodes)
-    assert sum(e.pruned_queries for e in logs.episodes) == 2  # ADP prunes its first query of each episode
+    assert len({r.method_hash for r in logs.runs}) == 2 and all(e.error is None for e in logs.episodes.values())
+    assert sum(e.pruned_queries for e in logs.episodes.values()) == 2  # ADP prunes its first query of each episode
     text = capsys.readouterr().out
     assert "pruner=none" in text and "pruner=adp" in text
     assert main(cmd + ["--dry-run"]) == 0  # resume: nothing left to run

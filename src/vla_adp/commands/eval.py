@@ -74,7 +74,7 @@ def run(args) -> int:
     job = dataclasses.replace(job, log=args.log or str(Path("runs") / f"{args.env}-{args.suite}-{h}.jsonl"))
     print(f"config {h}  log {job.log}", flush=True)
     run_job(job)
-    eps = [e for e in read_logs([job.log]).episodes if e.config_hash == h]
+    eps = [e for e in read_logs([job.log]).episodes.values() if e.config_hash == h]
     r = success_rate(e.success for e in eps)
     errors = sum(e.error is not None for e in eps)
     print(f"{args.suite}: {r.k}/{r.n} successes ({100 * r.rate:.1f}%, Wilson 95% [{100 * r.lo:.1f}, "

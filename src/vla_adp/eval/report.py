@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from vla_adp.eval.logs import Logs
+from vla_adp.eval.logs import RunLog
 from vla_adp.eval.schema import EpisodeRecord
 from vla_adp.eval.stats import Rate, mcnemar_exact, pair_outcomes, paired_bootstrap, success_rate
 
@@ -67,13 +67,12 @@ def _suite_key(suite: str) -> tuple[int, str]:
     return (SUITE_ORDER.index(suite) if suite in SUITE_ORDER else len(SUITE_ORDER), suite)
 
 
-def methods(logs: Logs) -> list[Method]:
+def methods(logs: RunLog) -> list[Method]:
     """Group episodes into report rows (a config without a run line is its own method)."""
-    run_of = {r.config_hash: r for r in logs.runs}
     rows: dict[str, Method] = {}
-    for ep in logs.episodes:
-        run = run_of.get(ep.config_hash)
-        mh = run.method_hash if run else ep.config_hash
+    for ep in logs.episodes.values():
+        run = logs.run(ep.config_hash)
+        mh = logs.method_of(ep.config_hash)
         row = rows.setdefault(mh, Method(mh, (run.config.get("method") or {}) if run else {}))
         row.config_hashes.add(ep.config_hash)
         row.episodes.append(ep)
