@@ -7,7 +7,8 @@ A log is one JSON object per line, each with a ``kind``:
 * ``query``: one per policy query: where (suite, task, episode, query index, env step), what the gate
   did (``gate_state`` 0/1, ``displacement``), what was kept (``kept_visual``, ``kept_per_view``,
   ``kept_indices``), sequence lengths, FLOPs, stage timings, end-effector position.
-* ``episode``: one per finished episode: success, steps, queries, pruned queries, FLOPs, error text.
+* ``episode``: one per finished episode: success, steps, queries, pruned queries, FLOPs, error text,
+  and the paths of its videos when the runner recorded them.
 
 ``kept_indices`` (logged with ``--log-indices``; ``None`` for an unpruned query) is one list per
 camera of the visual tokens kept by the query's last cut, each index *local* to that camera's patch
@@ -75,6 +76,7 @@ class EpisodeRecord:
     wall_s: float
     error: str | None = None
     video: str | None = None
+    overlay_video: str | None = None
     flops_full_total: float | None = None
     kind: str = "episode"
 
