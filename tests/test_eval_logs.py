@@ -92,7 +92,7 @@ def test_corrupt_middle_line_names_file_and_line(tmp_path):
     log = tmp_path / "run.jsonl"
     lines = [json.dumps(episode(0).to_dict()), "{not json", json.dumps(episode(1).to_dict())]
     log.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"run.jsonl:2: corrupt log line"):
+    with pytest.raises(ValueError, match=r"run.jsonl:2: not valid JSON, a corrupt log line"):
         read_log(log)
     log.write_text(json.dumps({"kind": "episode", "suite": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"run.jsonl:1: not a valid episode record"):
@@ -126,3 +126,33 @@ def test_finished_episodes_are_per_config(tmp_path):
         w.write(episode(1, h="h2"))
     assert finished_episodes([log], "h1") == {("libero_spatial", 0, 0), ("libero_spatial", 2, 3)}
     assert finished_episodes([log], "h2") == {("libero_spatial", 0, 1)}
+
+
+def test_concatenated_and_resumed_logs_count_every_episode_and_query_once(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with LogWriter(a) as w:
+        for rec in (query(0, 0), query(0, 1), episode(0), query(1, 0)):  # killed in episode 1
+            w.write(rec)
+    with LogWriter(b) as w:  # another machine (or a rerun into a fresh file) ran episodes 0 and 1
+        for rec in (query(0, 0), query(0, 1), episode(0, success=False), query(1, 0), query(1, 1), episode(1)):
+            w.write(rec)
+    (tmp_path / "cat.jsonl").write_bytes(a.read_bytes() + b.read_bytes())
+    for paths in ([a, b], [a, a, b, b], [tmp_path / "cat.jsonl"]):
+        with pytest.warns(UserWarning, match="duplicate episode"):
+            logs = read_logs(paths)
+        assert sorted(logs.episodes) == [("h1", "libero_spatial", 0, 0), ("h1", "libero_spatial", 0, 1)]
+        assert logs.episodes[("h1", "libero_spatial", 0, 0)].success  # the first record read wins
+        assert [(q.episode, q.query) for q in logs.all_queries()] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert logs.dropped_queries >= 1 and logs.duplicate_episodes >= 1
+
+
+def test_records_with_bad_keys_or_empty_folders_are_errors(tmp_path):
+    log = tmp_path / "run.jsonl"
+    log.write_text(json.dumps({**episode(0).to_dict(), "episode": "3"}) + "\n")
+    with pytest.raises(ValueError, match=r"run.jsonl:1: not a valid episode record: episode='3' \(expected .*episode: int"):
+        read_log(log)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no \\*.jsonl logs under"):
+        read_logs([tmp_path / "empty"])
+    log.write_text(json.dumps({"kind": "run", "config_hash": "h", "method_hash": "m", "config": {}}) + "\n")
+    assert read_log(log).method_of("h") == "m" and read_log(log).method_of("other") == "other"

@@ -204,7 +204,7 @@ def log_files(paths: Iterable[str | Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"log not found: {p}")
+            raise FileNotFoundError(f"run log not found: {p}")
     return out
 
 
@@ -245,7 +245,7 @@ def _records(path: Path) -> Iterator[Any]:
                 warnings.warn(f"{path}:{n}: ignoring a truncated last line (a torn last line: the run was "
                               "killed while writing it)")
                 return
-            raise ValueError(f"{path}:{n}: corrupt log line, not valid JSON ({e})") from None
+            raise ValueError(f"{path}:{n}: not valid JSON, a corrupt log line ({e})") from None
         yield parse_record(data, f"{path}:{n}")
 
 
@@ -286,7 +286,7 @@ def read_logs(paths: str | Path | Iterable[str | Path]) -> RunLog:
 def read_log(path: str | Path) -> RunLog:
     """One log file (:func:`read_logs` of it)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"log not found: {path}")
+        raise FileNotFoundError(f"run log not found: {path}")
     return read_logs([path])
 
 

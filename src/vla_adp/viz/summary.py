@@ -12,12 +12,12 @@
 * Expected FLOPs are the mean FLOPs per query over all queries, pruned or not: the paper's "Expected
   FLOPs" (Tables 5–9, γ·F_pruned + (1−γ)·F_full with γ the pruned share), measured. Speedup =
   mean unpruned FLOPs of the same queries (``flops_full``, where the log has it) or of the unpruned
-  baseline method / expected FLOPs.
+  baseline method / expected FLOPs. Both come from the episode records through
+  :func:`vla_adp.eval.report.cost`, as the report's columns do.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from vla_adp.eval.logs import RunLog
-from vla_adp.eval.schema import QueryRecord
+from vla_adp.eval.report import cost
+from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 from vla_adp.eval.stats import Rate, success_rate
 
 KEEP_KEYS = ("keep_ratio", "qk_keep_ratio", "keep")
@@ -131,22 +132,24 @@ def success_rates(log: RunLog, method: str, by: str | tuple[str, ...] | None = N
     return {k: success_rate(v) for k, v in outcomes.items()}
 
 
+def method_episodes(log: RunLog, method: str) -> list[EpisodeRecord]:
+    members = methods(log).get(method, {method})
+    return [e for k, e in log.episodes.items() if k[0] in members]
+
+
 def expected_flops(log: RunLog, method: str) -> float:
-    """Mean FLOPs per query of a method (nan without query records)."""
-    flops = [q.flops for q in method_queries(log, method)]
-    return float(np.mean(flops)) if flops else math.nan
+    """Mean FLOPs per query of a method's finished episodes (nan without queries)."""
+    return cost(method_episodes(log, method))["flops"]
 
 
 def full_flops(log: RunLog, method: str) -> float:
-    """Mean unpruned FLOPs of the same queries (``flops_full``); nan unless every query has it."""
-    full = [getattr(q, "flops_full", None) for q in method_queries(log, method)]
-    return float(np.mean(full)) if full and all(f is not None for f in full) else math.nan
+    """Mean unpruned FLOPs of the same queries (``flops_full``); nan unless every episode logged it."""
+    return cost(method_episodes(log, method))["flops_full"]
 
 
 def pruned_share(log: RunLog, method: str) -> float:
     """γ: share of queries that ran pruned."""
-    flags = [q.pruned for q in method_queries(log, method)]
-    return float(np.mean(flags)) if flags else math.nan
+    return cost(method_episodes(log, method))["gamma"]
 
 
 def baseline_method(log: RunLog) -> str | None:
