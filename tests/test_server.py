@@ -541,7 +541,8 @@ def free_port():
 @pytest.mark.slow
 def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    # the server's torch threads = this process's, so that both sum in the same order (bit-equal actions)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, "-m", "vla_adp", "serve", "--checkpoint", str(tiny_ckpt), "--port", str(port),
            "--dtype", "fp32", "--device", "cpu", "--log-level", "warning", "--session-ttl", "30",
            "--record-dir", str(tmp_path)]
