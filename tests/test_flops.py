@@ -334,7 +334,8 @@ def test_cli_prints_the_paper_rows(capsys):
 
 def test_cli_gamma_from_log(tmp_path, capsys):
     log = tmp_path / "run.jsonl"
-    log.write_text("\n".join(json.dumps(_query(i < 3, i)) for i in range(4)) + "\n")
+    episode = EpisodeRecord("h", "libero_spatial", 0, "t", 0, 7, False, 32, 4, 3, 4e12, 1.0).to_dict()
+    log.write_text("\n".join(json.dumps(r) for r in [*(_query(i < 3, i) for i in range(4)), episode]) + "\n")
     assert main(["flops", "--keep", "0.5", "--layers", "0", "--gamma-from", str(log), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["gamma"] == 0.75
     log.write_text("{not json\n")

@@ -144,7 +144,7 @@ def _one(items: list, what: str, args) -> object:
 
 
 def run_overlay(args) -> int:
-    from vla_adp.viz.logs import read_logs, select_queries
+    from vla_adp.eval.logs import read_logs, select_queries
     from vla_adp.viz.video import compose_frame
 
     log = read_logs(args.log)
@@ -188,7 +188,7 @@ def read_episode_frames(path: str) -> tuple[dict[str, np.ndarray], list[int] | N
 
 
 def run_video(args) -> int:
-    from vla_adp.viz.logs import episode_keys, read_logs
+    from vla_adp.eval.logs import episode_keys, read_logs
     from vla_adp.viz.video import write_episode_video
 
     log = read_logs(args.log)
@@ -211,7 +211,7 @@ def _timeline_args(p) -> None:
 
 
 def run_timeline(args) -> int:
-    from vla_adp.viz.logs import episode_keys, read_logs
+    from vla_adp.eval.logs import episode_keys, read_logs
     from vla_adp.viz.timeline import episode_timeline, plot_timeline, timelines
 
     log = read_logs(args.log)
@@ -236,7 +236,7 @@ def _tradeoff_args(p) -> None:
 
 
 def run_tradeoff(args) -> int:
-    from vla_adp.viz.logs import read_logs
+    from vla_adp.eval.logs import read_logs
     from vla_adp.viz.summary import resolve_method
     from vla_adp.viz.tradeoff import plot_tradeoff, tradeoff_points, write_points
 
@@ -265,7 +265,7 @@ def _tables_args(p) -> None:
 
 def run_tables(args) -> int:
     from vla_adp.viz import tables as T
-    from vla_adp.viz.logs import read_logs
+    from vla_adp.eval.logs import read_logs
     from vla_adp.viz.summary import resolve_method, traits
 
     log = read_logs(args.log)
