@@ -24,6 +24,7 @@ PRUNERS: dict[str, str] = {
 
 
 def _module(name: str):
+    name = name.replace("-", "_")  # `vla-pruner` and `vla_pruner` name the same method
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; expected one of {sorted(PRUNERS)}")
     return importlib.import_module(f"vla_adp.pruning.pruners.{PRUNERS[name]}")
