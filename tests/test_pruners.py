@@ -573,6 +573,6 @@ def test_cli_predict_with_each_pruner(deep_policy, capsys, name, kept):
     else:
         assert main(args) == 0
     out = capsys.readouterr().out
-    assert f"pruner {name}: pruned per query" in out and f"visual kept " in out and kept in out
+    assert f"pruner {name}: pruned per query" in out and "visual kept " in out and kept in out
     if name == "vla_pruner":  # three warm-up queries, then pruning
         assert "pruned per query [0, 0, 0, 1, 1]" in out

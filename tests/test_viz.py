@@ -24,7 +24,6 @@ from vla_adp.cli import main
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 from vla_adp.model import transforms as T
 from vla_adp.pruning.scoring import entropy, layer_text_vision_scores, participation_ratio
-from vla_adp.pruning.select import keep_count, select_per_view, view_quotas
 from vla_adp.viz import overlay as O
 from vla_adp.eval.logs import read_logs, write_records
 from vla_adp.eval.stats import wilson

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from vla_adp.utils.files import read_json
 from vla_adp.commands.common import DTYPES
 from vla_adp.cost import latency as L
 from vla_adp.cost.bench_models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
@@ -206,15 +207,9 @@ def run(args) -> int:
 
 
 def _read(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"bench result not found: {p}")
-    try:
-        result = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not a vla-adp bench JSON result ({e})") from None
+    result = read_json(path, "bench result", expect=None)
     if not isinstance(result, dict) or "runs" not in result:
-        raise ValueError(f"{p}: not a vla-adp bench JSON result (no 'runs')")
+        raise ValueError(f"{path}: not a vla-adp bench JSON result (no 'runs')")
     return result
 
 

@@ -6,11 +6,11 @@ camera frames (PNG files, an observation file, or an ``.npz`` of an episode's fr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from vla_adp.utils.files import read_json
 from vla_adp.viz.overlay import ImagePipeline, OverlayConfig
 
 SUBCOMMANDS = ("overlay", "video", "timeline", "tradeoff", "tables")
@@ -59,12 +59,7 @@ def _pipeline_args(p) -> None:
 def _overlay_config(args) -> OverlayConfig:
     data = {}
     if args.overlay_config:
-        path = Path(args.overlay_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"overlay config not found: {path}")
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        data = read_json(args.overlay_config, "overlay config")
     if args.color is not None:
         try:
             data["color"] = [int(c) for c in args.color.split(",")]
