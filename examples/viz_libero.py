@@ -30,7 +30,7 @@ from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 from vla_adp.model import transforms as T
 from vla_adp.policy import Policy, PolicyConfig
 from vla_adp.pruning.registry import build_pruner
-from vla_adp.viz.logs import write_records
+from vla_adp.eval.logs import write_records
 from vla_adp.viz.overlay import pipeline_for
 from vla_adp.viz.video import EpisodeRecorder
 

@@ -10,7 +10,10 @@ import torch
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: the tiny models' ops are microseconds long, and on a shared 2-core machine a second
+# torch thread spins against other processes (4 queries of the 16-layer tiny model: 2.0-2.7 s with
+# two threads, 0.4-0.5 s with one, load average 2.3).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

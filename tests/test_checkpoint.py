@@ -139,7 +139,7 @@ BROKEN = {
     "no index": (lambda f: (f / "model.safetensors.index.json").unlink(), r"missing model\.safetensors\.index\.json"),
     "missing shard": (lambda f: _first_shard(f).unlink(), r"names shard 'model-00001-of-0000\d\.safetensors', which is missing"),
     "truncated shard": (lambda f: _first_shard(f).write_bytes(b"\x00" * 10), r"not a readable safetensors file"),
-    "missing key": (lambda f: _rewrite_shard(f, lambda s: s.pop(sorted(s)[0])), r"safetensors lack key '.+' \(1 missing"),
+    "missing key": (lambda f: _rewrite_shard(f, lambda s: s.pop(sorted(s)[0])), r"safetensors: missing key '.+' \(1 missing"),
     "unexpected key": (lambda f: _rewrite_shard(f, lambda s: s.update({"projector.extra": torch.zeros(2)})), r"unexpected key 'projector\.extra'"),
     "shape mismatch": (lambda f: _rewrite_shard(f, _shape_mismatch), r"has shape \(3,\), expected \("),
     "no action head": (lambda f: next(f.glob("action_head*")).unlink(), r"missing 'action_head--<step>_checkpoint\.pt'"),

@@ -57,11 +57,11 @@ def test_round_trip_and_query_lines_commit_with_their_episode(tmp_path):
         w.write(episode(1))
         w.write(query(2, 0))  # killed during episode 2
     logs = read_log(log)
-    assert [e.episode for e in logs.episodes] == [0, 1]
-    assert [(q.episode, q.query) for q in logs.queries] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [e.episode for e in logs.episodes.values()] == [0, 1]
+    assert [(q.episode, q.query) for q in logs.all_queries()] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert logs.dropped_queries == 2
-    assert logs.queries[0].extra == {"x": 0.5} and logs.queries[0].kept_per_view == [100, 156]
-    assert logs.episodes[0] == episode(0)
+    assert logs.all_queries()[0].extra == {"x": 0.5} and logs.all_queries()[0].kept_per_view == [100, 156]
+    assert list(logs.episodes.values())[0] == episode(0)
 
 
 def test_truncated_last_line_is_tolerated_then_repaired(tmp_path):
@@ -72,12 +72,12 @@ def test_truncated_last_line_is_tolerated_then_repaired(tmp_path):
     full = log.read_bytes()
     log.write_bytes(full[:-25])  # killed in the middle of writing episode 1
     with pytest.warns(UserWarning, match="truncated last line"):
-        assert [e.episode for e in read_log(log).episodes] == [0]
+        assert [e.episode for e in read_log(log).episodes.values()] == [0]
     with pytest.warns(UserWarning, match="unterminated"):
         with LogWriter(log) as w:  # appending first cuts the partial line
             w.write(episode(1))
     assert log.read_bytes() == full
-    assert [e.episode for e in read_log(log).episodes] == [0, 1]
+    assert [e.episode for e in read_log(log).episodes.values()] == [0, 1]
 
 
 def test_complete_last_line_without_newline_is_kept(tmp_path):
@@ -85,14 +85,14 @@ def test_complete_last_line_without_newline_is_kept(tmp_path):
     log.write_text(json.dumps(episode(0).to_dict()))
     assert repair_tail(log) == 0
     assert log.read_text().endswith("\n")
-    assert [e.episode for e in read_log(log).episodes] == [0]
+    assert [e.episode for e in read_log(log).episodes.values()] == [0]
 
 
 def test_corrupt_middle_line_names_file_and_line(tmp_path):
     log = tmp_path / "run.jsonl"
     lines = [json.dumps(episode(0).to_dict()), "{not json", json.dumps(episode(1).to_dict())]
     log.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match=r"run.jsonl:2: corrupt log line"):
+    with pytest.raises(ValueError, match=r"run.jsonl:2: not valid JSON, a corrupt log line"):
         read_log(log)
     log.write_text(json.dumps({"kind": "episode", "suite": "x"}) + "\n")
     with pytest.raises(ValueError, match=r"run.jsonl:1: not a valid episode record"):
@@ -112,7 +112,7 @@ def test_read_logs_merges_folders_and_drops_duplicate_episodes(tmp_path):
         w.write(episode(2, h="h2"))
     with pytest.warns(UserWarning, match="1 duplicate episode"):
         logs = read_logs([tmp_path])
-    assert sorted((e.config_hash, e.episode) for e in logs.episodes) == [("h1", 0), ("h1", 1), ("h2", 2)]
+    assert sorted((e.config_hash, e.episode) for e in logs.episodes.values()) == [("h1", 0), ("h1", 1), ("h2", 2)]
     with pytest.raises(FileNotFoundError, match="log not found"):
         read_logs([tmp_path / "missing.jsonl"])
 
@@ -126,3 +126,33 @@ def test_finished_episodes_are_per_config(tmp_path):
         w.write(episode(1, h="h2"))
     assert finished_episodes([log], "h1") == {("libero_spatial", 0, 0), ("libero_spatial", 2, 3)}
     assert finished_episodes([log], "h2") == {("libero_spatial", 0, 1)}
+
+
+def test_concatenated_and_resumed_logs_count_every_episode_and_query_once(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    with LogWriter(a) as w:
+        for rec in (query(0, 0), query(0, 1), episode(0), query(1, 0)):  # killed in episode 1
+            w.write(rec)
+    with LogWriter(b) as w:  # another machine (or a rerun into a fresh file) ran episodes 0 and 1
+        for rec in (query(0, 0), query(0, 1), episode(0, success=False), query(1, 0), query(1, 1), episode(1)):
+            w.write(rec)
+    (tmp_path / "cat.jsonl").write_bytes(a.read_bytes() + b.read_bytes())
+    for paths in ([a, b], [a, a, b, b], [tmp_path / "cat.jsonl"]):
+        with pytest.warns(UserWarning, match="duplicate episode"):
+            logs = read_logs(paths)
+        assert sorted(logs.episodes) == [("h1", "libero_spatial", 0, 0), ("h1", "libero_spatial", 0, 1)]
+        assert logs.episodes[("h1", "libero_spatial", 0, 0)].success  # the first record read wins
+        assert [(q.episode, q.query) for q in logs.all_queries()] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert logs.dropped_queries >= 1 and logs.duplicate_episodes >= 1
+
+
+def test_records_with_bad_keys_or_empty_folders_are_errors(tmp_path):
+    log = tmp_path / "run.jsonl"
+    log.write_text(json.dumps({**episode(0).to_dict(), "episode": "3"}) + "\n")
+    with pytest.raises(ValueError, match=r"run.jsonl:1: not a valid episode record: episode='3' \(expected .*episode: int"):
+        read_log(log)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no \\*.jsonl logs under"):
+        read_logs([tmp_path / "empty"])
+    log.write_text(json.dumps({"kind": "run", "config_hash": "h", "method_hash": "m", "config": {}}) + "\n")
+    assert read_log(log).method_of("h") == "m" and read_log(log).method_of("other") == "other"

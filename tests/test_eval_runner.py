@@ -54,7 +54,7 @@ def test_exception_is_logged_with_traceback_and_counted(tiny_policy, tmp_path, c
         assert "Traceback" in r.error and "RuntimeError: toy env exploded at step 5" in r.error
     assert "toy env exploded" in capsys.readouterr().out
     logs = read_log(tmp_path / "log.jsonl")
-    assert [e.error for e in logs.episodes] == [r.error for r in recs]
+    assert [e.error for e in logs.episodes.values()] == [r.error for r in recs]
 
 
 def test_suite_skips_done_episodes_and_closes_envs(tiny_policy, tmp_path):
@@ -89,3 +89,52 @@ def test_episodes_beyond_the_initial_states_fail_before_running(tiny_policy):
 def test_bad_settings():
     with pytest.raises(ValueError, match="open_loop"):
         EpisodeSettings("h", open_loop=0)
+
+
+def patch_colour(frame, box, margin=3):
+    """Mean RGB strictly inside a patch box of a decoded (lossy) video frame."""
+    t, l, b, r = box
+    return frame[int(t) + margin:int(b) - margin, int(l) + margin:int(r) - margin].reshape(-1, 3).mean(0)
+
+
+def test_overlay_video_masks_what_the_pruner_dropped_without_logging_indices(half_policy, tmp_path):
+    from vla_adp.viz.overlay import patch_boxes, pipeline_for
+
+    queries = []
+    settings = EpisodeSettings("cafe", overlay_video_dir=str(tmp_path / "ov"))  # log_indices stays off
+    rec = run_episode(ToyEnv(max_steps=10), half_policy, 2, settings, queries.append)
+    assert rec.error is None and rec.video is None and all(q.kept_indices is None for q in queries)
+    assert rec.overlay_video.endswith(".mp4") and "episode=2--success=False--cafe" in rec.overlay_video
+    assert not list((tmp_path / "ov").glob("*.partial.mp4"))
+    reader = imageio.get_reader(rec.overlay_video)
+    assert reader.get_meta_data()["fps"] == 10
+    frames = [f for f in reader]
+    assert len(frames) == 10 and frames[0].shape == (224 + 48, 2 * 224 + 4 + 12, 3)  # two cameras + caption
+    boxes = patch_boxes(pipeline_for(half_policy.model.args, half_policy.center_crop).for_frame(frames[0][:224, :224]))
+    for f in (frames[0], frames[9]):  # HalfPruner keeps tokens 0..127 of each camera: the top half of its grid
+        for cam, x0 in ((0, 0), (1, 228)):
+            for j in (5, 100, 130, 250):
+                t, l, b, r = boxes[j]
+                rgb = patch_colour(f, (t, l + x0, b, r + x0))
+                blue_tint = rgb[2] - rgb[0]  # noise frames: ~0 when kept, ~+120 under the blue mask
+                assert (blue_tint < 30) if j < 128 else (blue_tint > 70), (cam, j, rgb)
+
+
+class ResizingEnv(ToyEnv):
+    """Its camera images change size after step 3: the overlay video cannot go on."""
+
+    def _obs(self) -> dict:
+        obs = super()._obs()
+        if self.t > 3:
+            obs["full_image"] = obs["full_image"][:200, :200]
+        return obs
+
+
+def test_a_failing_video_never_costs_the_episode(tiny_policy, tmp_path, capsys):
+    settings = EpisodeSettings("h", overlay_video_dir=str(tmp_path), video_dir=str(tmp_path / "plain"))
+    rec = run_episode(ResizingEnv(max_steps=8), tiny_policy, 0, settings)
+    assert rec.error is None and rec.steps == 8 and rec.overlay_video is None
+    assert "overlay video stopped" in capsys.readouterr().out
+    (partial,) = tmp_path.glob("*.partial.mp4")  # the frames before the failure are kept
+    assert len(imageio.mimread(partial)) == 4
+    assert len(imageio.mimread(rec.video)) == 8  # the plain video is independent of it

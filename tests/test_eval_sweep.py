@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -66,17 +67,19 @@ def test_local_ray_sweep_two_configs_two_episodes(tiny_ckpt, tmp_path, capsys):
     grid.write_text(json.dumps({"configs": [{"pruner": None}, {"pruner": "adp", "keep": 0.5, "initial_state": 1}]}))
     out = tmp_path / "sweep"
     cmd = ["sweep", "--grid", str(grid), "--checkpoint", str(tiny_ckpt), "--suite", "libero_spatial", "--tasks", "0",
-           "--trials", "2", "--chunk", "1", "--max-steps", "8", "--fast-render", "--out", str(out),
-           "--num-cpus", "2", "--device", "cpu"]
+           "--trials", "2", "--chunk", "2", "--max-steps", "8", "--fast-render", "--out", str(out),
+           "--num-cpus", "2", "--device", "cpu", "--overlay-video-dir", str(tmp_path / "videos")]
     assert main(cmd) == 0
     files = sorted(out.rglob("*.jsonl"))
-    assert len(files) == 4  # one per Ray task: 2 configs x 1 task x 2 one-episode chunks
+    assert len(files) == 2  # one per Ray task: 2 configs x 1 task x 1 two-episode chunk (one LIBERO env each)
     logs = read_logs([out])
-    assert Counter((e.config_hash, e.episode) for e in logs.episodes) == Counter(
+    assert Counter((e.config_hash, e.episode) for e in logs.episodes.values()) == Counter(
         {(h, ep): 1 for h in {r.config_hash for r in logs.runs} for ep in (0, 1)})
-    assert len({r.method_hash for r in logs.runs}) == 2 and all(e.error is None for e in logs.episodes)
-    assert sum(e.pruned_queries for e in logs.episodes) == 2  # ADP prunes its first query of each episode
+    assert len({r.method_hash for r in logs.runs}) == 2 and all(e.error is None for e in logs.episodes.values())
+    assert sum(e.pruned_queries for e in logs.episodes.values()) == 2  # ADP prunes its first query of each episode
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))  # the workers got the overlay option too
+    assert [Path(e.overlay_video) for e in sorted(logs.episodes.values(), key=lambda e: e.overlay_video)] == videos
     text = capsys.readouterr().out
     assert "pruner=none" in text and "pruner=adp" in text
     assert main(cmd + ["--dry-run"]) == 0  # resume: nothing left to run
-    assert "4 chunks, 0 to run" in capsys.readouterr().out
+    assert "2 chunks, 0 to run" in capsys.readouterr().out

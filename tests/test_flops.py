@@ -256,7 +256,7 @@ def test_full_7b_decoder_on_meta_counts_8_tflops():
     assert round(counted / 1e12, 2) == 8.00
 
 
-@pytest.mark.parametrize("method", ["exact", "fused"])
+@pytest.mark.parametrize("method", ["exact", "fused", "folded"])
 def test_scorer_count_equals_eq22(method):
     torch.manual_seed(0)
     args = LlamaArgs(dim=128, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=256, vocab_size=64)  # grouped K
@@ -334,7 +334,8 @@ def test_cli_prints_the_paper_rows(capsys):
 
 def test_cli_gamma_from_log(tmp_path, capsys):
     log = tmp_path / "run.jsonl"
-    log.write_text("\n".join(json.dumps(_query(i < 3, i)) for i in range(4)) + "\n")
+    episode = EpisodeRecord("h", "libero_spatial", 0, "t", 0, 7, False, 32, 4, 3, 4e12, 1.0).to_dict()
+    log.write_text("\n".join(json.dumps(r) for r in [*(_query(i < 3, i) for i in range(4)), episode]) + "\n")
     assert main(["flops", "--keep", "0.5", "--layers", "0", "--gamma-from", str(log), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["gamma"] == 0.75
     log.write_text("{not json\n")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vla_adp.model.config import openvla_7b_args
-from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
+from vla_adp.model.openvla_oft import OpenVLAOFT
 from vla_adp.pruning.keep import Keep, keep_all
 
 

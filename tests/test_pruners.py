@@ -70,10 +70,25 @@ def test_every_method_is_registered():
     assert {"adp", "random", "inverse", "fastv", "vla_pruner", "lightvla"} <= set(PRUNERS)
 
 
+@pytest.fixture(scope="module")
+def first_episodes(deep_policy):
+    """Per method: a policy with its ρ = 0.25 pruner and that policy's first episode, run on demand
+    once for the module (the budget test reads it, the reset test runs a second episode after it)."""
+    cache: dict[str, tuple[Policy, list[dict]]] = {}
+
+    def get(name: str) -> tuple[Policy, list[dict]]:
+        if name not in cache:
+            policy = Policy(deep_policy.ckpt, PolicyConfig(), build(name, keep=0.25))
+            cache[name] = policy, run_episode(policy)
+        return cache[name]
+
+    return get
+
+
 @pytest.mark.parametrize("name", list(PRUNERS))
-def test_sweep_budget_respected_or_reported(deep_policy, name):
-    pruner = build(name, keep=0.25)
-    outs = run_episode(Policy(deep_policy.ckpt, PolicyConfig(), pruner))
+def test_sweep_budget_respected_or_reported(first_episodes, name):
+    policy, outs = first_episodes(name)
+    pruner = policy.pruner
     pruned = [o["info"] for o in outs if o["info"]["pruned"]]
     assert pruned, f"{name} never pruned in {N_QUERIES} queries"
     assert all(np.isfinite(o["actions"]).all() for o in outs)
@@ -90,9 +105,9 @@ def test_sweep_budget_respected_or_reported(deep_policy, name):
 
 
 @pytest.mark.parametrize("name", list(PRUNERS))
-def test_sweep_reset_restores_first_episode(deep_policy, name):
-    policy = Policy(deep_policy.ckpt, PolicyConfig(), build(name, keep=0.25))
-    first, second = run_episode(policy), run_episode(policy)
+def test_sweep_reset_restores_first_episode(first_episodes, name):
+    policy, first = first_episodes(name)
+    second = run_episode(policy)
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a["actions"], b["actions"])
         assert a["info"] == b["info"]
@@ -558,6 +573,6 @@ def test_cli_predict_with_each_pruner(deep_policy, capsys, name, kept):
     else:
         assert main(args) == 0
     out = capsys.readouterr().out
-    assert f"pruner {name}: pruned per query" in out and f"visual kept " in out and kept in out
+    assert f"pruner {name}: pruned per query" in out and "visual kept " in out and kept in out
     if name == "vla_pruner":  # three warm-up queries, then pruning
         assert "pruned per query [0, 0, 0, 1, 1]" in out

@@ -2,12 +2,11 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from vla_adp.pruning.layout import TokenLayout
-from vla_adp.pruning.scoring import entropy, participation_ratio, text_vision_scores
+from vla_adp.pruning.scoring import entropy, folded_text_vision_scores, participation_ratio, text_vision_scores
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +43,37 @@ def test_scores_match_hand_computation_both_methods(layer_and_inputs):
         fused = text_vision_scores(normed, attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads, layout, "fused")
     torch.testing.assert_close(exact[0], ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fused[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_folded_scores_match_hand_computation_from_normed_and_raw_input(layer_and_inputs):
+    layer, hidden, layout = layer_and_inputs
+    attn, norm = layer.self_attn, layer.input_layernorm
+    with torch.no_grad():
+        norm.weight.mul_(torch.linspace(0.5, 1.5, norm.weight.numel()))  # a non-trivial γ to fold in
+        try:
+            ref = hand_scores(layer, hidden, layout)
+            from_normed = text_vision_scores(norm(hidden), attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads,
+                                             layout, "folded")
+            from_raw = folded_text_vision_scores(hidden, norm, attn.q_proj, attn.k_proj, attn.n_heads,
+                                                 attn.n_kv_heads, layout)
+        finally:
+            norm.weight.div_(torch.linspace(0.5, 1.5, norm.weight.numel()))
+    torch.testing.assert_close(from_normed[0], ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(from_raw[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_folded_scores_with_grouped_kv_heads_and_k_bias():
+    """GQA (2 query heads per K head) and a K bias, against the exact (N_h, T, V) matrix."""
+    torch.manual_seed(0)
+    d, heads, kv, hd = 32, 4, 2, 8
+    layout = TokenLayout(views=(3, 2), n_prompt=4, n_action=3)
+    normed = torch.randn(2, layout.length, d)
+    q_proj = torch.nn.Linear(d, heads * hd, bias=False)
+    k_proj = torch.nn.Linear(d, kv * hd, bias=True)
+    with torch.no_grad():
+        exact = text_vision_scores(normed, q_proj, k_proj, heads, kv, layout, "exact")
+        folded = text_vision_scores(normed, q_proj, k_proj, heads, kv, layout, "folded")
+    torch.testing.assert_close(folded, exact, atol=1e-5, rtol=1e-5)
 
 
 def test_text_tokens_include_bos_prompt_and_stop_not_proprio_or_slots():

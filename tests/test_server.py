@@ -236,6 +236,41 @@ def test_unknown_and_expired_sessions(http, clock):
     assert post(http, "/act", make_obs(0)).status_code == 200  # the default session is re-created
 
 
+def test_record_dir_writes_one_overlay_video_per_session_episode(policy, tmp_path):
+    import imageio.v2 as imageio
+
+    from vla_adp.viz.overlay import ImagePipeline, patch_boxes
+
+    clock = Clock()
+    config = ServerConfig(session_ttl_s=TTL, record_dir=str(tmp_path))
+    grey = np.full((224, 224, 3), 128, np.uint8)
+    obs = [{**o, "full_image": grey, "wrist_image": grey} for o in episode(40, 6)]
+    with BackgroundServer(create_app(policy, config, clock=clock)) as srv, RemotePolicy(srv.url, session_id="r1") as r:
+        infos = [r.infer(o)["info"] for o in obs]
+        folder = tmp_path / "session-r1"
+        assert not list(folder.glob("episode-*[0-9].mp4"))  # still being written: only the .partial file
+        r.reset()  # the episode ends: its video is finished
+        first = folder / "episode-0000.mp4"
+        frames = imageio.mimread(first)
+        assert len(frames) == len(obs) and frames[0].shape == (224 + 48, 2 * 224 + 4 + 12, 3)
+        r.infer(obs[0])
+        clock.t += TTL + 1  # the session expires; the next request notices and finishes its video
+        with httpx.Client(base_url=srv.url) as c:
+            assert post(c, "/act", make_obs(0)).status_code == 200
+        assert len(imageio.mimread(folder / "episode-0001.mp4")) == 1
+    pruned = [i for i, info in enumerate(infos) if info["pruned"]]
+    assert pruned and len(pruned) < len(infos)  # the gate both pruned and restored full vision
+    boxes = patch_boxes(ImagePipeline(raw_size=(224, 224)))
+    for i, info in enumerate(infos):
+        for cam, x0 in ((0, 0), (1, 228)):
+            kept = set(range(256)) if info["kept_indices"] is None else set(info["kept_indices"][cam])
+            for j in range(0, 256, 7):
+                t, l, b, rr = boxes[j]
+                rgb = frames[i][int(t) + 3:int(b) - 3, int(l) + x0 + 3:int(rr) + x0 - 3].reshape(-1, 3).mean(0)
+                want = (128, 128, 128) if j in kept else (75, 75, 181)  # grey, or grey under the blue mask
+                assert np.abs(rgb - want).max() < 12, (i, cam, j, rgb)
+
+
 def test_session_limit(tiny_ckpt):
     policy = Policy.load(tiny_ckpt, dtype=torch.float32)
     with BackgroundServer(create_app(policy, ServerConfig(max_sessions=2))) as srv, httpx.Client(base_url=srv.url) as c:
@@ -504,11 +539,13 @@ def free_port():
 
 
 @pytest.mark.slow
-def test_cli_serves_an_oft_client(tiny_ckpt, policy):
+def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    # the server's torch threads = this process's, so that both sum in the same order (bit-equal actions)
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     cmd = [sys.executable, "-m", "vla_adp", "serve", "--checkpoint", str(tiny_ckpt), "--port", str(port),
-           "--dtype", "fp32", "--device", "cpu", "--log-level", "warning", "--session-ttl", "30"]
+           "--dtype", "fp32", "--device", "cpu", "--log-level", "warning", "--session-ttl", "30",
+           "--record-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -529,3 +566,6 @@ def test_cli_serves_an_oft_client(tiny_ckpt, policy):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and f"on http://127.0.0.1:{port}" in out
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(tmp_path / "session-default" / "episode-0000.mp4")) == 1  # finished at shutdown

@@ -24,10 +24,9 @@ from vla_adp.cli import main
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 from vla_adp.model import transforms as T
 from vla_adp.pruning.scoring import entropy, layer_text_vision_scores, participation_ratio
-from vla_adp.pruning.select import keep_count, select_per_view, view_quotas
 from vla_adp.viz import overlay as O
-from vla_adp.viz.logs import read_logs, write_records
-from vla_adp.viz.summary import wilson_interval
+from vla_adp.eval.logs import read_logs, write_records
+from vla_adp.eval.stats import wilson
 
 GREY = 128
 BLUE_120 = tuple(round((1 - 120 / 255) * GREY + 120 / 255 * c) for c in (0, 0, 255))  # (75, 75, 181)
@@ -202,11 +201,12 @@ def test_overlay_config_rejects_bad_values(bad):
         O.OverlayConfig(**bad)
 
 
-def test_local_indices_accept_both_conventions_and_reject_others():
-    assert O.local_indices([[0, 5], [3, 255]], 256) == [[0, 5], [3, 255]]
-    assert O.local_indices([[0, 5], [259, 511]], 256) == [[0, 5], [3, 255]]
-    with pytest.raises(ValueError, match="camera 1"):
-        O.local_indices([[0], [100, 300]], 256)
+def test_kept_indices_are_local_per_camera_and_others_are_refused():
+    p = O.ImagePipeline()
+    local = O.draw_cameras([grey(), grey()], [[0, 5], [3, 255]], [p, p])
+    assert (local[1] == O.draw_overlay(grey(), [3, 255], p)).all()
+    with pytest.raises(ValueError, match=r"camera 1: kept token indices must be local .* 0..255, got 259..511"):
+        O.draw_cameras([grey(), grey()], [[0, 5], [259, 511]], [p, p])  # the old global convention
     with pytest.raises(ValueError, match="0..255"):
         O.draw_overlay(grey(), [256], O.ImagePipeline())
     with pytest.raises(ValueError, match="raw_size"):
@@ -233,7 +233,7 @@ def test_log_reader_merges_and_reports_bad_lines(run_log, tmp_path):
         assert len(read_logs(torn).episodes) == len(log.episodes)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"kind": "episode", "suite": "x"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: episode record lacks fields"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: not a valid episode record: lacks fields"):
         read_logs(bad)
     bad.write_text("not json\n{}\n")
     with pytest.raises(ValueError, match="bad.jsonl:1: not valid JSON"):
@@ -244,7 +244,7 @@ def test_traits_without_run_records_come_from_the_queries(run_log, tmp_path):
     from vla_adp.viz.summary import methods, resolve_method, traits
 
     bare = tmp_path / "bare.jsonl"
-    bare.write_text("".join(l + "\n" for l in run_log.read_text().splitlines() if '"kind": "run"' not in l))
+    bare.write_text("".join(l + "\n" for l in run_log.read_text().splitlines() if json.loads(l)["kind"] != "run"))
     log = read_logs(bare)
     assert set(methods(log)) == set(log.config_hashes)  # without method hashes every config stands alone
     t = traits(log, cfg("adp25top", "libero_spatial"))
@@ -282,7 +282,7 @@ def test_overlay_command_draws_the_logged_keep_set(run_log, tmp_path):
     img = decode_png(out)
     assert img.shape[1] >= 2 * 224 and img.shape[0] % 16 == 0 and img.shape[1] % 16 == 0
     q = read_logs(run_log).queries[(cfg("adp50top", "libero_spatial"), "libero_spatial", 0, 0)][3]
-    local = O.local_indices(q.kept_indices, 256)
+    local = q.kept_indices
     boxes = O.patch_boxes(O.ImagePipeline(raw_size=(224, 224)))
     for cam, x0 in ((0, 0), (1, 224 + 4)):
         kept = set(local[cam])
@@ -330,7 +330,7 @@ def test_recorder_writes_a_decodable_video_with_masks(tiny_policy, run_log, tmp_
     pruned_q = [i for i, q in enumerate(queries) if q.kept_indices]
     boxes = O.patch_boxes(p)
     for i in pruned_q:
-        local = O.local_indices(queries[i].kept_indices, 256)
+        local = queries[i].kept_indices
         for f in (frames[2 * i], frames[2 * i + 1]):
             for j in range(0, 256, 5):
                 mean = f[interior(boxes[j], 3)].reshape(-1, 3).mean(0)  # H.264 is lossy: compare means
@@ -346,7 +346,7 @@ def test_recorder_writes_a_decodable_video_with_masks(tiny_policy, run_log, tmp_
                  "--task-id", "0", "--episode", "0", "--query", str(i), "--frames", str(tmp_path / "frames.npz"),
                  "--rotate-180", "--out", str(out)]) == 0
     img = decode_png(out)
-    local = O.local_indices(queries[i].kept_indices, 256)
+    local = queries[i].kept_indices
     for cam, x0 in ((0, 0), (1, 256 + 4)):
         for j in range(256):
             ys, xs = interior(boxes[j])
@@ -370,7 +370,7 @@ def test_video_command_from_saved_frames(run_log, tmp_path):
     # step 24 (frame 6) executes query 3, which the gate pruned: its pruned patches are blue.
     q = read_logs(run_log).queries[(cfg("adp50top", "libero_object"), "libero_object", 0, 1)][3]
     assert q.pruned
-    local = O.local_indices(q.kept_indices, 256)
+    local = q.kept_indices
     j = next(i for i in range(256) if i not in local[0])
     box = O.patch_boxes(O.ImagePipeline(raw_size=(224, 224)))[j]
     assert decoded[6][interior(box, 3)].reshape(-1, 3).mean(0)[2] > GREY + 30
@@ -416,7 +416,7 @@ def test_tradeoff_numbers_and_plot(run_log, tmp_path):
         eps = [e for k, e in log.episodes.items() if k[0].split("-")[0] == h]  # all suites of the method
         k = sum(e.success for e in eps)
         assert (p.successes, p.episodes) == (k, len(eps))
-        assert (p.low, p.high) == pytest.approx(wilson_interval(k, len(eps)))
+        assert (p.low, p.high) == pytest.approx(wilson(k, len(eps)))
         flops = [q.flops for kk, qs in log.queries.items() if kk[0].split("-")[0] == h for q in qs]
         assert p.expected_flops == pytest.approx(np.mean(flops))
     assert len(points) == len(CONFIGS)  # one point per method, not per suite
@@ -434,8 +434,8 @@ def test_wilson_interval_matches_scipy(k, n):
     from scipy.stats import binomtest
 
     ci = binomtest(k, n).proportion_ci(method="wilson")
-    assert wilson_interval(k, n) == pytest.approx((ci.low, ci.high), rel=1e-9, abs=1e-12)
-    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    assert wilson(k, n) == pytest.approx((ci.low, ci.high), rel=1e-9, abs=1e-12)
+    assert wilson(0, 0) == (0.0, 1.0)  # no episodes: every rate is possible (one helper with the report's)
 
 
 def test_per_task_table(run_log, tmp_path):
@@ -570,7 +570,7 @@ def test_libero_example_records_what_the_readme_shows(tiny_ckpt, tmp_path):
     with np.load(out / "frames.npz") as z:
         raw = z["agentview_image"][24]
     p = O.ImagePipeline(raw_size=(256, 256))
-    local = O.local_indices(q.kept_indices, 256)[0] if q.kept_indices else list(range(256))
+    local = q.kept_indices[0] if q.kept_indices else list(range(256))
     expect = O.draw_overlay(raw, local, p)
     assert (img[:256, :256] == expect).all()
     assert main(["viz", "timeline", "--log", str(out / "run.jsonl"), "--out", str(tmp_path / "t.png")]) == 0

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
     "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
     "pruners": ("pruners", "list the registered pruning methods and their parameters"),
+    "bench": ("bench", "per-stage latency, speedup vs FLOPs and peak memory of every pruner on one clock"),
 }
 
 

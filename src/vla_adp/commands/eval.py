@@ -30,14 +30,28 @@ def add_arguments(p) -> None:
     p.add_argument("--fast-render", action="store_true",
                    help="no multisampling/shadows/reflections: ~3x faster on a CPU, pixels differ (smoke tests only)")
     p.add_argument("--log", default=None, help="JSONL log (default: runs/ENV-SUITE-CONFIGHASH.jsonl); resumes from it")
-    p.add_argument("--video-dir", default=None, help="write one mp4 per episode here (default: no videos)")
-    p.add_argument("--log-indices", action="store_true", help="log the kept visual-token indices of every query")
+    add_recording_args(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no per-episode lines")
 
 
+def add_recording_args(p) -> None:
+    """What ``eval`` and ``sweep`` record besides the log (none of it changes the config hash)."""
+    p.add_argument("--video-dir", default=None,
+                   help="write one mp4 per episode here: the upright agentview at 30 fps, as OpenVLA-OFT saves it")
+    p.add_argument("--overlay-video-dir", default=None,
+                   help="write one overlay mp4 per episode here: every camera the policy saw with the pruned "
+                        "patches masked, gate state, displacement and kept tokens per frame (10 fps)")
+    p.add_argument("--log-indices", action="store_true", help="log the kept visual-token indices of every query")
+
+
+def _folder(path: str | None) -> str | None:
+    # absolute: Ray workers do not run in the driver's working directory
+    return None if path is None else str(Path(path).resolve())
+
+
 def job_settings(args) -> dict:
-    """EvalJob fields shared by ``eval`` and ``sweep`` (checkpoint, episodes, protocol, loading)."""
+    """EvalJob fields shared by ``eval`` and ``sweep`` (checkpoint, episodes, protocol, loading, recording)."""
     if args.trials < 1 or args.first_trial < 0:
         raise ValueError(f"--trials must be >= 1 and --first-trial >= 0, got {args.trials} and {args.first_trial}")
     return dict(checkpoint=args.checkpoint, tasks=tuple(args.tasks) if args.tasks else None,
@@ -46,15 +60,16 @@ def job_settings(args) -> dict:
                 policy={"unnorm_key": args.unnorm_key, "center_crop": center_crop_of(args),
                         "action_slice": args.action_slice},
                 platform=args.platform, device=args.device,
-                dtype=args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32"))
+                dtype=args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32"),
+                log_indices=args.log_indices, video_dir=_folder(args.video_dir),
+                overlay_video_dir=_folder(args.overlay_video_dir))
 
 
 def job_from_args(args, log: str = ""):
     from vla_adp.eval.job import EvalJob
 
     return EvalJob(env=args.env, suite=args.suite, log=log, pruner=args.pruner, keep=args.keep,
-                   pruning_config=args.pruning_config, log_indices=args.log_indices, video_dir=args.video_dir,
-                   verbose=not args.quiet, **job_settings(args))
+                   pruning_config=args.pruning_config, verbose=not args.quiet, **job_settings(args))
 
 
 def run(args) -> int:
@@ -74,7 +89,7 @@ def run(args) -> int:
     job = dataclasses.replace(job, log=args.log or str(Path("runs") / f"{args.env}-{args.suite}-{h}.jsonl"))
     print(f"config {h}  log {job.log}", flush=True)
     run_job(job)
-    eps = [e for e in read_logs([job.log]).episodes if e.config_hash == h]
+    eps = [e for e in read_logs([job.log]).episodes.values() if e.config_hash == h]
     r = success_rate(e.success for e in eps)
     errors = sum(e.error is not None for e in eps)
     print(f"{args.suite}: {r.k}/{r.n} successes ({100 * r.rate:.1f}%, Wilson 95% [{100 * r.lo:.1f}, "

@@ -2,13 +2,12 @@
 
 Defaults reproduce the printed tables; ``--convention consistent`` counts QKᵀ and AV at 2 FLOPs per
 MAC each (= a FlopCounterMode count), ``--mode inline`` prices our in-place cut instead of the
-reference's extra probe pass, and ``--gamma-from LOG.jsonl`` takes γ from a run's query records.
+reference's extra probe pass, and ``--gamma-from LOG.jsonl`` takes γ from a run's query records (read as the report reads them).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from vla_adp.cost.flops import CONVENTIONS, MODES, gamma_from_records
 from vla_adp.cost.tradeoff import SUMS, format_table, trade_off_table
@@ -35,24 +34,15 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the tables as JSON (unrounded TFLOPs)")
 
 
-def read_records(path: str) -> list[dict]:
-    """Parsed lines of a JSONL run log; a line that is not JSON is an error naming its number."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"run log not found: {p}")
-    records = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{n}: not valid JSON ({e})") from None
-    return records
+def measured_gamma(path: str) -> float:
+    """γ of a run log: the share of pruned queries among those of finished episodes (as the report's)."""
+    from vla_adp.eval.logs import read_log
+
+    return gamma_from_records(q.to_dict() for q in read_log(path).all_queries())
 
 
 def run(args) -> int:
-    gamma = gamma_from_records(read_records(args.gamma_from)) if args.gamma_from else args.gamma
+    gamma = measured_gamma(args.gamma_from) if args.gamma_from else args.gamma
     settings = dict(gamma=gamma, rounding=args.rounding, convention=args.convention, mode=args.mode,
                     text_tokens=args.text_tokens, sums=args.sums)
     tables = [(keep, trade_off_table(keep, args.layers, **settings)) for keep in args.keep]

@@ -26,6 +26,8 @@ def run(args) -> int:
           "query as run; speedup = unpruned / as-run FLOPs; gamma = share of pruned queries")
     if logs.dropped_queries:
         print(f"({logs.dropped_queries} query lines of interrupted episodes ignored)")
+    if logs.duplicate_episodes:
+        print(f"({logs.duplicate_episodes} repeated episode lines ignored: each episode counts once)")
     if args.legend:
         print("\n" + report.legend(rows))
     if args.compare:

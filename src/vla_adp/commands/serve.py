@@ -20,6 +20,10 @@ def add_arguments(p) -> None:
     p.add_argument("--session-ttl", type=float, default=600.0, help="seconds after which an idle session expires")
     p.add_argument("--max-sessions", type=int, default=64, help="most live sessions (robots/episodes) at once")
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (413 above)")
+    p.add_argument("--record-dir", default=None,
+                   help="write one overlay mp4 per session episode here (cameras with the pruned patches masked, "
+                        "gate state, displacement, kept tokens; one frame per query), finished on /reset, session "
+                        "expiry or shutdown (default: off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -30,7 +34,7 @@ def run(args) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     config = ServerConfig(max_body_bytes=int(args.max_body_mb * (1 << 20)), session_ttl_s=args.session_ttl,
-                          max_sessions=args.max_sessions)
+                          max_sessions=args.max_sessions, record_dir=args.record_dir)
     policy = load_policy(args, build_pruner_from_args(args))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(policy, config)

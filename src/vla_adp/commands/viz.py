@@ -6,11 +6,11 @@ camera frames (PNG files, an observation file, or an ``.npz`` of an episode's fr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from vla_adp.utils.files import read_json
 from vla_adp.viz.overlay import ImagePipeline, OverlayConfig
 
 SUBCOMMANDS = ("overlay", "video", "timeline", "tradeoff", "tables")
@@ -59,12 +59,7 @@ def _pipeline_args(p) -> None:
 def _overlay_config(args) -> OverlayConfig:
     data = {}
     if args.overlay_config:
-        path = Path(args.overlay_config)
-        if not path.is_file():
-            raise FileNotFoundError(f"overlay config not found: {path}")
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        data = read_json(args.overlay_config, "overlay config")
     if args.color is not None:
         try:
             data["color"] = [int(c) for c in args.color.split(",")]
@@ -144,7 +139,7 @@ def _one(items: list, what: str, args) -> object:
 
 
 def run_overlay(args) -> int:
-    from vla_adp.viz.logs import read_logs, select_queries
+    from vla_adp.eval.logs import read_logs, select_queries
     from vla_adp.viz.video import compose_frame
 
     log = read_logs(args.log)
@@ -188,7 +183,7 @@ def read_episode_frames(path: str) -> tuple[dict[str, np.ndarray], list[int] | N
 
 
 def run_video(args) -> int:
-    from vla_adp.viz.logs import episode_keys, read_logs
+    from vla_adp.eval.logs import episode_keys, read_logs
     from vla_adp.viz.video import write_episode_video
 
     log = read_logs(args.log)
@@ -211,7 +206,7 @@ def _timeline_args(p) -> None:
 
 
 def run_timeline(args) -> int:
-    from vla_adp.viz.logs import episode_keys, read_logs
+    from vla_adp.eval.logs import episode_keys, read_logs
     from vla_adp.viz.timeline import episode_timeline, plot_timeline, timelines
 
     log = read_logs(args.log)
@@ -236,7 +231,7 @@ def _tradeoff_args(p) -> None:
 
 
 def run_tradeoff(args) -> int:
-    from vla_adp.viz.logs import read_logs
+    from vla_adp.eval.logs import read_logs
     from vla_adp.viz.summary import resolve_method
     from vla_adp.viz.tradeoff import plot_tradeoff, tradeoff_points, write_points
 
@@ -265,7 +260,7 @@ def _tables_args(p) -> None:
 
 def run_tables(args) -> int:
     from vla_adp.viz import tables as T
-    from vla_adp.viz.logs import read_logs
+    from vla_adp.eval.logs import read_logs
     from vla_adp.viz.summary import resolve_method, traits
 
     log = read_logs(args.log)

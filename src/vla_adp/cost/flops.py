@@ -32,7 +32,7 @@ from vla_adp.pruning.layout import TokenLayout
 
 CONVENTIONS = ("paper", "consistent")
 MODES = ("probe", "inline")
-SCORING_METHODS = ("exact", "fused")
+SCORING_METHODS = ("exact", "fused", "folded")
 
 # OFT on LIBERO: two 224-px views × 256 patches, 8-step chunks of 7-D actions, one proprio token.
 LIBERO_VIEWS = (256, 256)
@@ -67,6 +67,9 @@ def scoring_flops(args: LlamaArgs, n_text: int, n_visual: int, method: str = "ex
     2·D² + 2·L_vis·D² + 2·N_h·L_vis·d — the L_txt-fold terms vanish (at LIBERO scale 0.0184 → 0.0172 T:
     the K projection of the visual tokens dominates either way).
 
+    ``folded`` also folds W_K into that one vector (u = W_Kᵀ·q̄, a second D-wide mat-vec) and takes
+    Φ as one V×D mat-vec: 2·D·N_h·d + 2·N_kv·d·D + 2·L_vis·D (the per-token rms it needs is a norm).
+
     Args:
         n_text: text tokens used as queries (the paper's L_txt; the reference also scores with BOS
             and </s>, i.e. n_prompt + 2).
@@ -77,6 +80,8 @@ def scoring_flops(args: LlamaArgs, n_text: int, n_visual: int, method: str = "ex
     if n_text < 1 or n_visual < 0:
         raise ValueError(f"need n_text >= 1 and n_visual >= 0, got n_text={n_text!r}, n_visual={n_visual!r}")
     d, hd = args.dim, args.head_dim
+    if method == "folded":
+        return 2 * d * args.n_heads * hd + 2 * args.n_kv_heads * hd * d + 2 * n_visual * d
     rows = 1 if method == "fused" else n_text
     q = 2 * rows * d * args.n_heads * hd
     k = 2 * n_visual * d * args.n_kv_heads * hd

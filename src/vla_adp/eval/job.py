@@ -60,6 +60,8 @@ class EvalJob:
         policy: keyword arguments of :class:`~vla_adp.policy.PolicyConfig`.
         platform, device, dtype: how the checkpoint is loaded (``dtype`` a key of
             ``vla_adp.commands.common.DTYPES``).
+        log_indices, video_dir, overlay_video_dir, verbose: see :class:`EpisodeSettings`; they do
+            not change the results, so they are not part of the run's identity.
     """
 
     env: str
@@ -83,6 +85,7 @@ class EvalJob:
     log_indices: bool = False
     video_dir: str | None = None
     verbose: bool = True
+    overlay_video_dir: str | None = None
 
     def __post_init__(self) -> None:
         env_module(self.env)
@@ -192,7 +195,8 @@ def run_job(job: EvalJob) -> list[EpisodeRecord]:
     if all((job.suite, t, e) in done for t in tasks for e in episodes):
         return []
     policy = load_policy(job, pruner)
-    settings = EpisodeSettings(run.config_hash, job.seed, job.open_loop, job.log_indices, job.video_dir, job.verbose)
+    settings = EpisodeSettings(run.config_hash, job.seed, job.open_loop, job.log_indices, job.video_dir, job.verbose,
+                               job.overlay_video_dir)
     mod = env_module(job.env)
     size = policy.model.args.image_size
 

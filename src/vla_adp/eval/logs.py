@@ -1,11 +1,16 @@
 """JSONL run logs that survive being killed: append-only, one fsync'd line per record, resumable.
 
+This is the one reader of run logs: the report, the resume logic and every picture start here.
+
 * Writing: every record is one line, flushed and fsync'd before the runner goes on, so a killed run
   loses at most the episode in progress. A line cut short by a kill is removed before the next
   append (:func:`repair_tail`), so it can never end up in the middle of a file.
-* Reading: a truncated *last* line is tolerated (warned about); a bad line elsewhere is an error
-  that names the file and line. Query lines count only when their episode's ``episode`` line
-  follows; lines of an interrupted attempt are dropped.
+* Reading: a torn *last* line (no newline after it) is skipped with a warning; any other bad line is
+  an error that names the file and line. Query lines count only once their episode's ``episode``
+  line follows; lines of an interrupted attempt are dropped (and counted).
+* Merging: logs from many machines merge by concatenation, and a resumed or repeated run may log an
+  episode twice; every (config_hash, suite, task_id, episode) counts once, with the query lines of
+  the attempt its first ``episode`` line closed: the record the runner's resume treated as done.
 * Identity: a run is defined by its config (checkpoint, suite, policy, pruner, seed, step limits,
   renderer, ...). :func:`config_hash` is a hash of its canonical JSON; ``config["method"]`` (the
   part without suite, checkpoint and step limits) gives the ``method_hash`` a report row groups by.
@@ -16,13 +21,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -129,21 +135,61 @@ class LogWriter:
         self.close()
 
 
+def write_records(path: str | Path, records: Iterable[Any]) -> Path:
+    """Append records (schema dataclasses or dicts) to a log through :class:`LogWriter`."""
+    with LogWriter(path) as w:
+        for r in records:
+            w.write(r)
+    return Path(path)
+
+
 # -- reading -------------------------------------------------------------------------------
+EpisodeKey = tuple[str, str, int, int]  # (config_hash, suite, task_id, episode)
+KEY_TYPES = {"config_hash": str, "suite": str, "task_id": int, "episode": int, "query": int}
+
+
 @dataclass
-class Logs:
-    """Records of one or more log files; query lines only of completed episodes."""
+class RunLog:
+    """One or more log files merged: every episode once, with the query lines of the attempt it closed.
 
+    Args:
+        episodes: episode record per (config_hash, suite, task_id, episode); the first one read wins.
+        queries: that episode's query records in query order (only episodes that have any).
+        runs: every ``run`` record in reading order (one per start or resume).
+        dropped_queries: query lines of interrupted attempts (no ``episode`` line followed them).
+        duplicate_episodes: episode lines ignored because their episode was already read.
+    """
+
+    episodes: dict[EpisodeKey, EpisodeRecord] = field(default_factory=dict)
+    queries: dict[EpisodeKey, list[QueryRecord]] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
-    episodes: list[EpisodeRecord] = field(default_factory=list)
-    queries: list[QueryRecord] = field(default_factory=list)
     dropped_queries: int = 0
+    duplicate_episodes: int = 0
 
-    def extend(self, other: "Logs") -> None:
-        self.runs += other.runs
-        self.episodes += other.episodes
-        self.queries += other.queries
-        self.dropped_queries += other.dropped_queries
+    @property
+    def config_hashes(self) -> list[str]:
+        return sorted({k[0] for k in self.episodes} | {r.config_hash for r in self.runs})
+
+    def run(self, config_hash_: str) -> RunRecord | None:
+        """The first run record of a config (every restart of one config writes the same config)."""
+        return self._first_runs.get(config_hash_)
+
+    @functools.cached_property
+    def _first_runs(self) -> dict[str, RunRecord]:
+        # built on first use, after reading: reports look configs up once per method and per row
+        out: dict[str, RunRecord] = {}
+        for r in self.runs:
+            out.setdefault(r.config_hash, r)
+        return out
+
+    def method_of(self, config_hash_: str) -> str:
+        """The config's ``method_hash`` (its run record), else the config hash itself."""
+        run = self.run(config_hash_)
+        return run.method_hash if run is not None else config_hash_
+
+    def all_queries(self) -> list[QueryRecord]:
+        """Every kept query record, by episode key then query index."""
+        return [q for key in sorted(self.queries) for q in self.queries[key]]
 
 
 def log_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -151,74 +197,97 @@ def log_files(paths: Iterable[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(p.rglob("*.jsonl"))
+            found = sorted(p.rglob("*.jsonl"))
+            if not found:
+                raise FileNotFoundError(f"no *.jsonl logs under {p}")
+            out += found
         elif p.is_file():
             out.append(p)
         else:
-            raise FileNotFoundError(f"log not found: {p}")
+            raise FileNotFoundError(f"run log not found: {p}")
     return out
 
 
 def parse_record(data: Any, where: str):
+    """A schema record from one decoded line; ``where`` (``file:line``) starts every error."""
     if not isinstance(data, dict) or data.get("kind") not in RECORDS:
-        raise ValueError(f"{where}: expected a JSON object with kind in {sorted(RECORDS)}")
+        raise ValueError(f"{where}: expected a JSON object with kind in {sorted(RECORDS)}, got {str(data)[:80]!r}")
     cls = RECORDS[data["kind"]]
-    names = {f.name for f in dataclasses.fields(cls)}
-    try:
-        return cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError as e:
-        raise ValueError(f"{where}: not a valid {data['kind']} record ({e})") from None
+    fields = dataclasses.fields(cls)
+    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where}: not a valid {data['kind']} record: lacks fields {missing}")
+    names = {f.name for f in fields}
+    types = {k: t for k, t in KEY_TYPES.items() if k in names}
+    bad = [f"{k}={data[k]!r}" for k, t in types.items() if not _is(data[k], t)]
+    if bad:  # the keys records are merged and sorted by
+        raise ValueError(f"{where}: not a valid {data['kind']} record: {', '.join(bad)} (expected "
+                         f"{', '.join(f'{k}: {t.__name__}' for k, t in types.items())})")
+    # Fields newer writers add are dropped, not fatal: old readers keep working on new logs.
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def read_log(path: str | Path) -> Logs:
-    """One log file; see the module docstring for what is tolerated."""
-    path = Path(path)
+def _is(value: Any, t: type) -> bool:
+    return isinstance(value, t) and not (t is int and isinstance(value, bool))
+
+
+def _records(path: Path) -> Iterator[Any]:
+    """The records of one file; a torn last line (no newline after it) is skipped with a warning."""
     lines = path.read_bytes().split(b"\n")
-    tail_cut = lines[-1] != b""  # no final newline: the last line may be cut short
-    logs, pending = Logs(), {}
     for n, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         try:
-            rec = parse_record(json.loads(raw), f"{path}:{n}")
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
-            if tail_cut and n == len(lines):
-                warnings.warn(f"{path}:{n}: ignoring a truncated last line")
-                break
-            raise ValueError(f"{path}:{n}: corrupt log line ({e})") from None
-        _add(logs, pending, rec)
-    logs.dropped_queries += sum(len(q) for q in pending.values())
-    return logs
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if n == len(lines):  # nothing after it: a write cut short by a kill
+                warnings.warn(f"{path}:{n}: ignoring a truncated last line (a torn last line: the run was "
+                              "killed while writing it)")
+                return
+            raise ValueError(f"{path}:{n}: not valid JSON, a corrupt log line ({e})") from None
+        yield parse_record(data, f"{path}:{n}")
 
 
-def _add(logs: Logs, pending: dict, rec) -> None:
-    if isinstance(rec, RunRecord):
-        logs.runs.append(rec)
-        return
-    key = (rec.config_hash, rec.suite, rec.task_id, rec.episode)
-    if isinstance(rec, QueryRecord):
-        if rec.query == 0 and pending.get(key):  # a new attempt: the previous one was interrupted
-            logs.dropped_queries += len(pending[key])
-            pending[key] = []
-        pending.setdefault(key, []).append(rec)
-    else:
-        logs.episodes.append(rec)
-        logs.queries += pending.pop(key, [])
+def _read_file(path: Path, log: RunLog) -> None:
+    pending: dict[EpisodeKey, list[QueryRecord]] = {}  # the attempt in progress per episode
+    for rec in _records(path):
+        if isinstance(rec, RunRecord):
+            log.runs.append(rec)
+            continue
+        key = (rec.config_hash, rec.suite, rec.task_id, rec.episode)
+        if isinstance(rec, QueryRecord):
+            attempt = pending.setdefault(key, [])
+            if attempt and rec.query <= attempt[-1].query:  # a new attempt: the previous one was interrupted
+                log.dropped_queries += len(attempt)
+                attempt.clear()
+            attempt.append(rec)
+        elif key in log.episodes:  # concatenated or overlapping logs: count the episode once
+            log.duplicate_episodes += 1
+            pending.pop(key, None)
+        else:
+            log.episodes[key] = rec
+            if pending.get(key):
+                log.queries[key] = pending.pop(key)
+    log.dropped_queries += sum(len(q) for q in pending.values())
 
 
-def read_logs(paths: Iterable[str | Path]) -> Logs:
-    """Every file (folders expanded) merged; duplicate episodes are kept once, with a warning."""
-    logs = Logs()
-    for p in log_files(paths):
-        logs.extend(read_log(p))
-    unique: dict[tuple, EpisodeRecord] = {}
-    for ep in logs.episodes:
-        unique.setdefault(ep.key, ep)
-    if len(unique) < len(logs.episodes):
-        warnings.warn(f"{len(logs.episodes) - len(unique)} duplicate episode records ignored "
-                      "(the same config, suite, task and episode logged more than once)")
-        logs.episodes = list(unique.values())
-    return logs
+def read_logs(paths: str | Path | Iterable[str | Path]) -> RunLog:
+    """Merge JSONL logs (files, or folders searched for ``*.jsonl``); see the module docstring."""
+    log = RunLog()
+    for path in log_files([paths] if isinstance(paths, (str, Path)) else paths):
+        _read_file(path, log)
+    if log.duplicate_episodes:
+        warnings.warn(f"{log.duplicate_episodes} duplicate episode records ignored (the same config, suite, task "
+                      "and episode logged more than once); the first one read is kept")
+    return log
+
+
+def read_log(path: str | Path) -> RunLog:
+    """One log file (:func:`read_logs` of it)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"run log not found: {path}")
+    return read_logs([path])
 
 
 def finished_episodes(paths: Iterable[str | Path], config_hash_: str) -> set[tuple[str, int, int]]:
@@ -226,5 +295,27 @@ def finished_episodes(paths: Iterable[str | Path], config_hash_: str) -> set[tup
     existing = [p for p in map(Path, paths) if p.exists()]
     if not existing:
         return set()
-    logs = read_logs(existing)
-    return {(e.suite, e.task_id, e.episode) for e in logs.episodes if e.config_hash == config_hash_}
+    return {(k[1], k[2], k[3]) for k in read_logs(existing).episodes if k[0] == config_hash_}
+
+
+# -- selecting -----------------------------------------------------------------------------
+def episode_keys(log: RunLog, configs: set[str] | None = None, **match: Any) -> list[EpisodeKey]:
+    """Episodes with query records, in ``configs`` (config hashes; ``None`` = all) and with the given
+    ``suite`` / ``task_id`` / ``episode`` (``None`` matches all)."""
+    names = ("suite", "task_id", "episode")
+    unknown = sorted(set(match) - set(names))
+    if unknown:
+        raise ValueError(f"cannot select episodes by {unknown}; use {names}")
+    out = []
+    for key in sorted(log.queries):
+        fields = dict(zip(names, key[1:]))
+        if (configs is None or key[0] in configs) and all(v is None or fields[n] == v for n, v in match.items()):
+            out.append(key)
+    return out
+
+
+def select_queries(log: RunLog, configs: set[str] | None = None, query: int | None = None,
+                   **match: Any) -> list[QueryRecord]:
+    """Query records of :func:`episode_keys` (same filters), optionally only query number ``query``."""
+    return [q for key in episode_keys(log, configs, **match) for q in log.queries[key]
+            if query is None or q.query == query]

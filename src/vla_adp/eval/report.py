@@ -15,11 +15,10 @@ one row can gather a method's runs on four suites with four per-suite checkpoint
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from vla_adp.eval.logs import Logs
+from vla_adp.eval.logs import RunLog
 from vla_adp.eval.schema import EpisodeRecord
 from vla_adp.eval.stats import Rate, mcnemar_exact, pair_outcomes, paired_bootstrap, success_rate
 
@@ -48,32 +47,39 @@ class Method:
                 if (suite is None or e.suite == suite) and (task_id is None or e.task_id == task_id)]
 
     def cost(self, suite: str | None = None, task_id: int | None = None) -> dict[str, float]:
-        """Mean FLOPs per query, expected speedup and γ over the selected episodes."""
-        eps = self._select(suite, task_id)
-        queries = sum(e.queries for e in eps)
-        flops = sum(e.flops_total for e in eps)
-        full = sum(e.flops_full_total or 0.0 for e in eps)
-        nan = float("nan")
-        return {"flops": flops / queries if queries else nan,
-                "speedup": full / flops if flops and all(e.flops_full_total is not None for e in eps) else nan,
-                "gamma": sum(e.pruned_queries for e in eps) / queries if queries else nan,
-                "errors": sum(e.error is not None for e in eps)}
+        """:func:`cost` of the selected episodes."""
+        return cost(self._select(suite, task_id))
 
     def outcomes(self) -> dict[tuple, bool]:
         return {(e.suite, e.task_id, e.episode): e.success for e in self.episodes}
+
+
+def cost(episodes: list[EpisodeRecord]) -> dict[str, float]:
+    """Mean FLOPs per query as run (``flops``) and unpruned (``flops_full``, nan unless every episode
+    logged it), expected speedup = their ratio, γ = pruned share of queries, and errors; nan without
+    queries. The report's columns and the trade-off plot's points both come from here."""
+    queries = sum(e.queries for e in episodes)
+    flops = sum(e.flops_total for e in episodes)
+    has_full = all(e.flops_full_total is not None for e in episodes)
+    full = sum(e.flops_full_total for e in episodes) if has_full else float("nan")
+    nan = float("nan")
+    return {"flops": flops / queries if queries else nan,
+            "flops_full": full / queries if queries else nan,
+            "speedup": full / flops if flops else nan,
+            "gamma": sum(e.pruned_queries for e in episodes) / queries if queries else nan,
+            "errors": sum(e.error is not None for e in episodes)}
 
 
 def _suite_key(suite: str) -> tuple[int, str]:
     return (SUITE_ORDER.index(suite) if suite in SUITE_ORDER else len(SUITE_ORDER), suite)
 
 
-def methods(logs: Logs) -> list[Method]:
+def methods(logs: RunLog) -> list[Method]:
     """Group episodes into report rows (a config without a run line is its own method)."""
-    run_of = {r.config_hash: r for r in logs.runs}
     rows: dict[str, Method] = {}
-    for ep in logs.episodes:
-        run = run_of.get(ep.config_hash)
-        mh = run.method_hash if run else ep.config_hash
+    for ep in logs.episodes.values():
+        run = logs.run(ep.config_hash)
+        mh = logs.method_of(ep.config_hash)
         row = rows.setdefault(mh, Method(mh, (run.config.get("method") or {}) if run else {}))
         row.config_hashes.add(ep.config_hash)
         row.episodes.append(ep)

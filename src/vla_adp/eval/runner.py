@@ -25,7 +25,6 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -48,8 +47,11 @@ class EpisodeSettings:
         seed: torch/numpy/python seed set before every episode (the reference's 7).
         open_loop: actions executed per query; ``None`` = the whole chunk (8 on LIBERO).
         log_indices: also log the kept visual-token indices of every query (large).
-        video_dir: write an mp4 of every episode here (flipped agentview, 30 fps); ``None`` = off.
+        video_dir: write an mp4 of every episode here (upright agentview, 30 fps); ``None`` = off.
         verbose: print one line per episode (and tracebacks).
+        overlay_video_dir: write an overlay mp4 of every episode here (every camera the policy saw,
+            the chunk's keep mask, gate state, displacement, kept count; 10 fps); ``None`` = off.
+            See :mod:`vla_adp.eval.video`.
     """
 
     config_hash: str
@@ -58,6 +60,7 @@ class EpisodeSettings:
     log_indices: bool = False
     video_dir: str | None = None
     verbose: bool = True
+    overlay_video_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.open_loop is not None and (not isinstance(self.open_loop, int) or self.open_loop < 1):
@@ -106,29 +109,32 @@ def run_episode(env: Env, policy, episode: int, settings: EpisodeSettings,
     rec = EpisodeRecord(settings.config_hash, env.suite, env.task_id, env.task, episode, settings.seed,
                         success=False, steps=0, queries=0, pruned_queries=0, flops_total=0.0, wall_s=0.0,
                         flops_full_total=0.0)
-    frames: list[np.ndarray] = []
+    videos = None
+    if settings.video_dir or settings.overlay_video_dir:
+        from vla_adp.eval.video import EpisodeVideos
+
+        videos = EpisodeVideos(rec, policy, settings.video_dir, settings.overlay_video_dir)
     try:
-        _loop(env, policy, episode, settings, rec, frames, on_query)
+        _loop(env, policy, episode, settings, rec, videos, on_query)
     except Exception:  # noqa: BLE001 - logged with its traceback and counted, never swallowed
         rec.error = traceback.format_exc()
         if settings.verbose:
             print(f"[{env.suite} task {env.task_id} episode {episode}] episode error:\n{rec.error}", flush=True)
     rec.wall_s = time.perf_counter() - t0
-    if settings.video_dir and frames:
-        rec.video = _save_video(frames, settings, rec)
+    if videos is not None:
+        videos.finish(rec)
     return rec
 
 
 def _loop(env: Env, policy, episode: int, settings: EpisodeSettings, rec: EpisodeRecord,
-          frames: list, on_query) -> None:
+          videos, on_query) -> None:
     seed_everything(settings.seed)
     obs = env.reset(episode)
     policy.reset()
     open_loop = settings.open_loop or policy.platform.chunk
     queue: deque = deque()
     for step in range(env.max_steps):
-        if settings.video_dir:
-            frames.append(env.frame())
+        info = None
         if not queue:
             info = _act(policy, obs, queue, open_loop)
             q = query_record(info, env, episode, step, obs, policy, settings)
@@ -140,6 +146,8 @@ def _loop(env: Env, policy, episode: int, settings: EpisodeSettings, rec: Episod
             rec.flops_full_total = None if full is None or q.flops_full is None else full + q.flops_full
             if on_query is not None:
                 on_query(q)
+        if videos is not None:  # frame t: the state before step t, under the chunk being executed
+            videos.add(step, env, obs, info)
         result = env.step(queue.popleft())
         rec.steps += 1
         obs = result.obs
@@ -147,18 +155,6 @@ def _loop(env: Env, policy, episode: int, settings: EpisodeSettings, rec: Episod
         if result.success:
             rec.success = True
             return
-
-
-def _save_video(frames: list[np.ndarray], settings: EpisodeSettings, rec: EpisodeRecord) -> str | None:
-    from vla_adp.eval.video import episode_video_name, write_mp4
-
-    path = Path(settings.video_dir) / episode_video_name(rec)
-    try:
-        write_mp4(frames, path)
-    except Exception as e:  # noqa: BLE001 - a failed video must not cost the episode's record
-        print(f"could not write {path}: {e}", flush=True)
-        return None
-    return str(path)
 
 
 def run_task(env: Env, policy, episodes: Iterable[int], settings: EpisodeSettings, writer=None,

@@ -6,8 +6,13 @@ A log is one JSON object per line, each with a ``kind``:
   ``config_hash``, versions, machine, time.
 * ``query``: one per policy query: where (suite, task, episode, query index, env step), what the gate
   did (``gate_state`` 0/1, ``displacement``), what was kept (``kept_visual``, ``kept_per_view``,
-  ``kept_indices`` per camera), sequence lengths, FLOPs, stage timings, end-effector position.
-* ``episode``: one per finished episode: success, steps, queries, pruned queries, FLOPs, error text.
+  ``kept_indices``), sequence lengths, FLOPs, stage timings, end-effector position.
+* ``episode``: one per finished episode: success, steps, queries, pruned queries, FLOPs, error text,
+  and the paths of its videos when the runner recorded them.
+
+``kept_indices`` (logged with ``--log-indices``; ``None`` for an unpruned query) is one list per
+camera of the visual tokens kept by the query's last cut, each index *local* to that camera's patch
+grid: 0..P−1 with P patches per camera, token j = patch (j // G, j % G) of the G×G grid.
 
 ``flops`` is the cost of a query as the policy ran it (decoder + the pruner's scoring); ``flops_full``
 (``flops_full_total`` per episode) the same query's decoder unpruned, so a report made from logs
@@ -71,6 +76,7 @@ class EpisodeRecord:
     wall_s: float
     error: str | None = None
     video: str | None = None
+    overlay_video: str | None = None
     flops_full_total: float | None = None
     kind: str = "episode"
 
@@ -84,14 +90,18 @@ class EpisodeRecord:
 
 @dataclass
 class RunRecord:
-    """Written when a run (re)starts; ``config["method"]`` is what a report row groups by."""
+    """Written when a run (re)starts; ``config["method"]`` is what a report row groups by.
+
+    ``versions``, ``machine``, ``time`` and ``argv`` describe where it ran, not what it was: logs
+    written by hand (examples, other tools) may leave them out.
+    """
 
     config_hash: str
     method_hash: str
     config: dict[str, Any]
-    versions: dict[str, str]
-    machine: dict[str, Any]
-    time: str
+    versions: dict[str, str] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)
+    time: str = ""
     argv: list[str] = field(default_factory=list)
     kind: str = "run"
 

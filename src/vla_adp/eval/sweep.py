@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vla_adp.utils.files import read_json
 from vla_adp.eval.job import EvalJob, build_pruner, run_config, run_job, task_ids
 from vla_adp.eval.logs import config_hash, finished_episodes, jsonable
 
@@ -83,13 +84,7 @@ def normalise(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_grid(path: str | Path) -> list[dict[str, Any]]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"grid file not found: {p}")
-    try:
-        return expand_grid(json.loads(p.read_text()))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
+    return expand_grid(read_json(path, "grid file", expect=None))
 
 
 # -- planning ------------------------------------------------------------------------------

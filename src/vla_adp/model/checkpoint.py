@@ -248,12 +248,12 @@ def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | N
 
 
 # -- strict state loading ----------------------------------------------------------------------
-def _check_and_assign(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, prefix: str = "") -> None:
-    expected = {prefix + k: v for k, v in module.state_dict().items()}
+def _verify(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict: same keys, same shapes; the first problem is named with its published key."""
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
     if missing:
         raise CheckpointError(f"{source}: missing key {to_published_key(missing[0])!r} ({len(missing)} missing in all)")
+    unexpected = sorted(set(state) - set(expected))
     if unexpected:
         raise CheckpointError(f"{source}: unexpected key {to_published_key(unexpected[0])!r} ({len(unexpected)} in all)")
     for k, v in state.items():
@@ -261,7 +261,11 @@ def _check_and_assign(module: torch.nn.Module, state: dict[str, torch.Tensor], s
             raise CheckpointError(
                 f"{source}: key {to_published_key(k)!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
             )
-    module.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=True, assign=True)
+
+
+def _check_and_assign(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    _verify(module.state_dict(), state, source)
+    module.load_state_dict(state, strict=True, assign=True)
 
 
 def _load_main_state(folder: Path, wm: dict[str, str], dtype, device) -> dict[str, torch.Tensor]:
@@ -345,17 +349,7 @@ def load_checkpoint(
 def _check_main(model: OpenVLAOFT, state: dict, folder: Path) -> None:
     side = ("action_head.", "proprio_projector.")
     main_modules = {k: v for k, v in model.state_dict().items() if not k.startswith(side)}
-    missing = sorted(set(main_modules) - set(state))
-    if missing:
-        raise CheckpointError(f"{folder.name}: safetensors lack key {to_published_key(missing[0])!r} ({len(missing)} missing in all)")
-    unexpected = sorted(set(state) - set(main_modules))
-    if unexpected:
-        raise CheckpointError(f"{folder.name}: unexpected key {to_published_key(unexpected[0])!r} in the safetensors")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(main_modules[k].shape):
-            raise CheckpointError(
-                f"{folder.name}: key {to_published_key(k)!r} has shape {tuple(v.shape)}, expected {tuple(main_modules[k].shape)}"
-            )
+    _verify(main_modules, state, f"{folder.name} safetensors")
     model.load_state_dict(state, strict=False, assign=True)
 
 

@@ -156,13 +156,14 @@ class OpenVLAOFT(nn.Module):
             with timer("llm"):
                 x = llm.run_layers(x, pos, start, i, mask)
             start = i
-            with timer("prune"):
+            with timer("prune"):  # the pruner's scoring and selection
                 keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm, key_mask=mask))
-                if keep is not None:
-                    positions = getattr(pruner, "positions", "contiguous")
+            if keep is not None:
+                positions = getattr(pruner, "positions", "contiguous")
+                with timer("gather"):  # the shorter sequence (shared by every pruner)
                     x, pos, layout, mask = self._cut(x, pos, layout, mask, keep, positions)
-                    keeps.append(keep)
-                    seq_lens[i:] = [layout.length] * (n - i)
+                keeps.append(keep)
+                seq_lens[i:] = [layout.length] * (n - i)
         with timer("llm"):
             x = llm.norm(llm.run_layers(x, pos, start, n, mask))
         return x, keeps, layout, seq_lens

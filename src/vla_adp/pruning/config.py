@@ -122,7 +122,9 @@ class ADPConfig:
         order: ``position`` keeps kept tokens in original order; ``score`` orders each view's kept
             tokens by descending score, as the reference does for a single camera (its global
             ``topk(sorted=True)``); with contiguous positions the order changes the output.
-        scoring: ``fused`` (mean over text first; same Φ, less work) or ``exact`` (reference matrix).
+        scoring: ``fused`` (mean over text first; same Φ, less work), ``exact`` (reference matrix) or
+            ``folded`` (default; W_K folded into the mean query as well: no K projection of the visual
+            tokens). All three are the same Φ in exact arithmetic.
     """
 
     keep_ratio: float = 0.5
@@ -135,7 +137,7 @@ class ADPConfig:
     enabled: bool = True
     seed: int = 42
     order: str = "position"
-    scoring: str = "fused"
+    scoring: str = "folded"
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
@@ -151,7 +153,7 @@ class ADPConfig:
         _choice(self, "selection", SELECTIONS)
         _choice(self, "layer_mode", LAYER_MODES)
         _choice(self, "order", ("position", "score"))
-        _choice(self, "scoring", ("fused", "exact"))
+        _choice(self, "scoring", ("fused", "exact", "folded"))
         if self.positions not in ("contiguous", "original"):
             raise ValueError(f"ADPConfig.positions must be 'contiguous' or 'original', got {self.positions!r}")
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from pathlib import Path
+
+from vla_adp.utils.files import read_json
 from typing import Any
 
 # name -> module under vla_adp.pruning.pruners
@@ -24,6 +25,7 @@ PRUNERS: dict[str, str] = {
 
 
 def _module(name: str):
+    name = name.replace("-", "_")  # `vla-pruner` and `vla_pruner` name the same method
     if name not in PRUNERS:
         raise ValueError(f"unknown pruner {name!r}; expected one of {sorted(PRUNERS)}")
     return importlib.import_module(f"vla_adp.pruning.pruners.{PRUNERS[name]}")
@@ -34,16 +36,7 @@ def config_class(name: str):
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"pruning config not found: {p}")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a JSON object of settings, found {type(data).__name__}")
-    return data
+    return read_json(path, "pruning config")
 
 
 def build_pruner(name: str | None, keep: float | None = None, config_file: str | Path | None = None, **fields):

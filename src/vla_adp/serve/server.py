@@ -12,6 +12,8 @@ are. What we add:
 * ``"trajectory"``: raw states recorded after each executed step since the last query (path-length
   gating), fed to ``Policy.record_step`` before the query.
 * ``GET /health`` and ``GET /metrics``.
+* ``record_dir`` (``--record-dir``): one overlay video per session episode
+  (:mod:`vla_adp.serve.recording`), finished on ``/reset``, expiry or shutdown.
 * every bad request gets a 4xx JSON ``{"error", "expected"}`` (``deploy.py`` answers "error");
   an unexpected failure gets a 500 JSON and is logged; the server keeps serving.
 
@@ -21,6 +23,7 @@ loop stays free, so ``/health`` answers while a query runs. Binds to 127.0.0.1 u
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -57,6 +60,7 @@ class ServerConfig:
         max_image_side: largest accepted image height/width.
         max_instruction_chars: longest accepted instruction.
         metrics_window: queries the latency percentiles cover.
+        record_dir: write an overlay video of every session episode here; ``None`` = off.
     """
 
     max_body_bytes: int = 16 << 20
@@ -66,6 +70,7 @@ class ServerConfig:
     max_image_side: int = 2048
     max_instruction_chars: int = 2048
     metrics_window: int = 1000
+    record_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "session_ttl_s", "max_sessions", "min_image_side", "max_image_side",
@@ -90,7 +95,13 @@ class ServerState:
     def __init__(self, policy, config: ServerConfig, clock=time.monotonic):
         self.policy, self.config = policy, config
         self.spec = obs_spec(policy, config)
-        self.store = SessionStore(policy.new_session, config.session_ttl_s, config.max_sessions, clock)
+        self.recorder = None
+        if config.record_dir:
+            from vla_adp.serve.recording import SessionRecorder  # pictures only when asked for
+
+            self.recorder = SessionRecorder(config.record_dir, policy)
+        self.store = SessionStore(policy.new_session, config.session_ttl_s, config.max_sessions, clock,
+                                  on_end=self.recorder.end if self.recorder else None)
         self.metrics = Metrics(config.metrics_window)
         self.lock = threading.Lock()  # one query at a time on the model
         self.started = time.time()
@@ -107,6 +118,8 @@ class ServerState:
                                    "POST /reset with this session id to start its episode, then POST /act")
             out = self._infer(req, entry.session)
             entry.queries += 1
+            if self.recorder is not None:
+                self.recorder.add(sid, req.obs, out["info"])
         actions, info = out["actions"], {**jsonable(out["info"]), "session_id": sid}
         self.metrics.query(1e3 * (time.perf_counter() - t0), info)
         result: Any = {"actions": actions, "info": info} if (req.return_info or query_info) else list(actions)
@@ -136,6 +149,12 @@ class ServerState:
                 raise RequestError(429, str(e), "wait for idle sessions to expire "
                                    f"({self.config.session_ttl_s:g} s) or raise --max-sessions") from None
         return {"session_id": sid, "created": created, "session_ttl_s": self.config.session_ttl_s}
+
+    def close(self) -> None:
+        """Finish what is still open (the episode videos of live sessions)."""
+        if self.recorder is not None:
+            with self.lock:
+                self.recorder.close_all()
 
     def health(self) -> dict[str, Any]:
         p, a = self.policy, self.policy.model.args
@@ -194,7 +213,13 @@ def create_app(policy, config: ServerConfig = ServerConfig(), clock=time.monoton
         clock: monotonic seconds for session expiry (tests pass a controllable one).
     """
     state = ServerState(policy, config, clock)
-    app = FastAPI(title="vla-adp policy server", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await run_in_threadpool(state.close)
+
+    app = FastAPI(title="vla-adp policy server", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = state
 
     @app.post("/act")

@@ -9,6 +9,8 @@ own pruner copy and query counter. Semantics:
 * The default session (requests without an id, i.e. unchanged OpenVLA-OFT clients) is created on
   first use and re-created after expiry: such clients never mark episode boundaries anyway.
 * Sessions idle for longer than ``ttl`` seconds expire; at most ``max_sessions`` live at once.
+* ``on_end(id)`` is called when an episode of a known session ends: its ``start`` again, or its
+  expiry (the server finishes that episode's video there).
 
 Not thread-safe by itself: the server only touches it while holding the model lock.
 """
@@ -43,11 +45,13 @@ class SessionStore:
         ttl: seconds of inactivity after which a session expires.
         max_sessions: most live sessions at once.
         clock: monotonic seconds (injectable so tests can move time).
+        on_end: called with the id whenever an episode of an existing session ends.
     """
 
     def __init__(self, factory: Callable[[], Session], ttl: float, max_sessions: int,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, on_end: Callable[[str], None] | None = None):
         self.factory, self.ttl, self.max_sessions, self.clock = factory, ttl, max_sessions, clock
+        self.on_end = on_end
         self.entries: dict[str, Entry] = {}
         self.expired_total = 0
 
@@ -56,6 +60,7 @@ class SessionStore:
         self.expire()
         entry = self.entries.get(sid)
         if entry is not None:
+            self._ended(sid)
             entry.session.reset()
             entry.last_used, entry.queries = self.clock(), 0
             return False
@@ -80,8 +85,13 @@ class SessionStore:
         gone = [sid for sid, e in self.entries.items() if now - e.last_used > self.ttl]
         for sid in gone:
             del self.entries[sid]
+            self._ended(sid)
         self.expired_total += len(gone)
         return gone
+
+    def _ended(self, sid: str) -> None:
+        if self.on_end is not None:
+            self.on_end(sid)
 
     def live(self) -> int:
         """Sessions not yet past their TTL (read-only: safe without the model lock)."""

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vla_adp.pruning.scoring import entropy, participation_ratio, text_vision_scores
+from vla_adp.viz.figures import pyplot, save_figure
 
 
 @dataclass
@@ -103,15 +104,6 @@ def _check_layers(layers: list[int] | None, n: int) -> list[int]:
 
 
 # -- pictures ----------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_layers(layers: list[int], n: int) -> list[int]:
     """Layers to draw: all of them up to 8, else 8 evenly spaced ones including the first and last."""
     return list(range(n)) if n <= 8 else sorted({int(round(x)) for x in np.linspace(0, n - 1, 8)} | set(layers))
@@ -119,7 +111,7 @@ def plot_layers(layers: list[int], n: int) -> list[int]:
 
 def plot_phi(a: LayerAnalysis, path: Path, layers: list[int], dpi: int = 100) -> Path:
     """Φ over the visual tokens, one row per layer, camera boundaries dotted (Fig. 6c)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(layers), 1, figsize=(8, 1.3 * len(layers) + 0.6), dpi=dpi, sharex=True, squeeze=False)
     bounds = np.cumsum(a.views)[:-1]
     for ax, i in zip(axes[:, 0], layers):
@@ -129,12 +121,12 @@ def plot_phi(a: LayerAnalysis, path: Path, layers: list[int], dpi: int = 100) ->
         ax.set_ylabel(f"Φ L{i}", fontsize=8)
     axes[-1, 0].set_xlabel("visual token (camera 0, camera 1, ...)")
     fig.tight_layout()
-    return _save(fig, plt, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_phi_maps(a: LayerAnalysis, path: Path, layers: list[int], dpi: int = 100) -> Path:
     """Φ of each camera as its G×G patch grid (rows: layers, columns: cameras)."""
-    plt = _plt()
+    plt = pyplot()
     g, c = a.grid, len(a.views)
     fig, axes = plt.subplots(len(layers), c, figsize=(2.2 * c, 2.1 * len(layers)), dpi=dpi, squeeze=False)
     starts = np.concatenate([[0], np.cumsum(a.views)])
@@ -146,12 +138,12 @@ def plot_phi_maps(a: LayerAnalysis, path: Path, layers: list[int], dpi: int = 10
             ax.set_yticks([])
             ax.set_title(f"L{i} camera {cam}", fontsize=8)
     fig.tight_layout()
-    return _save(fig, plt, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_pr_entropy(a: LayerAnalysis, path: Path, dpi: int = 100) -> Path:
     """PR and entropy per layer (Fig. 7a, 7b)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=dpi)
     x = np.arange(len(a.pr))
     axes[0].plot(x, a.pr, "o-")
@@ -162,12 +154,12 @@ def plot_pr_entropy(a: LayerAnalysis, path: Path, dpi: int = 100) -> Path:
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, plt, path, dpi)
+    return save_figure(fig, path, dpi)
 
 
 def plot_similarity(a: LayerAnalysis, path: Path, dpi: int = 100) -> Path:
     """Vision–vision cosine self-similarity at the chosen layers (Fig. 6a)."""
-    plt = _plt()
+    plt = pyplot()
     layers = sorted(a.similarity)
     fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3.2), dpi=dpi, squeeze=False)
     for ax, i in zip(axes[0], layers):
@@ -176,14 +168,7 @@ def plot_similarity(a: LayerAnalysis, path: Path, dpi: int = 100) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-    return _save(fig, plt, path, dpi)
-
-
-def _save(fig, plt, path: Path, dpi: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def write_analysis(a: LayerAnalysis, out_dir: str | Path, meta: dict | None = None) -> dict[str, Path]:

@@ -203,33 +203,12 @@ def kept_mask(p: ImagePipeline, kept: Sequence[int] | None) -> np.ndarray:
 def _keep_vector(kept: Sequence[int], n: int) -> np.ndarray:
     idx = np.asarray(list(kept), dtype=np.int64)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise ValueError(f"kept token indices must lie in 0..{n - 1} for one camera, got {idx.min()}..{idx.max()}")
+        # Logs written before kept indices became local held them over all visual tokens.
+        raise ValueError(f"kept token indices must be local to the camera's patch grid, 0..{n - 1}, got "
+                         f"{idx.min()}..{idx.max()} (indices over all cameras' tokens are not accepted)")
     vec = np.zeros(n, bool)
     vec[idx] = True
     return vec
-
-
-def local_indices(per_camera: Sequence[Sequence[int]], n_per_view: int | Sequence[int]) -> list[list[int]]:
-    """Kept indices per camera made local (0..n_c−1).
-
-    Logs may hold indices within each camera or within all visual tokens (camera c's tokens at
-    offset Σ_{c'<c} n_c'); the two are told apart by their range, and anything else is an error.
-    """
-    sizes = [int(n_per_view)] * len(per_camera) if _is_int(n_per_view) else [int(n) for n in n_per_view]
-    if len(sizes) != len(per_camera):
-        raise ValueError(f"kept indices for {len(per_camera)} cameras but {len(sizes)} view sizes")
-    out, offset = [], 0
-    for c, (idx, n) in enumerate(zip(per_camera, sizes)):
-        idx = [int(i) for i in idx]
-        if all(0 <= i < n for i in idx):
-            out.append(idx)
-        elif all(offset <= i < offset + n for i in idx):
-            out.append([i - offset for i in idx])
-        else:
-            raise ValueError(f"camera {c}: kept indices {min(idx)}..{max(idx)} fit neither 0..{n - 1} "
-                             f"nor the global range {offset}..{offset + n - 1}")
-        offset += n
-    return out
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -269,15 +248,25 @@ def _outline(img: np.ndarray, p: ImagePipeline) -> None:
 
 def draw_cameras(frames: Sequence[np.ndarray], kept: Sequence[Sequence[int]] | None,
                  pipelines: Sequence[ImagePipeline], config: OverlayConfig = OverlayConfig()) -> list[np.ndarray]:
-    """:func:`draw_overlay` for every camera; ``kept`` is a per-camera list (global or local indices)."""
+    """:func:`draw_overlay` for every camera.
+
+    Args:
+        kept: one list per camera of kept token indices local to that camera's grid (0..G²−1), as
+            ``Policy.infer`` reports and the logs store them; ``None`` = unpruned query.
+    """
     if len(pipelines) != len(frames):
         raise ValueError(f"{len(frames)} frames but {len(pipelines)} pipelines")
     if kept is None:
         return [draw_overlay(f, None, p, config) for f, p in zip(frames, pipelines)]
     if len(kept) != len(frames):
         raise ValueError(f"kept indices for {len(kept)} cameras, but {len(frames)} frames")
-    local = local_indices(kept, [p.n_patches for p in pipelines])
-    return [draw_overlay(f, k, p, config) for f, k, p in zip(frames, local, pipelines)]
+    out = []
+    for c, (f, k, p) in enumerate(zip(frames, kept, pipelines)):
+        try:
+            out.append(draw_overlay(f, k, p, config))
+        except ValueError as e:
+            raise ValueError(f"camera {c}: {e}") from None
+    return out
 
 
 def side_by_side(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:

@@ -8,59 +8,29 @@
   present (nested anywhere: ``{"method": {"pruner": {"name": "adp", "config": {"keep_ratio": ...}}}}``,
   or the reference's ``qk_keep_ratio``), else from its query records (pruner name; ρ as the kept
   share of visual tokens in pruned queries).
-* Success rates carry a Wilson score interval (Wilson 1927), which stays inside [0, 1] and is
-  sensible at 0 % and 100 %, unlike the normal approximation.
+* Success rates carry a Wilson score interval (:func:`vla_adp.eval.stats.wilson`, as the report's).
 * Expected FLOPs are the mean FLOPs per query over all queries, pruned or not: the paper's "Expected
   FLOPs" (Tables 5–9, γ·F_pruned + (1−γ)·F_full with γ the pruned share), measured. Speedup =
   mean unpruned FLOPs of the same queries (``flops_full``, where the log has it) or of the unpruned
-  baseline method / expected FLOPs.
+  baseline method / expected FLOPs. Both come from the episode records through
+  :func:`vla_adp.eval.report.cost`, as the report's columns do.
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vla_adp.eval.schema import QueryRecord
-from vla_adp.viz.logs import RunLog
+from vla_adp.eval.logs import RunLog
+from vla_adp.eval.report import cost
+from vla_adp.eval.schema import EpisodeRecord, QueryRecord
+from vla_adp.eval.stats import Rate, success_rate
 
 KEEP_KEYS = ("keep_ratio", "qk_keep_ratio", "keep")
 SELECTION_KEYS = ("selection",)
-Z95 = statistics.NormalDist().inv_cdf(0.975)  # 1.95996...
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % by default); (nan, nan) for n = 0."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes must be in 0..n={n}, got {successes}")
-    p = successes / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-@dataclass(frozen=True)
-class Rate:
-    """Successes of n episodes with a 95 % Wilson interval."""
-
-    successes: int
-    n: int
-
-    @property
-    def value(self) -> float:
-        return self.successes / self.n if self.n else math.nan
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.successes, self.n)
 
 
 # -- methods -----------------------------------------------------------------------------------
@@ -68,7 +38,7 @@ def methods(log: RunLog) -> dict[str, set[str]]:
     """Method id (``method_hash``, else the config hash) -> its config hashes."""
     out: dict[str, set[str]] = defaultdict(set)
     for h in log.config_hashes:
-        out[str(log.runs.get(h, {}).get("method_hash") or h)].add(h)
+        out[log.method_of(h)].add(h)
     return dict(out)
 
 
@@ -121,7 +91,7 @@ class Traits:
 
 def traits(log: RunLog, method: str) -> Traits:
     members = methods(log).get(method, {method})
-    config = next((log.runs[h].get("config") or {} for h in sorted(members) if h in log.runs), {})
+    config = next((log.run(h).config or {} for h in sorted(members) if log.run(h) is not None), {})
     queries = method_queries(log, method)
     pruner = _pruner_name(config) or next((q.pruner for q in queries if q.pruner), None)
     keep = _find(config, KEEP_KEYS)
@@ -154,33 +124,32 @@ def success_rates(log: RunLog, method: str, by: str | tuple[str, ...] | None = N
     """Success per value of episode field(s) ``by`` (``"suite"``, ``("suite", "task_id")``;
     ``None`` = one rate over all episodes, under the key ``None``)."""
     members = methods(log).get(method, {method})
-    counts: dict[Any, list[int]] = defaultdict(lambda: [0, 0])
+    outcomes: dict[Any, list[bool]] = defaultdict(list)
     for key, e in log.episodes.items():
-        if key[0] not in members:
-            continue
-        group = None if by is None else getattr(e, by) if isinstance(by, str) else tuple(getattr(e, b) for b in by)
-        c = counts[group]
-        c[0] += int(bool(e.success))
-        c[1] += 1
-    return {k: Rate(s, n) for k, (s, n) in counts.items()}
+        if key[0] in members:
+            group = None if by is None else getattr(e, by) if isinstance(by, str) else tuple(getattr(e, b) for b in by)
+            outcomes[group].append(bool(e.success))
+    return {k: success_rate(v) for k, v in outcomes.items()}
+
+
+def method_episodes(log: RunLog, method: str) -> list[EpisodeRecord]:
+    members = methods(log).get(method, {method})
+    return [e for k, e in log.episodes.items() if k[0] in members]
 
 
 def expected_flops(log: RunLog, method: str) -> float:
-    """Mean FLOPs per query of a method (nan without query records)."""
-    flops = [q.flops for q in method_queries(log, method)]
-    return float(np.mean(flops)) if flops else math.nan
+    """Mean FLOPs per query of a method's finished episodes (nan without queries)."""
+    return cost(method_episodes(log, method))["flops"]
 
 
 def full_flops(log: RunLog, method: str) -> float:
-    """Mean unpruned FLOPs of the same queries (``flops_full``); nan unless every query has it."""
-    full = [getattr(q, "flops_full", None) for q in method_queries(log, method)]
-    return float(np.mean(full)) if full and all(f is not None for f in full) else math.nan
+    """Mean unpruned FLOPs of the same queries (``flops_full``); nan unless every episode logged it."""
+    return cost(method_episodes(log, method))["flops_full"]
 
 
 def pruned_share(log: RunLog, method: str) -> float:
     """γ: share of queries that ran pruned."""
-    flags = [q.pruned for q in method_queries(log, method)]
-    return float(np.mean(flags)) if flags else math.nan
+    return cost(method_episodes(log, method))["gamma"]
 
 
 def baseline_method(log: RunLog) -> str | None:

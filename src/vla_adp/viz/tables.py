@@ -16,8 +16,12 @@ import io
 import math
 from dataclasses import dataclass
 
-from vla_adp.viz.logs import RunLog
-from vla_adp.viz.summary import Rate, methods, success_rates, traits
+from vla_adp.eval.logs import RunLog
+from vla_adp.eval.stats import Rate, success_rate
+from vla_adp.viz.summary import methods, success_rates, traits
+
+
+NO_EPISODES = success_rate([])  # a task one of the two methods never ran: rate nan
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class TaskRow:
 
     @property
     def gap(self) -> float:
-        return self.a.value - self.b.value
+        return self.a.rate - self.b.rate
 
 
 def _pct(x: float, signed: bool = False) -> str:
@@ -50,7 +54,7 @@ def task_rows(log: RunLog, a: str, b: str, suite: str | None = None) -> list[Tas
     for key in sorted(names):
         if suite is not None and key[0] != suite:
             continue
-        rows.append(TaskRow(key[0], key[1], names[key], ra.get(key, Rate(0, 0)), rb.get(key, Rate(0, 0))))
+        rows.append(TaskRow(key[0], key[1], names[key], ra.get(key, NO_EPISODES), rb.get(key, NO_EPISODES)))
     if not rows:
         raise ValueError(f"no episodes of configs {a[:10]} / {b[:10]}" + (f" in suite {suite!r}" if suite else ""))
     return rows
@@ -59,9 +63,9 @@ def task_rows(log: RunLog, a: str, b: str, suite: str | None = None) -> list[Tas
 def task_table_markdown(rows: list[TaskRow], a_name: str, b_name: str) -> str:
     lines = [f"| Task | Length | {a_name} | {b_name} | Gap |", "|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.task} | {len(r.task)} | {_pct(r.a.value)} | {_pct(r.b.value)} | {_pct(r.gap, True)} |")
-    ma = _mean([r.a.value for r in rows])
-    mb = _mean([r.b.value for r in rows])
+        lines.append(f"| {r.task} | {len(r.task)} | {_pct(r.a.rate)} | {_pct(r.b.rate)} | {_pct(r.gap, True)} |")
+    ma = _mean([r.a.rate for r in rows])
+    mb = _mean([r.b.rate for r in rows])
     lines.append(f"| **Average** |  | {_pct(ma)} | {_pct(mb)} | {_pct(ma - mb, True)} |")
     return "\n".join(lines) + "\n"
 
@@ -72,7 +76,7 @@ def task_table_csv(rows: list[TaskRow], a_name: str, b_name: str) -> str:
     w.writerow(["suite", "task_id", "task", "length", f"{a_name}_success", f"{a_name}_n",
                 f"{b_name}_success", f"{b_name}_n", "gap"])
     for r in rows:
-        w.writerow([r.suite, r.task_id, r.task, len(r.task), r.a.value, r.a.n, r.b.value, r.b.n, r.gap])
+        w.writerow([r.suite, r.task_id, r.task, len(r.task), r.a.rate, r.a.n, r.b.rate, r.b.n, r.gap])
     return buf.getvalue()
 
 
@@ -89,7 +93,7 @@ class InversionCell:
 
     @property
     def gap(self) -> float:
-        return self.direct.value - self.inverse.value
+        return self.direct.rate - self.inverse.rate
 
 
 def inversion_cells(log: RunLog) -> dict[tuple[str, float], InversionCell]:
@@ -122,8 +126,8 @@ def inversion_markdown(cells: dict[tuple[str, float], InversionCell]) -> str:
         lines.append(f"| {s} | " + " | ".join(_cell(cells.get((s, r))) for r in ratios) + " |")
     avg = []
     for r in ratios:
-        d = _mean([cells[(s, r)].direct.value for s in suites if (s, r) in cells])
-        i = _mean([cells[(s, r)].inverse.value for s in suites if (s, r) in cells])
+        d = _mean([cells[(s, r)].direct.rate for s in suites if (s, r) in cells])
+        i = _mean([cells[(s, r)].inverse.rate for s in suites if (s, r) in cells])
         avg.append(f"{_pct(d)} | {_pct(i)} | {_pct(d - i)}")
     lines.append("| **Avg** | " + " | ".join(avg) + " |")
     return "\n".join(lines) + "\n"
@@ -132,7 +136,7 @@ def inversion_markdown(cells: dict[tuple[str, float], InversionCell]) -> str:
 def _cell(c: InversionCell | None) -> str:
     if c is None:
         return "— | — | —"
-    return f"{_pct(c.direct.value)} | {_pct(c.inverse.value)} | {_pct(c.gap)}"
+    return f"{_pct(c.direct.rate)} | {_pct(c.inverse.rate)} | {_pct(c.gap)}"
 
 
 def inversion_csv(cells: dict[tuple[str, float], InversionCell]) -> str:
@@ -140,5 +144,5 @@ def inversion_csv(cells: dict[tuple[str, float], InversionCell]) -> str:
     w = csv.writer(buf)
     w.writerow(["suite", "keep_ratio", "direct", "direct_n", "inverse", "inverse_n", "gap"])
     for (s, r), c in sorted(cells.items()):
-        w.writerow([s, r, c.direct.value, c.direct.n, c.inverse.value, c.inverse.n, c.gap])
+        w.writerow([s, r, c.direct.rate, c.direct.n, c.inverse.rate, c.inverse.n, c.gap])
     return buf.getvalue()

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
-from vla_adp.viz.logs import EpisodeKey, RunLog, episode_keys
+from vla_adp.eval.logs import EpisodeKey, RunLog, episode_keys
+from vla_adp.viz.figures import pyplot, save_figure
 
 THRESHOLD_KEYS = ("gate_upper", "gate_lower", "gate_mean")
 
@@ -81,11 +82,7 @@ def _shade(ax, tl: Timeline) -> None:
 
 def plot_timeline(tl: Timeline, path: str | Path, dpi: int = 100, width: float = 8.0) -> Path:
     """Write the three-panel PNG; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(3, 1, figsize=(width, 6.0), dpi=dpi, sharex=True,
                              gridspec_kw={"height_ratios": [3, 1, 2]})
     _plot_motion(axes[0], tl)
@@ -96,11 +93,7 @@ def plot_timeline(tl: Timeline, path: str | Path, dpi: int = 100, width: float =
     outcome = "" if tl.success is None else ("  success" if tl.success else "  failure")
     fig.suptitle(f"{tl.key[1]} task {tl.key[2]} episode {tl.key[3]}{outcome}\n{tl.task}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def _plot_motion(ax, tl: Timeline) -> None:
@@ -134,7 +127,7 @@ def _plot_kept(ax, tl: Timeline) -> None:
 
 
 def timelines(log: RunLog, out_dir: str | Path, configs: set[str] | None = None, **match: Any) -> list[Path]:
-    """One PNG per episode of the logs, filtered as :func:`~vla_adp.viz.logs.episode_keys` does."""
+    """One PNG per episode of the logs, filtered as :func:`~vla_adp.eval.logs.episode_keys` does."""
     out = []
     for key in episode_keys(log, configs, **match):
         tl = episode_timeline(log.queries[key], log.episodes.get(key))

@@ -14,7 +14,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vla_adp.viz.logs import RunLog
+from vla_adp.eval.logs import RunLog
+from vla_adp.viz.figures import pyplot, save_figure
 from vla_adp.viz.summary import baseline_method, expected_flops, full_flops, methods, pruned_share, success_rates, traits
 
 
@@ -47,8 +48,7 @@ def tradeoff_points(log: RunLog, baseline: str | None = None) -> list[TradeoffPo
         t = traits(log, m)
         flops, full = expected_flops(log, m), full_flops(log, m)
         ref = full if math.isfinite(full) else base_flops
-        lo, hi = rate.interval
-        points.append(TradeoffPoint(m, t.label, t.pruner, t.keep_ratio, rate.n, rate.successes, rate.value, lo, hi,
+        points.append(TradeoffPoint(m, t.label, t.pruner, t.keep_ratio, rate.n, rate.k, rate.rate, rate.lo, rate.hi,
                                     flops, pruned_share(log, m), ref / flops if flops else math.nan))
     if not points:
         raise ValueError("the logs hold no episode records: nothing to plot")
@@ -57,11 +57,7 @@ def tradeoff_points(log: RunLog, baseline: str | None = None) -> list[TradeoffPo
 
 def plot_tradeoff(points: list[TradeoffPoint], path: str | Path, dpi: int = 100) -> Path:
     """Two panels: success vs expected TFLOPs, success vs speedup (when a baseline exists)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     with_speedup = any(math.isfinite(p.speedup) for p in points)
     fig, axes = plt.subplots(1, 2 if with_speedup else 1, figsize=(10 if with_speedup else 5.5, 4.2), dpi=dpi,
                              squeeze=False)
@@ -70,11 +66,7 @@ def plot_tradeoff(points: list[TradeoffPoint], path: str | Path, dpi: int = 100)
     if with_speedup:
         _panel(axes[0, 1], points, lambda p: p.speedup, "speedup (baseline FLOPs / expected FLOPs)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi)
 
 
 def _flops_unit(largest: float) -> tuple[float, str]:

@@ -5,16 +5,17 @@ saves the bare agentview frames at 30 fps. Here each frame shows all cameras sid
 :func:`~vla_adp.viz.overlay.draw_overlay`, and a caption with the query, env step, gate state,
 displacement and kept tokens of the action chunk being executed.
 
-How a runner hooks in (one recorder per episode; frames are the raw frames the robot saw)::
+The evaluation runner (``--overlay-video-dir``, :mod:`vla_adp.eval.video`) and the policy server
+(``--record-dir``, :mod:`vla_adp.serve.recording`) record through :class:`EpisodeRecorder`; any
+other loop hooks in the same way (one recorder per episode; frames are the frames the robot saw)::
 
-    rec = EpisodeRecorder(path, [pipeline_for(policy.model.args, policy.center_crop, (256, 256),
-                                              rotate_180=True)] * n_cameras)
+    rec = EpisodeRecorder(path, [pipeline_for(policy.model.args, policy.center_crop)] * n_cameras)
     for t in steps:
         if need_query:
             out = policy.infer(obs); info = out["info"]   # kept_indices, gate_state, displacement…
-            rec.add(raw_frames, info, step=t)             # new chunk: new mask and caption
+            rec.add(frames, info, step=t)                 # new chunk: new mask and caption
         else:
-            rec.add(raw_frames, step=t)                   # same chunk: the last info stays on screen
+            rec.add(frames, step=t)                       # same chunk: the last info stays on screen
         ...
     rec.close()  # -> path of the mp4 (also safe to call twice; use ``with`` to close on errors)
 """
@@ -85,11 +86,61 @@ def _frames_list(frames: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> lis
     return list(frames.values()) if isinstance(frames, Mapping) else list(frames)
 
 
-class EpisodeRecorder:
-    """Streams one episode into an mp4 (imageio-ffmpeg, H.264), one frame per :meth:`add`.
+class Mp4Writer:
+    """Streams uint8 (H, W, 3) frames into an H.264 mp4 (imageio-ffmpeg) without holding them.
+
+    Frames go to ``NAME.partial.mp4`` first; :meth:`close` finishes that file and renames it to
+    ``path`` (or the final name it is given), so a file under its final name is always complete and
+    a run killed half-way leaves a ``.partial.mp4`` that a rerun overwrites.
 
     Args:
         path: output ``.mp4``.
+        fps: frames per second.
+        quality: imageio-ffmpeg quality 0..10 (8: masks stay crisp at ~10 kB per 464×272 frame).
+    """
+
+    def __init__(self, path: str | Path, fps: int, quality: int = 8):
+        self.path = Path(path)
+        if self.path.suffix.lower() != ".mp4":
+            raise ValueError(f"videos are .mp4 files, got {self.path.name!r}")
+        self.partial = self.path.with_name(self.path.stem + ".partial.mp4")
+        self.fps, self.quality = fps, quality
+        self.n_frames = 0
+        self._writer = None
+        self._shape: tuple[int, ...] | None = None
+
+    def append(self, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"video frames must be uint8 (H, W, 3), got {frame.dtype} {frame.shape}")
+        if self._writer is None:
+            import imageio.v2 as imageio
+
+            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = imageio.get_writer(self.partial, fps=self.fps, codec="libx264", quality=self.quality,
+                                              macro_block_size=MACRO_BLOCK, pixelformat="yuv420p")
+            self._shape = frame.shape
+        elif frame.shape != self._shape:
+            raise ValueError(f"frame {self.n_frames} is {frame.shape}, earlier frames were {self._shape}")
+        self._writer.append_data(frame)
+        self.n_frames += 1
+
+    def close(self, final: str | Path | None = None) -> Path | None:
+        """Finish the file under ``final`` (default ``path``); ``None`` when no frame was written."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self.path = Path(final) if final is not None else self.path
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.partial.replace(self.path)
+        return self.path if self.n_frames else None
+
+
+class EpisodeRecorder:
+    """Streams one episode into an mp4 (:class:`Mp4Writer`), one overlay frame per :meth:`add`.
+
+    Args:
+        path: output ``.mp4`` (written as ``.partial.mp4`` until :meth:`close`).
         pipelines: one :class:`ImagePipeline` per camera, in the frames' order; ``None`` = the
             default OFT pipeline (224 px, patch 14, 90 % crop) with each frame's own size as raw size.
         config: colours, alpha and fps (:class:`OverlayConfig`, reference names via ``from_dict``).
@@ -100,18 +151,21 @@ class EpisodeRecorder:
 
     def __init__(self, path: str | Path, pipelines: Sequence[ImagePipeline] | None = None,
                  config: OverlayConfig = OverlayConfig(), frames_path: str | Path | None = None):
-        self.path = Path(path)
-        if self.path.suffix.lower() != ".mp4":
-            raise ValueError(f"episode videos are .mp4 files, got {self.path.name!r}")
+        self.video = Mp4Writer(path, config.fps)
         self.pipelines = None if pipelines is None else list(pipelines)
         self.config = config
         self.info: Mapping[str, Any] | None = None
-        self.n_frames = 0
-        self._writer = None
-        self._shape: tuple[int, ...] | None = None
         self.frames_path = None if frames_path is None else Path(frames_path)
         self._kept: dict[str, list[np.ndarray]] = {}
         self._steps: list[int] = []
+
+    @property
+    def path(self) -> Path:
+        return self.video.path
+
+    @property
+    def n_frames(self) -> int:
+        return self.video.n_frames
 
     def add(self, frames: Mapping[str, np.ndarray] | Sequence[np.ndarray], info: Mapping[str, Any] | None = None,
             step: int | None = None) -> None:
@@ -120,38 +174,23 @@ class EpisodeRecorder:
             self.info = info
         images = _frames_list(frames)
         pipelines = self.pipelines or [ImagePipeline()] * len(images)
-        frame = compose_frame(images, self.info, pipelines, self.config, step)
-        self._write(frame)
+        self.video.append(compose_frame(images, self.info, pipelines, self.config, step))
         if self.frames_path is not None:
             names = list(frames) if isinstance(frames, Mapping) else [f"camera{i}" for i in range(len(images))]
             for name, img in zip(names, images):
                 self._kept.setdefault(name, []).append(np.array(img, np.uint8))
             self._steps.append(self.n_frames - 1 if step is None else int(step))
 
-    def _write(self, frame: np.ndarray) -> None:
-        if self._writer is None:
-            import imageio.v2 as imageio
-
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = imageio.get_writer(self.path, fps=self.config.fps, codec="libx264", quality=8,
-                                              macro_block_size=MACRO_BLOCK, pixelformat="yuv420p")
-            self._shape = frame.shape
-        elif frame.shape != self._shape:
-            raise ValueError(f"frame {self.n_frames} is {frame.shape}, earlier frames were {self._shape}")
-        self._writer.append_data(frame)
-        self.n_frames += 1
-
-    def close(self) -> Path | None:
-        """Finish the file (and the frames ``.npz``); returns the video's path (``None`` without frames)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def close(self, final: str | Path | None = None) -> Path | None:
+        """Finish the video (under ``final``, default ``path``) and the frames ``.npz``; returns the
+        video's path (``None`` without frames). Safe to call twice; ``with`` closes on errors."""
+        path = self.video.close(final)
         if self.frames_path is not None and self._steps:
             self.frames_path.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(self.frames_path, steps=np.asarray(self._steps),
                                 **{k: np.stack(v) for k, v in self._kept.items()})
             self._kept, self._steps = {}, []
-        return self.path if self.n_frames else None
+        return path
 
     def __enter__(self) -> "EpisodeRecorder":
         return self
