@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
     "collect": ("collect", "collect scripted-expert demonstrations (Meta-World) into a dataset folder"),
     "train": ("train", "behaviour-clone the small OpenVLA-OFT on collected demonstrations"),
+    "train-lightvla": ("train_lightvla", "fine-tune a policy through LightVLA's differentiable token selection"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
     "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
     "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),

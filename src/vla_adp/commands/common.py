@@ -9,6 +9,11 @@ from pathlib import Path
 import torch
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+# Policies shipped in the package (package-data ``assets/**``): the Meta-World reference policy and
+# its LightVLA fine-tune.
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EMBEDDED_POLICY = ASSETS / "metaworld_policy"
+LIGHTVLA_POLICY = ASSETS / "metaworld_lightvla"
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> None:

@@ -22,7 +22,8 @@ def add_arguments(p) -> None:
     add_pruner_args(p)
     p.add_argument("--suite", required=True, help="e.g. libero_spatial, libero_object, libero_goal, libero_10")
     p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: every task)")
-    p.add_argument("--trials", type=int, default=50, help="episodes per task (initial states first..first+trials-1)")
+    p.add_argument("--trials", "--episodes", type=int, default=50, dest="trials",
+                   help="episodes per task (initial states first..first+trials-1)")
     p.add_argument("--first-trial", type=int, default=0, help="first initial state (to split a run by hand)")
     p.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's)")
     p.add_argument("--seed", type=int, default=7, help="torch/numpy/python seed, set before every episode")
