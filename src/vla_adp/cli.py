@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
+    "collect": ("collect", "collect scripted-expert demonstrations (Meta-World) into a dataset folder"),
+    "train": ("train", "behaviour-clone the small OpenVLA-OFT on collected demonstrations"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),
     "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
     "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),

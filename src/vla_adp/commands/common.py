@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 
@@ -17,7 +19,22 @@ def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--action-slice", choices=["upstream", "vla_adp"], default="upstream",
                    help="upstream = OFT training (default); vla_adp = the reference ADP code's +1 shift")
-    p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop")
+    p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop (default: crop unless the checkpoint records otherwise)")
+
+
+def center_crop_of(args) -> bool:
+    """Whether to center-crop: ``--no-center-crop`` wins, else the checkpoint's record, else True.
+
+    Our writers record ``vla_adp.center_crop`` in ``config.json`` (False for the Meta-World reference
+    policy); the published LIBERO checkpoints record nothing and were all trained with the crop.
+    """
+    if args.no_center_crop:
+        return False
+    try:
+        config = json.loads((Path(args.checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return True  # the loader reports a missing or bad config.json properly
+    return bool((config.get("vla_adp") or {}).get("center_crop", True))
 
 
 def dtype_of(args) -> torch.dtype:
@@ -45,6 +62,6 @@ def build_pruner_from_args(args):
 def load_policy(args, pruner=None):
     from vla_adp.policy import Policy, PolicyConfig
 
-    cfg = PolicyConfig(unnorm_key=args.unnorm_key, center_crop=not args.no_center_crop,
+    cfg = PolicyConfig(unnorm_key=args.unnorm_key, center_crop=center_crop_of(args),
                        action_slice=args.action_slice)
     return Policy.load(args.checkpoint, cfg, pruner, platform=args.platform, dtype=dtype_of(args), device=args.device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_adp.commands.common import add_checkpoint_args, add_pruner_args
+from vla_adp.commands.common import add_checkpoint_args, add_pruner_args, center_crop_of
 
 
 def add_arguments(p) -> None:
@@ -57,7 +57,7 @@ def job_settings(args) -> dict:
     return dict(checkpoint=args.checkpoint, tasks=tuple(args.tasks) if args.tasks else None,
                 episodes=(args.first_trial, args.first_trial + args.trials), seed=args.seed,
                 max_steps=args.max_steps, render="fast" if args.fast_render else "faithful", open_loop=args.open_loop,
-                policy={"unnorm_key": args.unnorm_key, "center_crop": not args.no_center_crop,
+                policy={"unnorm_key": args.unnorm_key, "center_crop": center_crop_of(args),
                         "action_slice": args.action_slice},
                 platform=args.platform, device=args.device,
                 dtype=args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32"),

@@ -33,6 +33,7 @@ from vla_adp.eval.schema import EpisodeRecord, RunRecord
 # env name -> module implementing the factory interface above
 ENV_FACTORIES: dict[str, str] = {
     "libero": "vla_adp.envs.libero",
+    "metaworld": "vla_adp.envs.metaworld",
 }
 
 

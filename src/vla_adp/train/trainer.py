@@ -1,0 +1,198 @@
+"""Behaviour cloning of the small OpenVLA-OFT on scripted-expert demonstrations (issue 6).
+
+    demos ─► BatchBuilder (= Policy.inputs per sample) ─► OpenVLAOFT ─► L1 to the next 8 actions
+           AdamW, linear warm-up, cosine to min_lr; progress = max(step / steps, time / budget)
+
+The run is resumable: ``out/training/state.pt`` holds the model, the optimizer, the step, the
+elapsed seconds and every RNG, saved every ``save_minutes`` and at the end, together with the
+checkpoint in the published OFT layout (``save_checkpoint``), so ``Policy.load(out)`` works at any
+save. ``out/training/log.jsonl`` records loss, learning rate and throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+from vla_adp.constants import get_platform
+from vla_adp.model.checkpoint import save_checkpoint
+from vla_adp.model.openvla_oft import OpenVLAOFT
+from vla_adp.model.tiny import train_tokenizer
+from vla_adp.model.tokenizer import PromptTokenizer
+from vla_adp.train.config import ModelSize, TrainConfig
+from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
+from vla_adp.train.threads import ThreadTuner
+
+DATASET_KEY = "metaworld"
+STATE_FILE = "training/state.pt"
+LOG_FILE = "training/log.jsonl"
+
+
+def lr_at(progress: float, cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr_ratio·lr`` at progress 1."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the normalised chunk (OFT's L1 regression objective)."""
+    return (pred.float() - target).abs().mean()
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    seconds: float = 0.0  # training wall time over all resumes
+    samples: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+class Trainer:
+    """One behaviour-cloning run; ``run()`` trains until the step or time budget and saves."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.out = Path(cfg.out)
+        self.threads = ThreadTuner(cfg.thread_choices)
+        torch.set_num_threads(cfg.thread_choices[0])
+        self.platform = get_platform("metaworld")
+        self.demos = load_demos(cfg.data, cfg.tasks)
+        self.tokenizer_file = self._tokenizer(resume)
+        vocab = spm.SentencePieceProcessor(model_file=str(self.tokenizer_file)).get_piece_size()
+        self.stats = norm_stats(self.demos, DATASET_KEY)
+        torch.manual_seed(cfg.seed)
+        self.model = OpenVLAOFT(cfg.model.args(vocab, self.platform, self.demos.image_size))
+        self.batches = BatchBuilder(self.demos, PromptTokenizer(self.tokenizer_file), self.stats[DATASET_KEY],
+                                    self.model.args.towers, self.platform.chunk)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.state = RunState()
+        if resume:
+            self.load_state()
+
+    def _tokenizer(self, resume: bool) -> Path:
+        path = self.out / "training" / "tokenizer.model"
+        if resume and path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return train_tokenizer(path, extra_text=tuple(sorted(set(self.demos.instructions))))
+
+    # -- state -----------------------------------------------------------------------------
+    def save_state(self) -> None:
+        payload = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "run": asdict(self.state),
+                   "config": _jsonable(self.cfg), "rng": {"numpy": self.rng.bit_generator.state,
+                                                          "torch": torch.get_rng_state(), "python": random.getstate()}}
+        path = self.out / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+
+    def load_state(self) -> None:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume: no training state at {path}")
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        if payload["config"]["model"] != _jsonable(self.cfg)["model"]:
+            raise ValueError(f"--resume: {path} was trained with model {payload['config']['model']}, "
+                             f"not {_jsonable(self.cfg)['model']}")
+        self.model.load_state_dict(payload["model"])
+        self.opt.load_state_dict(payload["opt"])
+        self.state = RunState(**payload["run"])
+        self.rng.bit_generator.state = payload["rng"]["numpy"]
+        torch.set_rng_state(payload["rng"]["torch"])
+        random.setstate(payload["rng"]["python"])
+
+    def save_checkpoint(self) -> Path:
+        for old in self.out.glob("*--*_checkpoint.pt"):  # the loader wants exactly one of each
+            old.unlink()
+        return save_checkpoint(self.model, self.out, self.stats, self.tokenizer_file, step=self.state.step,
+                               platform=self.platform, center_crop=False, dtype=torch.bfloat16)
+
+    # -- loop ------------------------------------------------------------------------------
+    def progress_at(self) -> float:
+        return max(self.state.step / self.cfg.steps, self.state.seconds / (60 * self.cfg.minutes))
+
+    def train_step(self) -> float:
+        cfg, st = self.cfg, self.state
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.progress_at(), cfg, st.step)
+        inputs, target = self.batches(self.rng.integers(0, len(self.demos), cfg.batch_size))
+        loss = l1_loss(self.model(inputs).actions, target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        st.step += 1
+        st.samples += cfg.batch_size
+        return float(loss)
+
+    def run(self) -> dict[str, Any]:
+        """Train until ``steps`` or the time budget, saving on the way; returns :meth:`summary`."""
+        from tqdm import tqdm
+
+        cfg, st = self.cfg, self.state
+        self.model.train()
+        # The bar runs over the schedule's progress (steps or time, whichever is ahead), in per mille.
+        bar = tqdm(total=1000, initial=int(1000 * self.progress_at()), desc="train", unit="‰",
+                   bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", disable=not self.progress)
+        start, base = time.perf_counter(), st.seconds  # the budget counts saves and logs too
+        last_save, window = start, []
+        while self.progress_at() < 1.0:
+            step, t0 = st.step, time.perf_counter()
+            self.threads.threads_for(step)
+            window.append(self.train_step())
+            self.threads.record(step, time.perf_counter() - t0)
+            st.seconds = base + time.perf_counter() - start
+            bar.update(min(1000, int(1000 * self.progress_at())) - bar.n)
+            if st.step % cfg.log_every == 0:
+                self._log(window, bar)
+                window = []
+            if time.perf_counter() - last_save > 60 * cfg.save_minutes:
+                self._save()
+                last_save = time.perf_counter()
+        if window:
+            self._log(window, bar)
+        bar.close()
+        self._save()
+        return self.summary()
+
+    def _log(self, window: list[float], bar) -> None:
+        loss = float(np.mean(window))
+        self.state.losses.append(loss)
+        rate = self.state.samples / max(self.state.seconds, 1e-9)
+        bar.set_postfix(step=self.state.step, loss=f"{loss:.4f}", lr=f"{self.opt.param_groups[0]['lr']:.1e}", sps=f"{rate:.1f}")
+        line = {"step": self.state.step, "loss": loss, "lr": self.opt.param_groups[0]["lr"],
+                "seconds": round(self.state.seconds, 1), "samples_per_s": round(rate, 2), "threads": torch.get_num_threads()}
+        with open(self.out / LOG_FILE, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+    def _save(self) -> None:
+        self.save_state()
+        self.save_checkpoint()
+        (self.out / "training_summary.json").write_text(json.dumps(self.summary(), indent=2))
+
+    def summary(self) -> dict[str, Any]:
+        st, d = self.state, self.demos
+        return {"steps": st.step, "samples": st.samples, "seconds": round(st.seconds, 1),
+                "samples_per_s": round(st.samples / max(st.seconds, 1e-9), 2),
+                "final_loss": st.losses[-1] if st.losses else None, "frames": len(d),
+                "episodes": len(d.instructions), "tasks": sorted(set(d.tasks)), "threads": list(self.cfg.thread_choices),
+                "parameters": sum(p.numel() for p in self.model.parameters()), "config": _jsonable(self.cfg)}
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    out = asdict(cfg)
+    out["tasks"] = list(cfg.tasks) if cfg.tasks else None
+    return out
+
