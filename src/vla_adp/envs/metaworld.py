@@ -74,10 +74,14 @@ TASKS: dict[str, TaskSpec] = {  # expert steps to success over 50 seeds, max: se
 }
 
 
-# Suites of the evaluation runner: task ids index these tuples. "metaworld" is the task set of the
-# committed reference policy (src/vla_adp/assets/metaworld_policy); "metaworld_all" every task above.
-REFERENCE_TASKS = ("button-press-topdown", "drawer-open", "drawer-close", "window-open", "window-close", "reach")
-SUITES: dict[str, tuple[str, ...]] = {"metaworld": REFERENCE_TASKS, "metaworld_all": tuple(TASKS)}
+# Suites of the evaluation runner: task ids index these tuples. "metaworld" is the task set the
+# committed reference policy (src/vla_adp/assets/metaworld_policy) solves (>= 62 % each, 92 % mean);
+# "metaworld_train" adds reach, which it was trained on but reaches only ~20 % of the time
+# (benchmarks/metaworld_training.md); "metaworld_all" is every task above.
+REFERENCE_TASKS = ("button-press-topdown", "drawer-open", "drawer-close", "window-open", "window-close")
+TRAIN_TASKS = (*REFERENCE_TASKS, "reach")
+SUITES: dict[str, tuple[str, ...]] = {"metaworld": REFERENCE_TASKS, "metaworld_train": TRAIN_TASKS,
+                                      "metaworld_all": tuple(TASKS)}
 
 
 @dataclass(frozen=True)
