@@ -1,7 +1,7 @@
 """Closed-loop pruning benchmark of the Meta-World reference policy (issue 6; ADP paper Tables 1 and 4).
 
 Every configuration runs through the shared evaluation runner (``vla_adp.eval.sweep.plan`` /
-``run_sweep`` → ``run_job`` → ``Policy.infer``/``reset()``, JSONL logs, resumable) on the six tasks
+``run_sweep`` → ``run_job`` → ``Policy.infer``/``reset()``, JSONL logs, resumable) on the five tasks
 of the ``metaworld`` suite, episode ``e`` from environment seed ``1_000_000 + e`` (goals held out
 from the demonstrations), torch/numpy seed 7 before every episode. Every configuration of a task
 runs the same initial states, so each is compared with the unpruned baseline episode by episode
@@ -11,7 +11,11 @@ Configurations (matched keep ratios ρ = 0.3 / 0.5 / 0.7 of the 128 visual token
 
 * ``baseline``: no pruning.
 * ``ADP dyn ρ``: ADP as published (text→vision score at layer 0, 0.4/0.6 main/wrist split, the
-  action-aware gate with adjacent extrema over 3 windows, at most 3 consecutive pruned windows).
+  action-aware gate with adjacent extrema over 3 windows, at most 3 consecutive pruned windows),
+  except that the kept tokens keep their original RoPE positions, as every peer below does.
+* ``ADP dyn 0.5 (contiguous)``: the reference ADP code's contiguous renumbering after the cut (the
+  library default, right for the 7B); this 4-layer policy, trained on fixed positions, loses most of
+  its success to the shift of every text and action-slot position.
 * ``ADP static ρ``: the same selection on every query ("ADP w/o D").
 * ``inverse ρ`` / ``random ρ``: ADP's gate and quotas, least relevant / uniformly drawn tokens
   (paper Table 4 and §5.3); ``inverse static 0.5``: inversion on every query.
@@ -62,7 +66,8 @@ from vla_adp.eval.stats import mcnemar_exact, success_rate
 from vla_adp.eval.sweep import normalise, plan, run_sweep
 
 SUITE = "metaworld"
-STATIC = {"gate": {"schedule": "static"}}
+ORIGINAL = {"positions": "original"}
+STATIC = {"gate": {"schedule": "static"}, **ORIGINAL}
 FASTV = {"k": 1}
 VLA_PRUNER = {"fastv_k": 0, "action_layer": 2}
 
@@ -80,11 +85,12 @@ class Entry:
 def entries(keeps: tuple[float, ...] = (0.3, 0.5, 0.7)) -> list[Entry]:
     """Every configuration of the benchmark, baseline first."""
     out = [Entry("baseline", {"pruner": None}, main=True)]
-    out += [Entry(f"ADP dyn {k}", {"pruner": "adp", "keep": k}, main=k == 0.5) for k in keeps]
+    out += [Entry(f"ADP dyn {k}", {"pruner": "adp", "keep": k, **ORIGINAL}, main=k == 0.5) for k in keeps]
+    out += [Entry("ADP dyn 0.5 (contiguous)", {"pruner": "adp", "keep": 0.5, "positions": "contiguous"})]
     out += [Entry(f"ADP static {k}", {"pruner": "adp", "keep": k, **STATIC}) for k in keeps]
-    out += [Entry(f"inverse {k}", {"pruner": "inverse", "keep": k}) for k in (0.5, 0.3)]
+    out += [Entry(f"inverse {k}", {"pruner": "inverse", "keep": k, **ORIGINAL}) for k in (0.5, 0.3)]
     out += [Entry("inverse static 0.5", {"pruner": "inverse", "keep": 0.5, **STATIC})]
-    out += [Entry(f"random {k}", {"pruner": "random", "keep": k}) for k in (0.5, 0.3)]
+    out += [Entry(f"random {k}", {"pruner": "random", "keep": k, **ORIGINAL}) for k in (0.5, 0.3)]
     out += [Entry(f"FastV {k}", {"pruner": "fastv", "keep": k, **FASTV}) for k in keeps]
     out += [Entry(f"VLA-Pruner {k}", {"pruner": "vla_pruner", "keep": k, **VLA_PRUNER}) for k in keeps]
     out += [Entry("LightVLA (fine-tuned)", {"pruner": "lightvla"}, checkpoint="lightvla"),
@@ -278,6 +284,7 @@ def gap_lines(table: list[Row]) -> list[str]:
     pairs = [(f"ADP dyn {k}", f"inverse {k}") for k in (0.5, 0.3)] + [("ADP static 0.5", "inverse static 0.5")]
     pairs += [(f"ADP dyn {k}", f"ADP static {k}") for k in (0.3, 0.5, 0.7)]
     pairs += [(f"ADP dyn {k}", f"random {k}") for k in (0.5, 0.3)]
+    pairs += [("ADP dyn 0.5", "ADP dyn 0.5 (contiguous)"), ("ADP dyn 0.5", "FastV 0.5"), ("ADP dyn 0.5", "VLA-Pruner 0.5")]
     lines = ["| A | B | episodes | SR A | SR B | A − B (points) | A-only / B-only | exact McNemar p |", "|---|---|---|---|---|---|---|---|"]
     for a, b in pairs:
         if a not in by or b not in by:

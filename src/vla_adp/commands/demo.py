@@ -8,7 +8,10 @@ The README's first command (``make demo``). Everything goes through the shared e
                              ├─► OUT/videos/*.mp4          overlay video of ADP's first episode
                              └─► OUT/gate_timeline.png      gate timeline of the same episode
 
-ADP runs as published (layer-0 text→vision score, 0.4/0.6 main/wrist split, action-aware gate). The
+ADP runs as published (layer-0 text→vision score, 0.4/0.6 main/wrist split, action-aware gate) except
+for the position ids after the cut: the kept tokens keep their original RoPE positions (``--positions
+original``), as FastV, VLA-Pruner and LightVLA do; the reference ADP code renumbers them contiguously,
+which this 4-layer policy, trained on fixed positions, does not survive (benchmarks/metaworld_pruning.md). The
 latency column is the median of the per-query wall time the policy logged during the run
 (``info["timing_ms"]["total"]``: transforms + model + pruner, one torch thread), not a controlled
 benchmark (that is ``benchmarks/metaworld_pruning.py``). A rerun starts afresh: it replaces the
@@ -32,6 +35,10 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="Meta-World tasks of the metaworld suite")
     p.add_argument("--episodes", type=int, default=4, help="episodes per task (held-out goals 0..N-1)")
     p.add_argument("--keep", type=float, default=0.5, help="ADP keep ratio ρ")
+    p.add_argument("--positions", choices=["original", "contiguous"], default="original",
+                   help="RoPE positions after the cut: original (what the small policy tolerates) or contiguous "
+                        "(the reference ADP code; costs this 4-layer policy most of its success, see "
+                        "benchmarks/metaworld_pruning.md)")
     p.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the task's)")
     p.add_argument("--out", default="demo_out", help="output folder (log, video, timeline)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -58,7 +65,7 @@ def jobs(args, out: Path):
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     base = EvalJob(env="metaworld", suite="metaworld", checkpoint=str(args.checkpoint), log=str(out / LOG_NAME),
                    tasks=task_ids(args.tasks), episodes=(0, args.episodes), max_steps=args.max_steps, verbose=False)
-    adp = dataclasses.replace(base, pruner="adp", keep=args.keep)
+    adp = dataclasses.replace(base, pruner="adp", keep=args.keep, pruner_fields={"positions": args.positions})
     first = dataclasses.replace(adp, tasks=adp.tasks[:1], episodes=(0, 1), overlay_video_dir=str(out / VIDEO_DIR))
     return base, adp, first
 

@@ -135,7 +135,7 @@ class Trainer:
         self.opt.step()
         st.step += 1
         st.samples += cfg.batch_size
-        return float(loss)
+        return loss.item()
 
     def run(self) -> dict[str, Any]:
         """Train until ``steps`` or the time budget, saving on the way; returns :meth:`summary`."""
