@@ -19,7 +19,7 @@ from vla_adp.envs.base import Env  # noqa: E402
 from vla_adp.envs.metaworld import SEED_BLOCK, MetaWorldEnv, episode_seed, make_env, suite_tasks  # noqa: E402
 from vla_adp.policy import Policy  # noqa: E402
 from vla_adp.train.config import ModelSize, TrainConfig  # noqa: E402
-from vla_adp.train.dataset import BatchBuilder, Demos, chunk_index, load_demos, norm_stats  # noqa: E402
+from vla_adp.train.dataset import Demos, chunk_index, load_demos, norm_stats  # noqa: E402
 from vla_adp.train.demos import CollectConfig, collect, expert_episode, read_shard  # noqa: E402
 from vla_adp.train.trainer import Trainer  # noqa: E402
 

@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", default=str(EMBEDDED_POLICY), help="policy to start from (default: the embedded one)")
     p.add_argument("--data", required=True, help="dataset folder from `vla-adp collect metaworld`")
     p.add_argument("--out", required=True, help="output checkpoint folder (published layout)")
-    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the metaworld suite's six)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: the reference policy's six training tasks, suite metaworld_train)")
     p.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget of the training loop")
     p.add_argument("--steps", type=int, default=d.steps, help="schedule length (the budget may end it first)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)

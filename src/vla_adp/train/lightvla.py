@@ -58,8 +58,8 @@ class LightVLATrainConfig:
         checkpoint: the policy to start from (published layout).
         data: demonstrations written by ``vla-adp collect metaworld``.
         out: output checkpoint folder (published layout, bf16 like the start).
-        tasks: fine-tune on these tasks; ``None``: the tasks of the ``metaworld`` suite (the
-            reference policy's task set).
+        tasks: fine-tune on these tasks; ``None``: the reference policy's training tasks (suite
+            ``metaworld_train``).
         minutes: wall-clock budget of the optimisation loop (loading excluded).
         steps: schedule length; the run ends at ``steps`` or ``minutes``, whichever comes first,
             and the learning rate and selection noise follow the one that is further along.
@@ -88,9 +88,9 @@ class LightVLATrainConfig:
 
     def __post_init__(self) -> None:
         if self.tasks is None:
-            from vla_adp.envs.metaworld import REFERENCE_TASKS
+            from vla_adp.envs.metaworld import TRAIN_TASKS
 
-            object.__setattr__(self, "tasks", REFERENCE_TASKS)
+            object.__setattr__(self, "tasks", TRAIN_TASKS)
         for name in ("minutes", "lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"LightVLATrainConfig.{name} must be > 0, got {getattr(self, name)!r}")

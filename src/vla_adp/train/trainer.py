@@ -28,7 +28,7 @@ from vla_adp.model.checkpoint import save_checkpoint
 from vla_adp.model.openvla_oft import OpenVLAOFT
 from vla_adp.model.tiny import train_tokenizer
 from vla_adp.model.tokenizer import PromptTokenizer
-from vla_adp.train.config import ModelSize, TrainConfig
+from vla_adp.train.config import TrainConfig
 from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
 from vla_adp.train.threads import ThreadTuner
 
