@@ -73,7 +73,7 @@ def run(args) -> None:
     task_id = suite_tasks("metaworld").index(args.task)
     job = EvalJob(env="metaworld", suite="metaworld", checkpoint=args.checkpoint, log=str(out / "run.jsonl"),
                   tasks=(task_id,), episodes=(args.episode, args.episode + 1), pruner="adp", keep=args.keep,
-                  log_indices=True)
+                  pruner_fields={"positions": "original"}, log_indices=True)  # as the demo (4-layer policy)
     pruner = build_pruner(job)
     config = run_config(job, pruner)
     policy = load_policy(job, pruner)
