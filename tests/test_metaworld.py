@@ -279,3 +279,39 @@ def test_committed_policy_loads_and_predicts():
     finally:
         env.close()
     assert out["actions"].shape == (8, 4) and np.isfinite(out["actions"]).all()
+
+
+def test_images_only_where_read_change_nothing():
+    """The runner asks for camera images only on query steps; the closed loop is the same as with
+    an env that renders every step (a wrapper without the ``images`` hint, as older envs are)."""
+    from vla_adp.eval.runner import EpisodeSettings, run_episode, takes_images_hint
+    from vla_adp.pruning.registry import build_pruner
+
+    class EveryStep:  # hides the hint: renders on every step
+        def __init__(self, env):
+            self.env = env
+
+        def __getattr__(self, name):
+            return getattr(self.env, name)
+
+        def step(self, action):
+            return self.env.step(action)
+
+    policy = Policy.load(ASSET, dtype=torch.float32, pruner=build_pruner("adp", 0.5, positions="original"))
+    env = MetaWorldEnv("drawer-close", image_size=policy.model.args.image_size, max_steps=40)
+    try:
+        assert takes_images_hint(env) and not takes_images_hint(EveryStep(env))
+        runs = []
+        for e in (env, EveryStep(env)):
+            queries = []
+            rec = run_episode(e, policy, 3, EpisodeSettings("x"), on_query=queries.append)
+            runs.append((rec, [(q.step, q.pruned, q.eef_pos) for q in queries]))
+        (a, qa), (b, qb) = runs
+        assert a.error is None and b.error is None and a.queries >= 3
+        assert (a.steps, a.success, a.pruned_queries) == (b.steps, b.success, b.pruned_queries) and qa == qb
+        obs = env.step(np.zeros(4), images=False).obs
+        assert obs["full_image"] is None and obs["state"].shape == (4,)
+        size = policy.model.args.image_size
+        assert env.frame().shape == (size, 2 * size, 3)  # rendered on demand after an image-less step
+    finally:
+        env.close()

@@ -33,7 +33,12 @@ class Env(Protocol):
 
     def reset(self, episode: int) -> dict[str, Any]: ...
 
-    def step(self, action: np.ndarray) -> StepResult: ...
+    def step(self, action: np.ndarray, images: bool = True) -> StepResult:
+        """Apply one action. ``images=False``: the caller will not read this step's camera images
+        (the runner looks only when it queries the policy next), so the env may leave
+        ``full_image``/``wrist_image`` as ``None``; state, success and info are always there, and
+        the simulation is the same either way."""
+        ...
 
     def frame(self) -> np.ndarray:
         """The frame to record for videos (LIBERO: flipped 256² agentview)."""

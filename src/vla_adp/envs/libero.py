@@ -99,13 +99,15 @@ def suite_tasks(suite: str) -> list[str]:
     return [s.get_task(i).language for i in range(s.n_tasks)]
 
 
-def observation(raw: dict[str, Any], instruction: str, image_size: int = 224) -> dict[str, Any]:
-    """The policy's observation from a raw LIBERO one (reference ``prepare_observation``)."""
+def observation(raw: dict[str, Any], instruction: str, image_size: int = 224, images: bool = True) -> dict[str, Any]:
+    """The policy's observation from a raw LIBERO one (reference ``prepare_observation``);
+    ``images=False`` skips the image pipeline (JPEG round trip + resize, ~18 ms) and leaves ``None``."""
     state = np.concatenate([raw["robot0_eef_pos"], T.quat2axisangle(raw["robot0_eef_quat"]),
                             raw["robot0_gripper_qpos"]]).astype(np.float64)
+    view = (lambda key: T.resize_for_policy(T.rotate_180(raw[key]), image_size)) if images else (lambda key: None)
     return {
-        "full_image": T.resize_for_policy(T.rotate_180(raw["agentview_image"]), image_size),
-        "wrist_image": T.resize_for_policy(T.rotate_180(raw["robot0_eye_in_hand_image"]), image_size),
+        "full_image": view("agentview_image"),
+        "wrist_image": view("robot0_eye_in_hand_image"),
         "state": state,
         "instruction": instruction,
     }
@@ -168,13 +170,15 @@ class LiberoEnv:
         self._raw = raw
         return observation(raw, self.instruction, self.config.image_size)
 
-    def step(self, action: np.ndarray) -> StepResult:
+    def step(self, action: np.ndarray, images: bool = True) -> StepResult:
+        """One un-normalised action; ``images=False`` skips the policy's image pipeline (robosuite
+        still renders: :meth:`frame` keeps working)."""
         action = np.asarray(action, np.float64)
         if action.shape != (7,):
             raise ValueError(f"LIBERO actions have shape (7,), got {action.shape}")
         raw, reward, done, _ = self._env.step(T.libero_gripper(action).tolist())
         self._raw = raw
-        return StepResult(observation(raw, self.instruction, self.config.image_size), bool(done),
+        return StepResult(observation(raw, self.instruction, self.config.image_size, images), bool(done),
                           {"reward": float(reward)})
 
     def frame(self) -> np.ndarray:

@@ -206,15 +206,18 @@ class MetaWorldEnv:
         raw, _ = self.env.reset()
         return self._observe(raw)
 
-    def step(self, action: np.ndarray) -> StepResult:
-        """Apply one un-normalised action (dx, dy, dz, gripper), each clipped to [-1, 1]."""
+    def step(self, action: np.ndarray, images: bool = True) -> StepResult:
+        """Apply one un-normalised action (dx, dy, dz, gripper), each clipped to [-1, 1].
+
+        ``images=False`` renders no camera (rendering is most of a step here; sites and
+        cameras never touch the physics, so the episode is the same)."""
         if self._raw is None:
             raise RuntimeError("call reset(episode) before step()")
         a = np.asarray(action, np.float64)
         if a.shape != (4,) or not np.all(np.isfinite(a)):
             raise ValueError(f"Meta-World action must be 4 finite numbers (dx, dy, dz, gripper), got {action!r}")
         raw, reward, _, truncated, info = self.env.step(np.clip(a, -1.0, 1.0).astype(np.float32))
-        obs = self._observe(raw)
+        obs = self._observe(raw, images)
         info = {**info, "reward": float(reward), "truncated": bool(truncated)}
         return StepResult(obs, bool(info["success"]), info)
 
@@ -222,6 +225,8 @@ class MetaWorldEnv:
         """Scene and wrist view side by side, as the policy saw them last."""
         if self._obs is None:
             raise RuntimeError("call reset(episode) before frame()")
+        if self._obs["full_image"] is None:  # the last step ran without images
+            self._observe(self._raw)
         return np.concatenate([self._obs["full_image"], self._obs["wrist_image"]], axis=1)
 
     def close(self) -> None:
@@ -246,12 +251,12 @@ class MetaWorldEnv:
         """The episode's sampled goal/object vector (distinct per seed)."""
         return np.asarray(self.env._last_rand_vec, np.float64).copy()
 
-    def _observe(self, raw: np.ndarray) -> dict[str, Any]:
+    def _observe(self, raw: np.ndarray, images: bool = True) -> dict[str, Any]:
         self._raw = np.asarray(raw, np.float64)
         data = self.env.data
         self._obs = {
-            "full_image": self.renderer.render(data, self.camera),
-            "wrist_image": self.renderer.render(data, WRIST_CAMERA),
+            "full_image": self.renderer.render(data, self.camera) if images else None,
+            "wrist_image": self.renderer.render(data, WRIST_CAMERA) if images else None,
             "state": self._raw[:4].copy(),
             "instruction": self.instruction,
         }

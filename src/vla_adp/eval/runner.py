@@ -8,8 +8,13 @@ the Env (wait steps and initial states in ``reset``, gripper post-processing in 
         if the action queue is empty:
             chunk = policy.infer(obs)["actions"]       # one query -> log a QueryRecord
             queue the first ``open_loop`` actions      # 8 on LIBERO, executed open-loop
-        result = env.step(queue.pop()); policy.record_step(result.obs["state"])
+        result = env.step(queue.pop(), images=queue empty or recording a video)
+        policy.record_step(result.obs["state"])
         if result.success: stop                        # success = the env's ``done``
+
+Camera images are built only for the steps whose observation the policy (or a video) reads; the
+simulation is identical either way (tests/test_metaworld.py checks it). On Meta-World, rendering both
+cameras is most of a simulator step.
 
 Every episode ends in one :class:`EpisodeRecord`. An exception inside an episode is caught there,
 printed with its traceback, logged in ``error`` and counted as a failure (the reference counts it
@@ -20,6 +25,7 @@ before it in the same process (resumed runs, Ray chunks).
 
 from __future__ import annotations
 
+import inspect
 import random
 import time
 import traceback
@@ -102,6 +108,15 @@ def _act(policy, obs: dict, queue: deque, open_loop: int) -> dict[str, Any]:
     return out["info"]
 
 
+def takes_images_hint(env) -> bool:
+    """Whether ``env.step`` accepts ``images=`` (the Env protocol's hint); envs written before it
+    still run, rendering every step."""
+    try:
+        return "images" in inspect.signature(env.step).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def run_episode(env: Env, policy, episode: int, settings: EpisodeSettings,
                 on_query: Callable[[QueryRecord], None] | None = None) -> EpisodeRecord:
     """Run one episode; never raises for errors inside the episode (they land in ``error``)."""
@@ -132,6 +147,7 @@ def _loop(env: Env, policy, episode: int, settings: EpisodeSettings, rec: Episod
     obs = env.reset(episode)
     policy.reset()
     open_loop = settings.open_loop or policy.platform.chunk
+    lazy = takes_images_hint(env)
     queue: deque = deque()
     for step in range(env.max_steps):
         info = None
@@ -148,7 +164,9 @@ def _loop(env: Env, policy, episode: int, settings: EpisodeSettings, rec: Episod
                 on_query(q)
         if videos is not None:  # frame t: the state before step t, under the chunk being executed
             videos.add(step, env, obs, info)
-        result = env.step(queue.popleft())
+        # images only where they are read: the next query, or every frame of a video
+        action, images = queue.popleft(), videos is not None or not queue
+        result = env.step(action, images=images) if lazy else env.step(action)
         rec.steps += 1
         obs = result.obs
         policy.record_step(obs["state"])
