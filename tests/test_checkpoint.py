@@ -110,6 +110,11 @@ def test_round_trip_of_our_writer_is_exact(tiny_ckpt, tmp_path):
     again = load_checkpoint(out, dtype=torch.bfloat16)
     for (k, v), (k2, v2) in zip(ckpt.model.state_dict().items(), again.model.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
+    # Saving again into the same folder at a later step replaces the side files (the loader wants one).
+    save_checkpoint(ckpt.model, out, ckpt.norm_stats, ckpt.tokenizer_file, step=7, platform=ckpt.platform)
+    assert sorted(f.name for f in out.glob("*--*_checkpoint.pt")) == [
+        "action_head--7_checkpoint.pt", "proprio_projector--7_checkpoint.pt"]
+    load_checkpoint(out, dtype=torch.bfloat16)
 
 
 # -- broken folders ------------------------------------------------------------------------------

@@ -449,7 +449,8 @@ def save_checkpoint(
     platform: Platform | None = None,
     center_crop: bool | None = None,
 ) -> Path:
-    """Write ``model`` as a published-layout folder (side ``.pt`` keys get a ``module.`` prefix)."""
+    """Write ``model`` as a published-layout folder (side ``.pt`` keys get a ``module.`` prefix);
+    side files of an earlier save into the same folder are replaced."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     side = ("action_head.", "proprio_projector.")
@@ -457,6 +458,8 @@ def save_checkpoint(
              for k, v in model.state_dict().items() if not k.startswith(side)}
     _write_shards(folder, state, max_shard_bytes)
     for name, module in (("action_head", model.action_head), ("proprio_projector", model.proprio_projector)):
+        for old in folder.glob(f"{name}--*_checkpoint.pt"):  # re-saving at a new step: the loader wants one
+            old.unlink()
         if module is not None:
             sd = {f"module.{k}": v.detach().to(dtype).cpu() for k, v in module.state_dict().items()}
             torch.save(sd, folder / f"{name}--{step}_checkpoint.pt")

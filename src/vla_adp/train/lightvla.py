@@ -28,7 +28,6 @@ LoRA, here every weight trains (the model has 2.2 M parameters).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from vla_adp.pruning.base import Query, QueryOutcome
 from vla_adp.pruning.layout import TokenLayout
 from vla_adp.pruning.pruners.lightvla import LightVLAConfig, LightVLAPruner
 from vla_adp.train.dataset import BatchBuilder, load_demos
-from vla_adp.train.trainer import l1_loss
+from vla_adp.train.trainer import l1_loss, lr_at
 
 LOG_FILE = "training/lightvla_log.jsonl"
 SUMMARY_FILE = "training_summary.json"
@@ -105,14 +104,6 @@ class LightVLATrainConfig:
             raise ValueError(f"LightVLATrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
 
 
-def learning_rate(cfg: LightVLATrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr_ratio·lr`` at progress 1."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
-
-
 def batch_layout(model, width: int) -> TokenLayout:
     """The unpruned layout of a batch whose ``input_ids`` are ``width`` wide (BOS + prompt + '▁')."""
     a = model.args
@@ -152,7 +143,7 @@ class LightVLATrainer:
         p = min(1.0, self.progress_at())
         self.pruner.set_progress(int(round(p * PROGRESS_UNITS)), PROGRESS_UNITS)
         for group in self.opt.param_groups:
-            group["lr"] = learning_rate(self.cfg, self.step, p)
+            group["lr"] = lr_at(p, self.cfg, self.step)
         inputs, target = self.batches(self.rng.integers(0, len(self.demos), self.cfg.batch_size))
         loss, info = lightvla_loss(self.model, self.pruner, inputs, target)
         self.opt.zero_grad(set_to_none=True)
@@ -199,8 +190,6 @@ class LightVLATrainer:
         """The fine-tuned policy in the published layout (bf16) plus ``training_summary.json``."""
         self.model.eval()
         out = Path(self.cfg.out)
-        for old in out.glob("*--*_checkpoint.pt"):  # the loader wants exactly one of each side file
-            old.unlink()
         save_checkpoint(self.model, out, self.ckpt.norm_stats,
                         self.ckpt.tokenizer_file, step=self.step, platform=self.ckpt.platform,
                         center_crop=(self.ckpt.config.get("vla_adp") or {}).get("center_crop"), dtype=torch.bfloat16)

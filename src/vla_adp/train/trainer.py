@@ -37,8 +37,9 @@ STATE_FILE = "training/state.pt"
 LOG_FILE = "training/log.jsonl"
 
 
-def lr_at(progress: float, cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr_ratio·lr`` at progress 1."""
+def lr_at(progress: float, cfg, step: int) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr_ratio·lr`` at progress 1
+    (``cfg``: any config with ``lr``, ``warmup_steps``, ``min_lr_ratio``: behaviour cloning, LightVLA)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
@@ -114,8 +115,6 @@ class Trainer:
         random.setstate(payload["rng"]["python"])
 
     def save_checkpoint(self) -> Path:
-        for old in self.out.glob("*--*_checkpoint.pt"):  # the loader wants exactly one of each
-            old.unlink()
         return save_checkpoint(self.model, self.out, self.stats, self.tokenizer_file, step=self.state.step,
                                platform=self.platform, center_crop=False, dtype=torch.bfloat16)
 
