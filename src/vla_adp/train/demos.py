@@ -292,7 +292,10 @@ def summarize(cfg: CollectConfig, tried: dict, seconds: float) -> dict[str, Any]
                     "steps_mean": float(np.mean(lengths)) if lengths else 0.0,
                     "steps_max": int(max(lengths, default=0)), "frames": int(sum(lengths))}
     cfg_dict = asdict(cfg)
-    cfg_dict["camera"] = asdict(cfg.camera)
+    if cfg.sim == "metaworld":
+        cfg_dict["camera"] = asdict(cfg.camera)
+    else:
+        cfg_dict.pop("camera")
     if cfg.sim == "metaworld":
         from vla_adp.envs.metaworld import SEED_BLOCK
 
