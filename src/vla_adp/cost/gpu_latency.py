@@ -260,24 +260,32 @@ def summarize_samples(samples: list[Sample]) -> dict[str, Any]:
 
 
 def main_table(cfg: ProtocolConfig, policy: Policy, configs: list[Config], log) -> dict[str, Any]:
-    """Every configuration × {eager, graphs}, interleaved."""
+    """Every configuration × {eager, graphs}, interleaved; each pair first runs once on its own (graph
+    capture happens there), and a pair that fails is reported with its error."""
     exs = executors(cfg)
     # Each (configuration, executor) has its own session and stream: a gate sees its own episode.
     own = {(c.label, name): copy.deepcopy(c) for c in configs if not c.error for name in exs}
-    flat = {f"{label} | {name}": (lambda c=c, ex=exs[name]: query(policy, c, ex)) for (label, name), c in own.items()}
+    failed: dict[tuple[str, str], str] = {}
+    for (label, name), c in own.items():
+        try:
+            query(policy, c, exs[name])
+        except Exception as e:  # noqa: BLE001 - e.g. a block that cannot be captured on this GPU
+            failed[(label, name)] = f"{type(e).__name__}: {str(e)[:300]}"
+    flat = {f"{label} | {name}": (lambda c=c, ex=exs[name]: query(policy, c, ex))
+            for (label, name), c in own.items() if (label, name) not in failed}
     log(f"[gpu-latency] main table: {len(flat)} tasks x ({cfg.warmup} + {cfg.reps}) rounds")
-    captured = {n: dict(ex.stats) for n, ex in exs.items()}
+    before = {n: dict(ex.stats) for n, ex in exs.items()}
     t0 = time.perf_counter()
     samples = L.interleave(flat, cfg.reps, cfg.warmup)
     rows = []
     for c in configs:
-        for name, ex in exs.items():
+        for name in exs:
             row = {"config": c.label, "pruner": c.pruner, "keep": c.keep, "gated": c.gated, "executor": name,
-                   "error": c.error}
-            if not c.error:
+                   "error": c.error or failed.get((c.label, name))}
+            if not row["error"]:
                 row |= summarize_samples(samples[f"{c.label} | {name}"])
             rows.append(row)
-    stats = {n: {k: ex.stats[k] - captured[n].get(k, 0) for k in ex.stats} for n, ex in exs.items()}
+    stats = {n: {k: ex.stats[k] - before[n].get(k, 0) for k in ex.stats} for n, ex in exs.items()}
     return {"rows": rows, "executor_stats": stats, "seconds": time.perf_counter() - t0,
             "episodes_of_trace": {f"{k[0]} | {k[1]}": c.stream.episodes for k, c in own.items() if c.gated}}
 
@@ -337,8 +345,9 @@ def side_table(cfg: ProtocolConfig, policy: Policy, configs: list[Config], varia
     return {"rows": rows}
 
 
-def memory_table(policy: Policy, configs: list[Config], ex: Executor) -> list[dict[str, Any]]:
-    """Peak CUDA memory one query adds (eager and graphs), and what the graphs' pools hold."""
+def memory_table(policy: Policy, configs: list[Config], ex: Executor) -> dict[str, Any]:
+    """Peak CUDA memory one query adds (eager and graphs), and what the allocator holds in all
+    (the graphs' private pools included)."""
     from vla_adp.cost.memory import cuda_query_memory
 
     rows = []
@@ -346,7 +355,8 @@ def memory_table(policy: Policy, configs: list[Config], ex: Executor) -> list[di
         if not c.error:
             rows.append({"config": c.label, "executor": "eager", **cuda_query_memory(lambda: query(policy, c, Executor()))})
             rows.append({"config": c.label, "executor": "graphs", **cuda_query_memory(lambda: query(policy, c, ex))})
-    return rows
+    return {"rows": rows, "reserved_mib_end": torch.cuda.memory_reserved() / 2**20,
+            "max_reserved_mib": torch.cuda.max_memory_reserved() / 2**20}
 
 
 # -- roofline ----------------------------------------------------------------------------------
@@ -369,10 +379,10 @@ def floors(args, row: dict[str, Any], gpu: R.GPU, n_prompt: int) -> dict[str, fl
 
 
 def add_floors(result: dict[str, Any], args, gpu: R.GPU, n_prompt: int) -> None:
-    for row in result["main"]["rows"] + result.get("backends", {}).get("rows", []) + \
-            result.get("compile", {}).get("rows", []):
-        if not row.get("error"):
-            row["floor_ms"] = floors(args, row, gpu, n_prompt)
+    for name in ("main", "backends", "compile", "compile_graphs"):
+        for row in result.get(name, {}).get("rows", []):
+            if not row.get("error") and "seq_lens_counts" in row:
+                row["floor_ms"] = floors(args, row, gpu, n_prompt)
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -387,9 +397,8 @@ class Budget:
 
 
 def run(cfg: ProtocolConfig, out_dir: str | Path, log=print) -> dict[str, Any]:
-    """The whole protocol; writes ``latency.json`` and ``latency.md`` into ``out_dir``."""
-    from vla_adp.cost.gpu_report import report
-
+    """The whole protocol; ``latency.json`` and ``latency.md`` in ``out_dir`` are rewritten after every
+    section, so a run stopped from outside keeps what it measured."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     budget = Budget(cfg.budget_s, 0.1 if cfg.dry_run else 1.0)
@@ -401,56 +410,68 @@ def run(cfg: ProtocolConfig, out_dir: str | Path, log=print) -> dict[str, Any]:
         policy = build_policy(cfg, Path(tmp))
         result: dict[str, Any] = {"config": asdict(cfg), "machine": _machine(cfg), "sections": {},
                                   "build_s": time.perf_counter() - t0}
-        images = _images(policy)
         instruction = instruction_of_length(policy, cfg.n_prompt)
-        configs = build_configs(cfg, policy, images, instruction)
+        configs = build_configs(cfg, policy, _images(policy), instruction)
         probe(policy, configs, Executor())
-        args = policy.model.args
-        result["shape"] = {"seq_len": policy.layout(len(policy.tokenizer.prompt_ids(instruction)) - 1).length,
-                           "n_prompt": len(policy.tokenizer.prompt_ids(instruction)) - 1,
-                           "instruction": instruction, "llm": asdict(args.llm), "n_images": args.n_images}
-        result["main"] = _section(result, "main", budget, 0.0, lambda: main_table(cfg, policy, configs, log))
-        exs = executors(cfg)
-        variants = {a: (exs["eager"], attention_context(policy, a)) for a in cfg.attention}
-        result["backends"] = _section(result, "backends", budget, 30.0,
-                                      lambda: side_table(cfg, policy, configs, variants, log))
-        if cfg.compile:
-            backend = "eager" if cfg.dry_run else "inductor"
-            capture = RerunCapture() if cfg.dry_run else None
-            comp = {"compile": (Executor(compile=True, compile_backend=backend), contextlib.nullcontext),
-                    "compile+graphs": (Executor(compile=True, graphs=True, compile_backend=backend, capture=capture),
-                                       contextlib.nullcontext)}
-            result["compile"] = _section(result, "compile", budget, 150.0,
-                                         lambda: side_table(cfg, policy, configs, comp, log))
-        if torch.device(cfg.device).type == "cuda":
-            result["memory"] = _section(result, "memory", budget, 20.0,
-                                        lambda: {"rows": memory_table(policy, configs, exs["graphs"])})
-            result["memory"]["reserved_mib_end"] = torch.cuda.memory_reserved() / 2**20
-        else:
-            result["memory"] = {"skipped": "CPU dry run: CUDA memory is measured on a GPU only"}
-    gpu = R.get_gpu(cfg.gpu)
-    result["roofline"] = {"gpu": asdict(gpu), "memory_bound_keep": R.memory_bound_keep(args, gpu, result["shape"]["n_prompt"]),
-                          "unpruned_floor_ms": R.total(R.oft_stages(args, result["shape"]["n_prompt"]), gpu)}
-    if "rows" in result["main"]:
-        add_floors(result, args, gpu, result["shape"]["n_prompt"])
-    result["total_s"] = time.perf_counter() - budget.start
-    (out_dir / "latency.json").write_text(json.dumps(result, indent=1, default=str))
-    (out_dir / "latency.md").write_text(report(result))
+        n_prompt = len(policy.tokenizer.prompt_ids(instruction)) - 1
+        result["shape"] = {"seq_len": policy.layout(n_prompt).length, "n_prompt": n_prompt,
+                           "instruction": instruction, "llm": asdict(policy.model.args.llm),
+                           "n_images": policy.model.args.n_images}
+        for name, needs_s, fn in sections(cfg, policy, configs, budget, log):
+            result[name] = _section(result, name, budget, needs_s, fn)
+            write(result, policy.model.args, cfg, out_dir, budget)
     log(f"[gpu-latency] wrote {out_dir / 'latency.json'} and latency.md in {result['total_s']:.0f} s")
     return result
 
 
-def _section(result: dict, name: str, budget: Budget, needs_s: float, fn: Callable[[], dict]) -> dict[str, Any]:
+def sections(cfg: ProtocolConfig, policy: Policy, configs: list[Config], budget: "Budget", log):
+    """(name, seconds it needs on an H100, function) of each section, in running order."""
+    exs = executors(cfg)
+    attention = {a: (exs["eager"], attention_context(policy, a)) for a in cfg.attention}
+    yield "main", 0.0, lambda: main_table(cfg, policy, configs, log)
+    yield "backends", 30.0, lambda: side_table(cfg, policy, configs, attention, log)
+    if torch.device(cfg.device).type == "cuda":
+        yield "memory", 20.0, lambda: memory_table(policy, configs, exs["graphs"])
+    if cfg.compile:  # last: compile time is the least predictable; the later variant reuses the code
+        backend = "eager" if cfg.dry_run else "inductor"
+        capture = RerunCapture() if cfg.dry_run else None
+        compiled = {"compile": (Executor(compile=True, compile_backend=backend), contextlib.nullcontext)}
+        graphed = {"compile+graphs": (Executor(compile=True, graphs=True, compile_backend=backend, capture=capture),
+                                      contextlib.nullcontext)}
+        yield "compile", 150.0, lambda: side_table(cfg, policy, configs, compiled, log)
+        yield "compile_graphs", 40.0, lambda: side_table(cfg, policy, configs, graphed, log)
+
+
+def write(result: dict[str, Any], args, cfg: ProtocolConfig, out_dir: Path, budget: "Budget") -> None:
+    """Floors next to every measured row, then ``latency.json`` and ``latency.md``."""
+    from vla_adp.cost.gpu_report import report
+
+    gpu = R.get_gpu(cfg.gpu)
+    n_prompt = result["shape"]["n_prompt"]
+    result["roofline"] = {"gpu": asdict(gpu), "memory_bound_keep": R.memory_bound_keep(args, gpu, n_prompt),
+                          "unpruned_floor_ms": R.total(R.oft_stages(args, n_prompt), gpu)}
+    add_floors(result, args, gpu, n_prompt)
+    result["total_s"] = time.perf_counter() - budget.start
+    (out_dir / "latency.json").write_text(json.dumps(result, indent=1, default=str))
+    (out_dir / "latency.md").write_text(report(result))
+
+
+def _section(result: dict, name: str, budget: Budget, needs_s: float, fn: Callable[[], Any]) -> dict[str, Any]:
     """Run a section if the budget has ``needs_s`` left (a GPU estimate: the dry run scales it by
-    ``budget.scale``); its wall time goes to ``result['sections']``."""
+    ``budget.scale``); its wall time goes to ``result['sections']``; a failure is reported, not fatal."""
     needs_s *= budget.scale
     if budget.left() < needs_s:
         result["sections"][name] = 0.0
         return {"skipped": f"time budget: {budget.left():.0f} s left, the section needs about {needs_s:.0f} s"}
     t0 = time.perf_counter()
-    out = fn()
+    try:
+        out = fn()
+    except Exception as e:  # noqa: BLE001 - the sections before it are kept and the report says why
+        import traceback
+
+        out = {"skipped": f"failed: {type(e).__name__}: {str(e)[:300]}", "traceback": traceback.format_exc()}
     result["sections"][name] = time.perf_counter() - t0
-    return out
+    return out if isinstance(out, dict) else {"rows": out}
 
 
 def _images(policy: Policy) -> list[np.ndarray]:

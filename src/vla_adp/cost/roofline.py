@@ -95,11 +95,18 @@ def get_gpu(name: str) -> GPU:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a query: its arithmetic and its minimum DRAM traffic."""
+    """One stage of a query: its arithmetic and its minimum DRAM traffic.
+
+    Args:
+        parts: sub-stages that run one after another (the decoder's runs of layers at one length);
+            the floor is then the sum of theirs, which is tighter than the max over the totals when
+            some parts are compute-bound and others memory-bound (FastV: 3 full layers, 29 pruned).
+    """
 
     name: str
     flops: float
     bytes: float
+    parts: tuple["Stage", ...] = ()
 
     def memory_ms(self, gpu: GPU) -> float:
         return 1e3 * self.bytes / (gpu.bandwidth_gbs * 1e9)
@@ -108,10 +115,16 @@ class Stage:
         return 1e3 * self.flops / (gpu.bf16_tflops * 1e12 * derate)
 
     def floor_ms(self, gpu: GPU, derate: float = 1.0) -> float:
-        """max(bytes / bandwidth, FLOPs / peak)."""
+        """max(bytes / bandwidth, FLOPs / peak), summed over ``parts`` where there are any."""
+        if self.parts:
+            return sum(p.floor_ms(gpu, derate) for p in self.parts)
         return max(self.memory_ms(gpu), self.compute_ms(gpu, derate))
 
     def bound(self, gpu: GPU, derate: float = 1.0) -> str:
+        """``memory``, ``compute``, or ``mixed`` when its parts disagree."""
+        if self.parts:
+            kinds = {p.bound(gpu, derate) for p in self.parts}
+            return kinds.pop() if len(kinds) == 1 else "mixed"
         return "memory" if self.memory_ms(gpu) >= self.compute_ms(gpu, derate) else "compute"
 
 
@@ -163,12 +176,19 @@ def projector_stage(args: OFTArgs, b: int = BF16_BYTES) -> Stage:
 
 
 def llm_stage(llm: LlamaArgs, seq_lens: Sequence[int], b: int = BF16_BYTES) -> Stage:
-    """The decoder when layer i runs on ``seq_lens[i]`` tokens: weights once, input and output once."""
+    """The decoder when layer i runs on ``seq_lens[i]`` tokens: weights once, each run of layers at
+    one length reading its input and writing its output once (one part per run)."""
     if len(seq_lens) != llm.n_layers:
         raise ValueError(f"need one sequence length per layer ({llm.n_layers}), got {len(seq_lens)}")
-    flops = sum(layer_flops(s, llm.dim, llm.ffn_dim, "consistent") for s in seq_lens)
-    io = (seq_lens[0] + seq_lens[-1]) * llm.dim * b
-    return Stage("llm", flops, llm.n_layers * llm_layer_params(llm) * b + io)
+    parts, start = [], 0
+    for i in range(1, len(seq_lens) + 1):
+        if i == len(seq_lens) or seq_lens[i] != seq_lens[start]:
+            s, n = seq_lens[start], i - start
+            parts.append(Stage(f"layers {start}-{i - 1}", n * layer_flops(s, llm.dim, llm.ffn_dim, "consistent"),
+                               n * llm_layer_params(llm) * b + 2 * s * llm.dim * b))
+            start = i
+    return Stage("llm", sum(p.flops for p in parts), sum(p.bytes for p in parts),
+                 tuple(parts) if len(parts) > 1 else ())
 
 
 def head_stage(args: OFTArgs, b: int = BF16_BYTES) -> Stage:
