@@ -48,7 +48,7 @@ def test_a_pruned_decoder_becomes_memory_bound_and_mixed_lengths_add_per_part():
     llm = LlamaArgs()
     adp = R.llm_stage(llm, [245] * L)  # ADP ρ = 0.3: 603 − 512 + 154
     assert adp.bound(H100) == "memory" and adp.floor_ms(H100) == pytest.approx(adp.memory_ms(H100))
-    fastv = R.llm_stage(llm, [603] * 3 + [245] * 29)  # FastV K = 3
+    fastv = R.llm_stage(llm, [603] * 3 + [245] * 29)  # cut before layer 3 (VLA-Pruner's FastV stage)
     full = R.llm_stage(llm, [603] * L).floor_ms(H100) / L
     short = adp.floor_ms(H100) / L
     assert fastv.bound(H100) == "mixed"

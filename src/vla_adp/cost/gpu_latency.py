@@ -68,6 +68,9 @@ class ProtocolConfig:
         attention: attention backends of section 3 (``sdpa`` = PyTorch's own choice).
         side_cases: configurations of sections 3 and 4.
         compile: run section 4.
+        compile_keys: blocks ``torch.compile`` compiles (the decoder and head by default: compiling
+            both ViTs for both views as one graph would take minutes of the budget; they stay eager,
+            or graphed in the compile+graphs variant).
         budget_s: wall-clock budget of the whole run; sections that would overrun are skipped.
         gpu: roofline GPU (:data:`vla_adp.cost.roofline.GPUS`).
         trace: JSON end-effector trace that drives the gated ADP case (benchmarks/gpu/record_gate_trace.py).
@@ -85,6 +88,7 @@ class ProtocolConfig:
     attention: tuple[str, ...] = ATTENTION
     side_cases: tuple[str, ...] = ("none", "adp@0.3")
     compile: bool = True
+    compile_keys: tuple[str, ...] | None = ("llm", "head")
     budget_s: float = 400.0
     gpu: str = "h100-sxm"
     n_prompt: int = 32
@@ -435,9 +439,11 @@ def sections(cfg: ProtocolConfig, policy: Policy, configs: list[Config], budget:
     if cfg.compile:  # last: compile time is the least predictable; the later variant reuses the code
         backend = "eager" if cfg.dry_run else "inductor"
         capture = RerunCapture() if cfg.dry_run else None
-        compiled = {"compile": (Executor(compile=True, compile_backend=backend), contextlib.nullcontext)}
-        graphed = {"compile+graphs": (Executor(compile=True, graphs=True, compile_backend=backend, capture=capture),
-                                      contextlib.nullcontext)}
+        keys = cfg.compile_keys
+        compiled = {"compile": (Executor(compile=True, compile_backend=backend, compile_keys=keys),
+                                contextlib.nullcontext)}
+        graphed = {"compile+graphs": (Executor(compile=True, graphs=True, compile_backend=backend, compile_keys=keys,
+                                               capture=capture), contextlib.nullcontext)}
         yield "compile", 150.0, lambda: side_table(cfg, policy, configs, compiled, log)
         yield "compile_graphs", 40.0, lambda: side_table(cfg, policy, configs, graphed, log)
 

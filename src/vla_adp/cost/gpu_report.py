@@ -165,7 +165,7 @@ _BOUND = {"memory": "m", "compute": "c", "mixed": "m+c"}
 def prediction_report(gpus: list[str], shapes: list[str], keeps: list[float], n_prompt: int = 32,
                       derate: float = 1.0) -> str:
     """Roofline floors per stage of the unpruned query and of ADP (cut before layer 0) and FastV
-    (K = 3) at each keep ratio, for each GPU and query shape (:mod:`vla_adp.cost.roofline`)."""
+    (K = 2) at each keep ratio, for each GPU and query shape (:mod:`vla_adp.cost.roofline`)."""
     from vla_adp.cost import roofline as R
     from vla_adp.model.config import openvla_7b_args
     from vla_adp.pruning.select import keep_count
@@ -187,7 +187,7 @@ def prediction_report(gpus: list[str], shapes: list[str], keeps: list[float], n_
                 kept = keep_count(v, k, "round")
                 plans.append((f"adp@{k:g}", kept, {}))
                 if shape == "oft":
-                    plans.append((f"fastv@{k:g}", kept, {"prune_layer": 3, "scorer": "fastv"}))
+                    plans.append((f"fastv@{k:g}", kept, {"prune_layer": 2, "scorer": "fastv"}))
             rows, base = [], None
             for label, kept, extra in plans:
                 kw = {"n_prompt": n_prompt} if shape == "oft" else {}

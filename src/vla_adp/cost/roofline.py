@@ -100,7 +100,7 @@ class Stage:
     Args:
         parts: sub-stages that run one after another (the decoder's runs of layers at one length);
             the floor is then the sum of theirs, which is tighter than the max over the totals when
-            some parts are compute-bound and others memory-bound (FastV: 3 full layers, 29 pruned).
+            some parts are compute-bound and others memory-bound (FastV: 2 full layers, 30 pruned).
     """
 
     name: str
@@ -242,7 +242,7 @@ def oft_stages(args: OFTArgs, n_prompt: int = 32, kept: int | None = None, prune
 
     Args:
         kept: visual tokens kept (None: unpruned, no scoring or gather).
-        prune_layer: the cut happens before this decoder layer (ADP 0, FastV K = 3, ...).
+        prune_layer: the cut happens before this decoder layer (ADP 0, FastV K = 2, ...).
         scorer: the pruner's scoring cost (:func:`scoring_stage`).
         seq_lens: per-layer lengths measured in a run; overrides ``kept``/``prune_layer`` for the LLM.
     """

@@ -82,6 +82,8 @@ class Executor:
         graphs: capture each (key, input shapes) once and replay it.
         compile: ``torch.compile`` each key's function (``compile_backend``: ``inductor`` on a GPU;
             ``eager`` only traces, for checks on a CPU).
+        compile_keys: compile only these blocks (``vision``, ``projector``, ``llm``, ``head``); None =
+            all. Inductor compiles the two ViTs × two views as one unrolled graph, which takes minutes.
         bucket: decoder segments: round sequence lengths up to a multiple of this and mask the padding
             keys (1 = exact lengths, one graph per kept length).
         max_graphs: captured graphs kept at most; further shapes run uncaptured and are counted.
@@ -93,6 +95,7 @@ class Executor:
     bucket: int = 1
     max_graphs: int = 64
     compile_backend: str = "inductor"
+    compile_keys: tuple[str, ...] | None = None
     capture: Callable[[Callable[..., Any], tuple], tuple[Replay, Any]] | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"captures": 0, "replays": 0, "uncaptured": 0})
     _graphs: dict[Hashable, _Graph] = field(default_factory=dict, repr=False)
@@ -115,7 +118,7 @@ class Executor:
 
     def run(self, key: Hashable, fn: Callable[..., Any], *tensors: Tensor | None) -> Any:
         """``fn(*tensors)``, compiled and/or replayed from a graph keyed by ``key`` and the input shapes."""
-        if self.compile:
+        if self.compile and (self.compile_keys is None or _block(key) in self.compile_keys):
             compiled = self._compiled.get(key)
             fn = self._compile(key, fn) if compiled is None else compiled
         if not self.graphs:
@@ -181,6 +184,11 @@ def pad_sequence(x: Tensor, pos: Tensor, mask: Tensor | None, length: int) -> tu
     pos = torch.cat([pos, pos.new_zeros(b, extra)], dim=1)
     keys = torch.cat([keys, keys.new_zeros(b, extra)], dim=1)
     return x, pos, keys
+
+
+def _block(key: Hashable) -> Hashable:
+    """``vision`` of "vision", ``llm`` of ("llm", start, stop)."""
+    return key[0] if isinstance(key, tuple) else key
 
 
 def _clone(out: Any) -> Any:
