@@ -12,6 +12,9 @@
                               ▼
           L1RegressionActionHead ─► (B, chunk, action_dim) in [-1, 1]-ish (no clip)
           or discrete: lm_head argmax ─► bin centres
+
+Vision, projector, each run of decoder layers and the head go through ``self.executor``
+(:mod:`vla_adp.model.executor`): eager by default, CUDA graphs per kept length or compiled on request.
 """
 
 from __future__ import annotations
