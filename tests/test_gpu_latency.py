@@ -84,6 +84,23 @@ def test_executor_limits_and_refusals(policy):
     assert callable(CudaGraphCapture(warmup=1))  # the CUDA-only capture: constructed, not run here
 
 
+def test_a_block_that_cannot_be_captured_runs_eagerly_and_says_why(policy):
+    obs = _obs(policy)
+
+    def capture(fn, static):
+        if fn is policy.model.vision_backbone:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return RerunCapture()(fn, static)
+
+    ex = Executor(graphs=True, capture=capture)
+    out = _actions(policy, None, ex, obs)
+    np.testing.assert_allclose(out["actions"], _actions(policy, None, Executor(), obs)["actions"], rtol=1e-5, atol=1e-6)
+    (key, err), = ex.failures.items()
+    assert key[0] == "vision" and "stream is capturing" in err
+    _actions(policy, None, ex, obs)  # not tried again
+    assert ex.stats["uncaptured"] == 2 and len(ex.failures) == 1
+
+
 def test_padding_hides_the_pads():
     x, pos = torch.randn(1, 5, 8), torch.arange(5)[None]
     px, ppos, mask = pad_sequence(x, pos, None, 8)

@@ -290,7 +290,8 @@ def main_table(cfg: ProtocolConfig, policy: Policy, configs: list[Config], log) 
                 row |= summarize_samples(samples[f"{c.label} | {name}"])
             rows.append(row)
     stats = {n: {k: ex.stats[k] - before[n].get(k, 0) for k in ex.stats} for n, ex in exs.items()}
-    return {"rows": rows, "executor_stats": stats, "seconds": time.perf_counter() - t0,
+    failures = {str(k): v for k, v in exs["graphs"].failures.items()}
+    return {"rows": rows, "executor_stats": stats, "capture_failures": failures, "seconds": time.perf_counter() - t0,
             "episodes_of_trace": {f"{k[0]} | {k[1]}": c.stream.episodes for k, c in own.items() if c.gated}}
 
 

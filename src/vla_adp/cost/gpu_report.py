@@ -145,6 +145,8 @@ def report(result: dict[str, Any]) -> str:
         stats = result["main"]["executor_stats"]["graphs"]
         lines += [f"Graphs in the measured rounds: {stats['replays']} replays, {stats['captures']} captures, "
                   f"{stats['uncaptured']} uncaptured calls.", ""]
+        for key, err in result["main"].get("capture_failures", {}).items():
+            lines += [f"- could not capture `{key}` (runs eagerly): {err}"]
     else:
         lines += [f"Main table skipped: {result.get('main', {}).get('skipped', 'not run yet')}", ""]
     lines += ["**Attention backends** (eager executor)", "", *side_rows(result.get("backends", {})), ""]

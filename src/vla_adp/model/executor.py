@@ -87,6 +87,8 @@ class Executor:
         bucket: decoder segments: round sequence lengths up to a multiple of this and mask the padding
             keys (1 = exact lengths, one graph per kept length).
         max_graphs: captured graphs kept at most; further shapes run uncaptured and are counted.
+            A block whose capture fails (``RuntimeError``) also runs uncaptured from then on; the
+            error is kept in ``failures`` (reported by the GPU protocol).
         capture: how a graph is captured; default :class:`CudaGraphCapture`.
     """
 
@@ -98,6 +100,7 @@ class Executor:
     compile_keys: tuple[str, ...] | None = None
     capture: Callable[[Callable[..., Any], tuple], tuple[Replay, Any]] | None = None
     stats: dict[str, int] = field(default_factory=lambda: {"captures": 0, "replays": 0, "uncaptured": 0})
+    failures: dict[Hashable, str] = field(default_factory=dict)
     _graphs: dict[Hashable, _Graph] = field(default_factory=dict, repr=False)
     _compiled: dict[Hashable, Callable] = field(default_factory=dict, repr=False)
 
@@ -126,10 +129,15 @@ class Executor:
         full_key = (key, *(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in tensors))
         graph = self._graphs.get(full_key)
         if graph is None:
-            if len(self._graphs) >= self.max_graphs:
+            if len(self._graphs) >= self.max_graphs or full_key in self.failures:
                 self.stats["uncaptured"] += 1
                 return fn(*tensors)
-            graph = self._graphs[full_key] = self._capture(fn, tensors)
+            try:
+                graph = self._graphs[full_key] = self._capture(fn, tensors)
+            except RuntimeError as e:  # a block that cannot be captured runs eagerly; the failure is kept
+                self.failures[full_key] = f"{type(e).__name__}: {str(e)[:300]}"
+                self.stats["uncaptured"] += 1
+                return fn(*tensors)
         else:
             for static, t in zip(graph.inputs, tensors):
                 if t is not None:
