@@ -166,48 +166,44 @@ _BOUND = {"memory": "m", "compute": "c", "mixed": "m+c"}
 
 def prediction_report(gpus: list[str], shapes: list[str], keeps: list[float], n_prompt: int = 32,
                       derate: float = 1.0) -> str:
-    """Roofline floors per stage of the unpruned query and of ADP (cut before layer 0) and FastV
-    (K = 2) at each keep ratio, for each GPU and query shape (:mod:`vla_adp.cost.roofline`)."""
+    """Roofline floors per stage of the unpruned query and of each shape's pruners (ADP cuts before
+    layer 0, FastV before layer 2) at each keep ratio, for each GPU and query shape
+    (:mod:`vla_adp.cost.roofline`)."""
     from vla_adp.cost import roofline as R
-    from vla_adp.model.config import openvla_7b_args
     from vla_adp.pruning.select import keep_count
 
+    bad = [s for s in shapes if s not in R.SHAPES]
+    if bad:
+        raise ValueError(f"unknown query shape(s) {bad}; expected one of {sorted(R.SHAPES)}")
     lines = []
     for name in gpus:
         gpu = R.get_gpu(name)
         lines += [f"## {gpu.name}: {gpu.bandwidth_gbs:.0f} GB/s, {gpu.bf16_tflops:.1f} TFLOP/s dense bf16"
                   + (f" × {derate:g}" if derate != 1.0 else "") + f" (ridge {gpu.ridge:.0f} FLOP/byte)",
                   "", f"Source: {gpu.source}.", ""]
-        for shape in shapes:
-            if shape not in R.SHAPES:
-                raise ValueError(f"unknown query shape {shape!r}; expected one of {sorted(R.SHAPES)}")
-            args = openvla_7b_args(n_images=2 if shape == "oft" else 1)
+        for shape_name in shapes:
+            shape = R.SHAPES[shape_name]
+            args = shape.args()
+            kw = {"n_prompt": n_prompt} if shape_name == "oft" else {}
             v = args.patches_per_image * args.n_images
-            fn = R.SHAPES[shape]
             plans = [("unpruned", None, {})]
             for k in keeps:
-                kept = keep_count(v, k, "round")
-                plans.append((f"adp@{k:g}", kept, {}))
-                if shape == "oft":
-                    plans.append((f"fastv@{k:g}", kept, {"prune_layer": 2, "scorer": "fastv"}))
+                for pruner, layer, scorer in shape.cut_layers:
+                    extra = {"prune_layer": layer, "scorer": scorer} if layer else {"scorer": scorer}
+                    plans.append((f"{pruner}@{k:g}", keep_count(v, k, "round"), extra))
             rows, base = [], None
             for label, kept, extra in plans:
-                kw = {"n_prompt": n_prompt} if shape == "oft" else {}
-                stages = fn(args, kept=kept, **kw, **extra)
+                stages = shape.stages(args, kept=kept, **kw, **extra)
                 floor = R.total(stages, gpu, derate)
                 base = floor if base is None else base
                 cells = "; ".join(f"{s.name} {s.floor_ms(gpu, derate):.2f} ({_BOUND[s.bound(gpu, derate)]})"
                                   for s in stages)
-                gb = sum(s.bytes for s in stages) / 1e9
-                tf = sum(s.flops for s in stages) / 1e12
-                rows.append([label, "–" if kept is None else str(kept), f"{tf:.2f}", f"{gb:.2f}", cells,
-                             f"{floor:.2f}", f"{base / floor:.2f}"])
-            title = {"oft": "OpenVLA-OFT (LIBERO: 2 views, proprio, 56 action slots, one parallel pass)",
-                     "openvla": "OpenVLA (1 view, prefill + 6 single-token steps with a KV cache)"}.get(shape, shape)
-            lines += [f"### {title}", "", *_table(
-                ["config", "kept visual", "TFLOP", "GB moved", "floor ms per stage (m = memory-, c = compute-bound, m+c = layers of both)",
-                 "query floor ms", "floor speedup"], rows), ""]
-            if shape == "oft":
+                rows.append([label, "–" if kept is None else str(kept), f"{sum(s.flops for s in stages) / 1e12:.2f}",
+                             f"{sum(s.bytes for s in stages) / 1e9:.2f}", cells, f"{floor:.2f}", f"{base / floor:.2f}"])
+            lines += [f"### {shape.title}", "", *_table(
+                ["config", "kept visual", "TFLOP", "GB moved", "floor ms per stage (m = memory-, c = compute-bound, "
+                 "m+c = layers of both)", "query floor ms", "floor speedup"], rows), ""]
+            if shape_name == "oft":
                 lines += [f"The decoder pruned before layer 0 turns memory-bound below ρ ≈ "
                           f"{R.memory_bound_keep(args, gpu, n_prompt, derate):.2f}: below that, pruning saves "
                           "no decoder time at the floor (only the smaller attention and activations).", ""]

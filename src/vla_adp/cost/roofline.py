@@ -292,8 +292,44 @@ def openvla_stages(args: OFTArgs, n_prompt: int = 20, kept: int | None = None, a
     return stages
 
 
-# Named query shapes for `vla-adp bench --predict`; π0.5 goes here once its stages are written.
-SHAPES: dict[str, Callable[..., list[Stage]]] = {"oft": oft_stages, "openvla": openvla_stages}
+@dataclass(frozen=True)
+class QueryShape:
+    """A named policy query for `vla-adp bench --predict`.
+
+    Args:
+        title: one line for the report.
+        args: the model's shapes (:class:`~vla_adp.model.config.OFTArgs`).
+        stages: ``stages(args, kept=None | int, scorer=..., [prune_layer=...]) -> list[Stage]``.
+        cut_layers: (pruner, decoder layer it cuts before, scorer) rows the report shows at every keep
+            ratio: ADP cuts before layer 0, FastV (K = 2) before layer 2; layer 0 passes no ``prune_layer``.
+    """
+
+    title: str
+    args: Callable[[], OFTArgs]
+    stages: Callable[..., list[Stage]]
+    cut_layers: tuple[tuple[str, int, str], ...] = (("adp", 0, "adp"),)
+
+
+def _oft_args() -> OFTArgs:
+    from vla_adp.model.config import openvla_7b_args
+
+    return openvla_7b_args(n_images=2)
+
+
+def _openvla_args() -> OFTArgs:
+    from vla_adp.model.config import openvla_7b_args
+
+    return openvla_7b_args(n_images=1)
+
+
+# Named query shapes. π0.5 (PaliGemma prefix + action expert, 10 flow-matching steps) goes here once
+# a ``pi05_stages`` function returns its Stage list.
+SHAPES: dict[str, QueryShape] = {
+    "oft": QueryShape("OpenVLA-OFT (LIBERO: 2 views, proprio, 56 action slots, one parallel pass)", _oft_args,
+                      oft_stages, (("adp", 0, "adp"), ("fastv", 2, "fastv"))),
+    "openvla": QueryShape("OpenVLA (1 view, prefill + 6 single-token steps with a KV cache)", _openvla_args,
+                          openvla_stages, (("adp", 0, "adp"),)),
+}
 
 
 def total(stages: Sequence[Stage], gpu: GPU, derate: float = 1.0) -> float:
