@@ -14,7 +14,7 @@ shift
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/../.." || exit 2
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 
 if [ -z "${NO_INSTALL:-}" ]; then  # NO_INSTALL=1: leave the environment alone (a shared venv)
   "$PY" -m pip install --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 \
