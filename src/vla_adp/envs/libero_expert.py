@@ -174,16 +174,21 @@ class PickPlaceExpert:
         return body_box(self.model, self.data, self._root(name))
 
     def _dest_point(self) -> tuple[np.ndarray, float]:
-        """Centre (x, y) and support height of the destination."""
-        if self.dest.endswith("_contain_region") or self.dest.endswith("_region"):
+        """Centre (x, y) and support height of the destination: a body (its box), or a region
+        site (its position, on top of the body that owns it: ``basket_1_contain_region``,
+        ``wooden_cabinet_1_top_side``, ``flat_stove_1_cook_region``)."""
+        bodies = {**self.env.objects_dict, **self.env.fixtures_dict}
+        if self.dest in bodies:
+            box = self._box(self.dest)
+            return box.center[:2].copy(), float(box.hi[2])
+        try:
             site = self.env.sim.model.site_name2id(self.dest)
-            owner = self.dest.rsplit("_", 2)[0] if self.dest.endswith("_contain_region") else None
-            xy = self.data.site_xpos[site][:2].copy()
-            top = self._box(owner).hi[2] if owner in {**self.env.objects_dict, **self.env.fixtures_dict} else \
-                self.data.site_xpos[site][2]
-            return xy, float(top)
-        box = self._box(self.dest)
-        return box.center[:2].copy(), float(box.hi[2])
+        except (ValueError, KeyError):
+            raise ValueError(f"goal destination {self.dest!r} is neither a body nor a site of this scene") from None
+        xy = self.data.site_xpos[site][:2].copy()
+        owners = [n for n in bodies if self.dest.startswith(n + "_")]
+        top = self._box(max(owners, key=len)).hi[2] if owners else self.data.site_xpos[site][2]
+        return xy, float(top)
 
     def _others(self) -> list[Box]:
         names = [n for n in self.env.objects_dict if n not in (self.obj,)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -195,7 +196,11 @@ def _episode_job(job: tuple[CollectConfig, str, int]) -> tuple[str, int, bool, i
         _ENVS.clear()
         _ENVS[task] = demo_env(cfg, task)
     env = _ENVS[task]
-    arrays, ok = expert_episode(env, episode, rendered=cfg.sim == "libero")
+    try:
+        arrays, ok = expert_episode(env, episode, rendered=cfg.sim == "libero")
+    except ValueError as e:  # a goal the expert cannot read: a failed attempt, named in the log
+        print(f"{task} episode {episode}: {e}", file=sys.stderr)
+        return task, episode, False, 0
     if ok:
         write_shard(path, arrays, env.instruction, task, episode)
     return task, episode, ok, len(arrays["actions"])
