@@ -123,6 +123,8 @@ def test_bad_files_are_named(tiny_pi0, tmp_path, edit, message):
     ("paligemma_variant", "gemma_7b", "paligemma_variant 'gemma_7b' is not one of"),
     ("image_resolution", [224, 256], "must be square"),
     ("chunk_size", "50", "'chunk_size' must be int"),
+    ("output_features", {"action": {"type": "ACTION", "shape": [40]}}, "action has 40 values, more than max_action_dim 8"),
+    ("output_features", {}, "features lack 'action'"),
 ])
 def test_bad_config_is_named(tiny_pi0, tmp_path, field, value, message):
     folder = copy(tiny_pi0, tmp_path)
@@ -156,3 +158,26 @@ def test_processor_conventions():
     img = torch.rand(1, 3, 100, 200)
     out = resize_with_pad(img, 50)
     assert out.shape == (1, 3, 50, 50) and (out[:, :, :12] == -1).all() and (out[:, :, 37:] == -1).all()
+
+
+def test_published_config_gives_the_published_shape(tiny_pi0, tmp_path):
+    """A LeRobot pi05_libero-style config.json alone (no vla_adp.json) names the real shape; the tiny
+    weights then fail: first the layers they lack (18 expected, 2 stored), then a named shape."""
+    from vla_adp.model.pi0.checkpoint import args_from_config
+    from vla_adp.model.pi0.config import published_args
+
+    folder = copy(tiny_pi0, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(chunk_size=50, max_state_dim=32, max_action_dim=32, image_resolution=[224, 224],
+                  tokenizer_max_length=200 if config["type"] == "pi05" else 48)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert args_from_config(config) == published_args(config["type"])  # 2 cameras + 1 empty = 3 slots
+    (folder / "vla_adp.json").unlink()
+    with pytest.raises(CheckpointError, match=r"missing key 'paligemma_with_expert.gemma_expert.model.layers.10."
+                                              r"input_layernorm.* \(\d+ missing in all\)"):
+        load_pi0_checkpoint(folder)
+    shapes = json.loads((tiny_pi0 / "vla_adp.json").read_text())
+    shapes["expert"]["width"] = 32  # the weights hold a 16-wide expert
+    (folder / "vla_adp.json").write_text(json.dumps(shapes))
+    with pytest.raises(CheckpointError, match=r"key 'action_in_proj.bias' has shape \(16,\), expected \(32,\)"):
+        load_pi0_checkpoint(folder)

@@ -22,7 +22,7 @@ from vla_adp.model.pi0.flow import euler_sample, interpolate, step_times, target
 from vla_adp.model.pi0.masks import attention_mask_2d, mask_bias, positions
 
 transformers = pytest.importorskip("transformers")
-from transformers import DynamicCache, GemmaConfig, GemmaModel, SiglipVisionConfig, SiglipVisionModel  # noqa: E402
+from transformers import GemmaConfig, GemmaModel, SiglipVisionConfig, SiglipVisionModel  # noqa: E402
 from transformers.models.gemma import modeling_gemma  # noqa: E402
 
 ATOL = 1e-5

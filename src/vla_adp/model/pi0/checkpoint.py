@@ -200,6 +200,17 @@ def _check_stats(stats: dict, features: dict, norm_map: dict, source: str) -> No
                 raise CheckpointError(f"{source}: key '{key}.{stat}' has shape {found}, expected {want}")
 
 
+def _check_widths(features: dict, args: Pi0Args) -> None:
+    """The dataset's state / action must fit the model's padded widths."""
+    for key, kind, width, name in (("observation.state", "STATE", args.max_state_dim, "max_state_dim"),
+                                   ("action", "ACTION", args.max_action_dim, "max_action_dim")):
+        feature = features.get(key)
+        if not isinstance(feature, dict) or feature.get("type") != kind or not isinstance(feature.get("shape"), list):
+            raise CheckpointError(f"config.json: features lack {key!r} of type {kind} with a shape list")
+        if feature["shape"][0] > width:
+            raise CheckpointError(f"config.json: {key} has {feature['shape'][0]} values, more than {name} {width}")
+
+
 # -- weights ---------------------------------------------------------------------------------
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     raw = _read_safetensors(folder / WEIGHTS)
@@ -226,7 +237,7 @@ def _verify(model: Pi0Model, state: dict[str, torch.Tensor]) -> dict[str, torch.
     unexpected = sorted(set(ours) - set(expected))
     if unexpected:
         raise CheckpointError(f"{WEIGHTS}: unexpected key {to_published_key(unexpected[0])!r} ({len(unexpected)} in all)")
-    for k, v in ours.items():
+    for k, v in sorted(ours.items()):
         if tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"{WEIGHTS}: key {to_published_key(k)!r} has shape {tuple(v.shape)}, "
                                   f"expected {tuple(expected[k].shape)}")
@@ -243,6 +254,7 @@ def load_pi0_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32, 
     shapes = _read_json(folder / SHAPES_FILE) if (folder / SHAPES_FILE).is_file() else None
     args = args_from_config(config, shapes)
     features = {**_field(config, "input_features", dict), **_field(config, "output_features", dict)}
+    _check_widths(features, args)
     norm_map = _field(config, "normalization_mapping", dict)
     _, pre = _processor_state(folder, PRE, NORMALIZER)
     _, post = _processor_state(folder, POST, UNNORMALIZER)
