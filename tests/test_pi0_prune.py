@@ -137,3 +137,56 @@ def test_selector_validates():
         TextImageSelector(mode="fastv")
     with pytest.raises(ValueError, match=r"keep_ratio must be in \(0, 1\], got 0"):
         TextImageSelector(keep_ratio=0)
+
+
+def test_attention_received_matches_transformers_eager_attention():
+    """FastV's score: the attention of layer 0 from transformers' eager Gemma (output_attentions)."""
+    from tests.test_pi0_model import hf_gemma
+    from vla_adp.model.pi0.masks import attention_mask_2d, mask_bias
+
+    model = random_model("pi05")
+    inputs = random_inputs(model)
+    hf = hf_gemma(model.vlm, model.args.vocab_size)
+    with torch.no_grad():
+        embs, pad, ar = model.embed_prefix(inputs)
+        out = hf(inputs_embeds=embs, attention_mask=mask_bias(attention_mask_2d(pad, ar)),
+                 position_ids=positions(pad), output_attentions=True)
+        ctx = PrefixContext(0, embs, pad, positions(pad), model.vlm.layers[0], model.layout(inputs.tokens.shape[1]), ar)
+        ours = ctx.attention_received(pad)
+    ref = out.attentions[0].mean(dim=1)  # (B, S, S)
+    w = pad.float()
+    ref = (ref * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("budget", ["global", "per_view"])
+def test_fastv_keeps_the_most_attended_image_tokens(budget):
+    from vla_adp.model.pi0.prune import AttentionSelector
+
+    model = random_model("pi05")
+    inputs = full_inputs(model)
+    selector = AttentionSelector(keep_ratio=0.5, layer=1, rows="last", budget=budget)
+    seen = {}
+
+    def spy(ctx):
+        scores = selector.scores
+        seen["keep"] = selector(ctx)
+        seen["scores"] = scores
+        return seen["keep"]
+
+    observe = Fixed(1, spy)
+    observe.observe = selector.observe
+    with torch.no_grad():
+        model.encode_prefix(inputs, observe)
+        keep, scores = seen["keep"][0], seen["scores"][0]
+        images = keep[keep < 8]
+        assert len(images) == 4
+        if budget == "global":
+            assert images.tolist() == scores[:8].topk(4).indices.sort().values.tolist()
+        else:
+            assert (images < 4).sum() == 2 and (images >= 4).sum() == 2
+        noise = torch.randn(2, model.args.chunk_size, model.args.max_action_dim)
+        base = model.sample_actions(inputs, noise=noise)
+        assert torch.equal(model.sample_actions(inputs, noise=noise, selector=AttentionSelector(1.0, layer=1)), base)
+    with pytest.raises(ValueError, match="layer must be an int >= 1"):
+        AttentionSelector(layer=0)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from vla_adp.model.pi0.config import Pi0Args
 from vla_adp.model.pi0.flow import euler_sample, time_embedding
+from vla_adp.model.llm import apply_rope, rope_cos_sin
 from vla_adp.model.pi0.gemma import KV, GemmaDecoder, GemmaLayer, mixed_layer
 from vla_adp.model.pi0.masks import attention_mask_2d, mask_bias, positions
 from vla_adp.model.pi0.siglip import SiglipVisionTower
@@ -76,7 +77,7 @@ class PrefixLayout:
 
 @dataclass
 class PrefixContext:
-    """What a selector sees at its layer (before the layer runs)."""
+    """What a selector sees before one VLM layer runs over the prefix."""
 
     layer_index: int
     hidden: Tensor  # (B, S, D) the layer's input
@@ -84,10 +85,29 @@ class PrefixContext:
     position_ids: Tensor  # (B, S)
     layer: GemmaLayer  # its input_layernorm / q_proj / k_proj, for scorers
     layout: PrefixLayout
+    ar: Tensor | None = None  # (B, S) block starts (None: one bidirectional block)
+    rope_theta: float = 10_000.0
+
+    def attention_received(self, rows: Tensor) -> Tensor:
+        """Softmax attention this layer gives each key, averaged over heads and the query ``rows``
+        (B, S) bool: (B, S) float32. Recomputed here (eager, float32 softmax) for the scorer only."""
+        n, _ = self.layer.input_layernorm(self.hidden, None)
+        q, k, _ = self.layer.self_attn.qkv(n)
+        cos, sin = rope_cos_sin(self.position_ids, q.shape[-1], self.rope_theta, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin).repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        ar = torch.zeros_like(self.pad) if self.ar is None else self.ar
+        logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + mask_bias(attention_mask_2d(self.pad, ar), q.dtype)
+        probs = logits.softmax(dim=-1, dtype=torch.float32).mean(dim=1)  # (B, S, S)
+        w = rows.float()
+        return (probs * w[..., None]).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 class PrefixSelector(Protocol):
-    """Chooses the prefix tokens kept from layer ``layer`` on."""
+    """Chooses the prefix tokens kept from layer ``layer`` on.
+
+    A selector may also define ``observe(ctx)``: it is then called before every earlier layer
+    (FastV scores the attention of layer ``layer − 1`` and cuts before ``layer``).
+    """
 
     layer: int
     renumber: bool  # True: kept tokens get contiguous RoPE positions; False: keep their own
@@ -155,9 +175,12 @@ class Pi0Model(nn.Module):
         """Run the VLM over the prefix once; return every layer's keys/values."""
         pos, next_position = positions(pad), pad.sum(dim=1)
         kvs, pads = [], []
+        theta = self.args.vlm.rope_theta
         for i, layer in enumerate(self.vlm.layers):
+            if selector is not None and i < selector.layer and hasattr(selector, "observe"):
+                selector.observe(PrefixContext(i, h, pad, pos, layer, layout, ar, theta))
             if selector is not None and i == selector.layer:
-                keep = selector(PrefixContext(i, h, pad, pos, layer, layout))
+                keep = selector(PrefixContext(i, h, pad, pos, layer, layout, ar, theta))
                 h, pad, ar, pos = _gather(keep, h, pad, ar, pos)
                 if selector.renumber:
                     pos, next_position = positions(pad), pad.sum(dim=1)
