@@ -62,7 +62,7 @@ class AdaRMSNorm(nn.Module):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if cond is None:
             raise ValueError("adaRMS needs a conditioning vector (the expert's time embedding), got None")
-        scale, shift, gate = self.dense(cond)[:, None].chunk(3, dim=-1)  # (B, 1, D) each
+        scale, shift, gate = self.dense(cond.to(self.dense.weight.dtype))[:, None].chunk(3, dim=-1)  # (B, 1, D) each
         normed = rms_normalize(x, self.eps) * (1 + scale.float()) + shift.float()
         return normed.to(x.dtype), gate.to(x.dtype)
 

@@ -158,7 +158,7 @@ class Pi0Model(nn.Module):
         self._check(inputs)
         embs, pads = [], []
         for c in range(self.args.n_cameras):
-            tokens = self.projector(self.vision(inputs.images[:, c]))  # (B, N, D)
+            tokens = _linear(self.projector, self.vision(inputs.images[:, c])).to(self.vlm.embed_tokens.weight.dtype)
             embs.append(tokens)
             pads.append(inputs.image_masks[:, c, None].expand(-1, tokens.shape[1]))
         embs.append(self.vlm.embed(inputs.tokens))
@@ -195,19 +195,22 @@ class Pi0Model(nn.Module):
         """-> embeddings (B, S_s, D_e), pad, ar, adaRMS conditioning (π0.5) or None (π0)."""
         a = self.args
         temb = time_embedding(t, a.expert.width, a.min_period, a.max_period)
-        actions = self.action_in_proj(x_t)  # (B, H, De)
+        actions = _linear(self.action_in_proj, x_t)  # (B, H, De)
         ar = [1] + [0] * (a.chunk_size - 1)
         if a.pi05:
-            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb))))
+            cond = F.silu(_linear(self.time_mlp_out, F.silu(_linear(self.time_mlp_in, temb))))
             embs = actions
         else:
             if state is None:
                 raise ValueError("π0 needs the (normalised, padded) state for its state token, got None")
             cond = None
-            fused = torch.cat([actions, temb[:, None].expand_as(actions)], dim=2)
-            fused = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused)))
-            embs = torch.cat([self.state_proj(state.to(self.state_proj.weight.dtype))[:, None], fused], dim=1)
+            fused = torch.cat([actions, temb[:, None].to(actions.dtype).expand_as(actions)], dim=2)
+            fused = _linear(self.action_time_mlp_out, F.silu(_linear(self.action_time_mlp_in, fused)))
+            embs = torch.cat([_linear(self.state_proj, state)[:, None].to(fused.dtype), fused], dim=1)
             ar = [1] + ar
+        expert_dtype = self.expert.layers[0].self_attn.q_proj.weight.dtype
+        embs = embs.to(expert_dtype)
+        cond = None if cond is None else cond.to(expert_dtype)
         b = x_t.shape[0]
         pad = torch.ones(b, embs.shape[1], dtype=torch.bool, device=x_t.device)
         return embs, pad, torch.tensor(ar, device=x_t.device)[None].expand(b, -1), cond
@@ -247,7 +250,7 @@ class Pi0Model(nn.Module):
 
     def _velocity(self, h: Tensor, cond: Tensor | None) -> Tensor:
         h, _ = self.expert.norm(h, cond)
-        return self.action_out_proj(h[:, -self.args.chunk_size:].float())
+        return _linear(self.action_out_proj, h[:, -self.args.chunk_size:]).float()
 
     def _check(self, inputs: Pi0Inputs) -> None:
         a, im = self.args, inputs.images
@@ -259,6 +262,12 @@ class Pi0Model(nn.Module):
         if inputs.tokens.shape != inputs.token_mask.shape:
             raise ValueError(f"tokens {tuple(inputs.tokens.shape)} and token_mask "
                              f"{tuple(inputs.token_mask.shape)} must have the same shape")
+
+
+def _linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` in the layer's dtype: LeRobot keeps the vision path and the action/time
+    projections in float32 when the Gemmas run in bfloat16."""
+    return layer(x.to(layer.weight.dtype))
 
 
 def _gather(keep: Tensor, *seqs: Tensor) -> tuple[Tensor, ...]:
