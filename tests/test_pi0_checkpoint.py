@@ -181,3 +181,11 @@ def test_published_config_gives_the_published_shape(tiny_pi0, tmp_path):
     (folder / "vla_adp.json").write_text(json.dumps(shapes))
     with pytest.raises(CheckpointError, match=r"key 'action_in_proj.bias' has shape \(16,\), expected \(32,\)"):
         load_pi0_checkpoint(folder)
+
+
+def test_cli_makes_a_tiny_pi05_folder(tmp_path, capsys):
+    from vla_adp.cli import main
+
+    assert main(["make-tiny-checkpoint", str(tmp_path / "t"), "--family", "pi05"]) == 0
+    assert "policy_preprocessor.json" in capsys.readouterr().out
+    assert load_pi0_checkpoint(tmp_path / "t").args.pi05
