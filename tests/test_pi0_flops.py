@@ -62,3 +62,19 @@ def test_cli_prints_the_pi05_table(capsys):
     out = capsys.readouterr().out
     assert "keep 1 (unpruned)" in out and "keep 0.5 from layer 0" in out and "parameters" in out
     assert main(["flops", "--family", "pi05", "--keep", "0"]) == 2
+
+
+def test_flops_with_a_masked_camera_and_prompt_padding():
+    """LIBERO's shape: 2 of 3 cameras, a short prompt; the masked slot skips SigLIP, drop_masked the rest."""
+    from vla_adp.model.pi0.prune import drop_masked
+
+    args = tiny_args("pi05", n_cameras=3)
+    model = Pi0Model(args).eval()
+    a = args
+    inputs = Pi0Inputs(torch.zeros(1, 3, 3, a.vision.image_size, a.vision.image_size),
+                       torch.tensor([[True, True, False]]), torch.zeros(1, a.tokenizer_max_length, dtype=torch.long),
+                       torch.arange(a.tokenizer_max_length)[None] < 5, torch.zeros(1, a.max_state_dim))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.sample_actions(inputs, noise=torch.zeros(1, a.chunk_size, a.max_action_dim), selector=drop_masked())
+    assert fc.get_total_flops() == pi0_flops(args, pruned_prefix_lens(args, 1.0, 0, cameras=2, prompt_tokens=5),
+                                             cameras=2).total

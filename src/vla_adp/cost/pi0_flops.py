@@ -13,7 +13,8 @@ With H query heads of size d, K kv heads, width D, MLP width M, S tokens attendi
     SigLIP layer  4 · 2·N·W² + 2 · 2·N²·W + 2 · 2·N·W·M_v      (N = T = patches)
 
 Pruning the prefix from VLM layer ℓ on (``prefix_lens``) shortens S = T at those prefix layers and T
-for the expert at the same layers; the SigLIP towers always run on every patch.
+for the expert at the same layers; SigLIP runs on every patch of every camera slot that is present in
+some batch row (LeRobot also runs it on the empty slot; ``cameras`` counts what runs here).
 This module stands alone until the model seam gives one description of every decoder.
 """
 
@@ -74,15 +75,18 @@ def expert_step_flops(a: Pi0Args, prefix_lens: list[int]) -> int:
     return layers + embed + cond
 
 
-def pi0_flops(a: Pi0Args, prefix_lens: list[int] | None = None, steps: int | None = None) -> Pi0Flops:
-    """FLOPs of ``sample_actions`` for batch 1; ``prefix_lens[i]`` = prefix tokens at VLM layer i."""
+def pi0_flops(a: Pi0Args, prefix_lens: list[int] | None = None, steps: int | None = None,
+              cameras: int | None = None) -> Pi0Flops:
+    """FLOPs of ``sample_actions`` for batch 1; ``prefix_lens[i]`` = prefix tokens at VLM layer i;
+    ``cameras`` present (the model skips SigLIP on a slot masked in every row; default: all)."""
     full = a.prefix_len
     prefix_lens = prefix_lens or [full] * a.vlm.depth
     if len(prefix_lens) != a.vlm.depth or any(not 0 < p <= full for p in prefix_lens):
         raise ValueError(f"need {a.vlm.depth} prefix lengths in 1..{full}, got {prefix_lens}")
-    n = a.vision.num_patches * a.n_cameras
+    cameras = a.n_cameras if cameras is None else cameras
+    n = a.vision.num_patches * cameras
     return Pi0Flops(
-        vision=a.n_cameras * siglip_flops(a.vision),
+        vision=cameras * siglip_flops(a.vision),
         projector=2 * n * a.vision.width * a.vlm.width,
         prefix=sum(gemma_layer_flops(a.vlm, p, p) for p in prefix_lens),
         expert_step=expert_step_flops(a, prefix_lens),
@@ -90,14 +94,24 @@ def pi0_flops(a: Pi0Args, prefix_lens: list[int] | None = None, steps: int | Non
     )
 
 
-def pruned_prefix_lens(a: Pi0Args, keep_ratio: float, layer: int) -> list[int]:
-    """Prefix lengths when ``round(keep_ratio · image tokens)`` image tokens stay from ``layer`` on."""
+def pruned_prefix_lens(a: Pi0Args, keep_ratio: float, layer: int, cameras: int | None = None,
+                       prompt_tokens: int | None = None) -> list[int]:
+    """Prefix lengths when ``round(keep_ratio · image tokens)`` image tokens stay from ``layer`` on.
+
+    ``cameras`` / ``prompt_tokens`` (real ones; default: every slot) also drop the masked camera slots
+    and prompt padding at that layer, which changes no output (:func:`vla_adp.model.pi0.prune.drop_masked`).
+    """
     if not 0 < keep_ratio <= 1:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
     if not 0 <= layer < a.vlm.depth:
         raise ValueError(f"layer must be in 0..{a.vlm.depth - 1}, got {layer}")
-    images = a.vision.num_patches * a.n_cameras
-    kept = a.tokenizer_max_length + max(1, round(keep_ratio * images))
+    cameras = a.n_cameras if cameras is None else cameras
+    prompt_tokens = a.tokenizer_max_length if prompt_tokens is None else prompt_tokens
+    if not 1 <= cameras <= a.n_cameras or not 1 <= prompt_tokens <= a.tokenizer_max_length:
+        raise ValueError(f"need 1..{a.n_cameras} cameras and 1..{a.tokenizer_max_length} prompt tokens, "
+                         f"got {cameras} and {prompt_tokens}")
+    images = a.vision.num_patches * cameras
+    kept = prompt_tokens + max(1, round(keep_ratio * images))
     return [a.prefix_len] * layer + [kept] * (a.vlm.depth - layer)
 
 
@@ -116,11 +130,18 @@ def parameter_counts(a: Pi0Args) -> dict[str, int]:
     return towers
 
 
-def format_pi0_table(a: Pi0Args, keeps: list[float], layer: int) -> str:
-    """The stage table for the unpruned model and each keep ratio (TFLOPs per query)."""
+def format_pi0_table(a: Pi0Args, keeps: list[float], layer: int, cameras: int | None = None,
+                     prompt_tokens: int | None = None) -> str:
+    """The stage table for the unpruned model and each keep ratio (TFLOPs per query); with
+    ``cameras`` / ``prompt_tokens``, also the lossless drop of masked tokens, and the ratios on top."""
     base = pi0_flops(a)
-    rows = [("keep 1 (unpruned)", base)] + [(f"keep {k:g} from layer {layer}", pi0_flops(a, pruned_prefix_lens(a, k, layer)))
-                                            for k in keeps]
+    real = cameras is not None or prompt_tokens is not None
+    rows = [("keep 1 (unpruned)", base)]
+    if real:
+        rows.append(("drop masked tokens", pi0_flops(a, pruned_prefix_lens(a, 1.0, layer, cameras, prompt_tokens),
+                                                     cameras=cameras)))
+    rows += [(f"keep {k:g} from layer {layer}", pi0_flops(a, pruned_prefix_lens(a, k, layer, cameras, prompt_tokens),
+                                                          cameras=cameras)) for k in keeps]
     head = (f"{'':26}{'SigLIP':>8}{'proj':>7}{'prefix':>8}{'expert/step':>12}{'expert x' + str(base.steps):>11}"
             f"{'total':>8}{'speedup':>9}")
     lines = [head]
@@ -131,7 +152,8 @@ def format_pi0_table(a: Pi0Args, keeps: list[float], layer: int) -> str:
     return "\n".join(lines)
 
 
-def run_table(family: str, keeps: list[float], layer: int, as_json: bool = False) -> int:
+def run_table(family: str, keeps: list[float], layer: int, as_json: bool = False, cameras: int | None = None,
+              prompt_tokens: int | None = None) -> int:
     """``vla-adp flops --family pi0|pi05``: parameters and the stage table of the published shape."""
     import json
 
@@ -139,16 +161,20 @@ def run_table(family: str, keeps: list[float], layer: int, as_json: bool = False
 
     a = published_args(family)
     for k in keeps:
-        pruned_prefix_lens(a, k, layer)  # validates before printing anything
+        pruned_prefix_lens(a, k, layer, cameras, prompt_tokens)  # validates before printing anything
     counts = parameter_counts(a)
     if as_json:
         rows = {"unpruned": pi0_flops(a).to_dict(),
-                **{str(k): pi0_flops(a, pruned_prefix_lens(a, k, layer)).to_dict() for k in keeps}}
+                **{str(k): pi0_flops(a, pruned_prefix_lens(a, k, layer, cameras, prompt_tokens), cameras=cameras).to_dict()
+                   for k in keeps}}
         print(json.dumps({"family": family, "layer": layer, "parameters": counts, "flops": rows}, indent=2))
         return 0
     print(f"{family}: {a.n_cameras} cameras x {a.vision.num_patches} image tokens + {a.tokenizer_max_length} prompt "
           f"tokens = {a.prefix_len} prefix tokens; suffix {a.suffix_len} tokens; {a.num_steps} Euler steps")
     print("parameters: " + ", ".join(f"{k} {v / 1e6:,.1f} M" for k, v in counts.items()))
     print(f"TFLOPs per query (2 FLOPs per multiply-accumulate; image tokens pruned in the prefix from layer {layer}):")
-    print(format_pi0_table(a, keeps, layer))
+    if cameras is not None or prompt_tokens is not None:
+        print(f"real input: {cameras or a.n_cameras} cameras, {prompt_tokens or a.tokenizer_max_length} prompt tokens; "
+              "masked slots are dropped first (lossless), the keep ratio applies to the real image tokens")
+    print(format_pi0_table(a, keeps, layer, cameras, prompt_tokens))
     return 0

@@ -157,8 +157,13 @@ class Pi0Model(nn.Module):
         """-> embeddings (B, S, D), pad (B, S), ar (B, S): one bidirectional block."""
         self._check(inputs)
         embs, pads = [], []
+        n, dtype = self.args.vision.num_patches, self.vlm.embed_tokens.weight.dtype
         for c in range(self.args.n_cameras):
-            tokens = _linear(self.projector, self.vision(inputs.images[:, c])).to(self.vlm.embed_tokens.weight.dtype)
+            if inputs.image_masks[:, c].any():
+                tokens = _linear(self.projector, self.vision(inputs.images[:, c])).to(dtype)  # (B, N, D)
+            else:  # a slot masked in every row (LIBERO's third camera): no real token reads it
+                tokens = torch.zeros(inputs.images.shape[0], n, self.args.vlm.width, dtype=dtype,
+                                     device=inputs.images.device)
             embs.append(tokens)
             pads.append(inputs.image_masks[:, c, None].expand(-1, tokens.shape[1]))
         embs.append(self.vlm.embed(inputs.tokens))
