@@ -189,3 +189,14 @@ def test_cli_makes_a_tiny_pi05_folder(tmp_path, capsys):
     assert main(["make-tiny-checkpoint", str(tmp_path / "t"), "--family", "pi05"]) == 0
     assert "policy_preprocessor.json" in capsys.readouterr().out
     assert load_pi0_checkpoint(tmp_path / "t").args.pi05
+
+
+def test_lerobot_mixed_precision(tiny_pi0):
+    ckpt = load_pi0_checkpoint(tiny_pi0, dtype=torch.bfloat16, lerobot_mixed=True)
+    dtypes = {k: v.dtype for k, v in ckpt.model.state_dict().items()}
+    assert dtypes["vlm.layers.0.self_attn.q_proj.weight"] == dtypes["expert.layers.1.mlp.up_proj.weight"] == torch.bfloat16
+    assert dtypes["vision.encoder.layers.0.mlp.fc1.weight"] == dtypes["vlm.layers.0.input_layernorm.weight"] == torch.float32
+    assert dtypes["action_in_proj.weight"] == dtypes["expert.norm." + ("dense.weight" if ckpt.args.pi05 else "weight")] == torch.float32
+    a = Pi0Policy(ckpt).infer(obs())["actions"]
+    b = Pi0Policy.load(tiny_pi0).infer(obs())["actions"]
+    assert np.isfinite(a).all() and np.abs(a - b).max() < 0.1 * np.abs(b).max()

@@ -244,7 +244,21 @@ def _verify(model: Pi0Model, state: dict[str, torch.Tensor]) -> dict[str, torch.
     return ours
 
 
-def load_pi0_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Pi0Checkpoint:
+# What LeRobot keeps in float32 when the policy runs in bfloat16 (``PaliGemmaWithExpertModel.
+# to_bfloat16_for_selected_params``; the action/time heads are outside that module and stay float32).
+FLOAT32_IN_BF16 = ("vision.", "projector.", "action_in_proj.", "action_out_proj.", "time_mlp_", "state_proj.",
+                   "action_time_mlp_")
+
+
+def keeps_float32(key: str) -> bool:
+    return key.startswith(FLOAT32_IN_BF16) or any(
+        f".{n}." in f".{key}" for n in ("input_layernorm", "post_attention_layernorm", "norm"))
+
+
+def load_pi0_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                        lerobot_mixed: bool = False) -> Pi0Checkpoint:
+    """Load a folder strictly. ``dtype`` for every weight, or with ``lerobot_mixed`` only for the
+    Gemma layers (vision, projector, norms and action/time heads stay float32, as LeRobot's bf16)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
@@ -266,7 +280,8 @@ def load_pi0_checkpoint(folder: str | Path, dtype: torch.dtype = torch.float32, 
     with torch.device("meta"):
         model = Pi0Model(args)
     state = _verify(model, _weights(folder))
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
+    model.load_state_dict({k: v.to(device=device, dtype=torch.float32 if lerobot_mixed and keeps_float32(k) else dtype)
+                           for k, v in state.items()}, strict=True, assign=True)
     tokenizer = folder / "tokenizer.model"
     return Pi0Checkpoint(model.eval(), args, folder, config, norm_map, features, stats,
                          tokenizer if tokenizer.is_file() else None)
