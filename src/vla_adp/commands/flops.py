@@ -51,8 +51,8 @@ def run(args) -> int:
     if args.family != "oft":
         from vla_adp.cost.pi0_flops import run_table
 
-        layer = args.layers[0] if args.layers != [0, 2, 4, 8, 16, 24] else 0  # the OFT default list means "unset"
-        return run_table(args.family, args.keep, layer, args.json, args.cameras, args.prompt_tokens)
+        # one cut layer: the first of --layers (0 by default)
+        return run_table(args.family, args.keep, args.layers[0], args.json, args.cameras, args.prompt_tokens)
     gamma = measured_gamma(args.gamma_from) if args.gamma_from else args.gamma
     settings = dict(gamma=gamma, rounding=args.rounding, convention=args.convention, mode=args.mode,
                     text_tokens=args.text_tokens, sums=args.sums)
