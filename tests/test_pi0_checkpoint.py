@@ -200,3 +200,14 @@ def test_lerobot_mixed_precision(tiny_pi0):
     a = Pi0Policy(ckpt).infer(obs())["actions"]
     b = Pi0Policy.load(tiny_pi0).infer(obs())["actions"]
     assert np.isfinite(a).all() and np.abs(a - b).max() < 0.1 * np.abs(b).max()
+
+
+def test_prompt_with_and_without_the_state(tiny_pi0):
+    """π0.5 (LeRobot) puts the discretised state into the prompt; openpi's pi05_libero does not."""
+    ckpt = load_pi0_checkpoint(tiny_pi0)
+    with_state, without = Pi0Policy(ckpt, discrete_state=True), Pi0Policy(ckpt, discrete_state=False)
+    a, b = with_state.inputs(obs()), without.inputs(obs())
+    assert a.token_mask.sum() > b.token_mask.sum()
+    other = {**obs(), "observation.state": obs()["observation.state"] + 1.0}
+    assert not torch.equal(with_state.inputs(other).tokens, a.tokens)
+    assert torch.equal(without.inputs(other).tokens, b.tokens)

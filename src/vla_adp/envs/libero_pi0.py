@@ -12,7 +12,9 @@ with ``docs/source/libero.mdx``'s π0.5 command; openpi ``examples/libero/main.p
   is what the π0 LIBERO data use, so there is no OFT-style gripper flip;
 * a chunk of 50 is predicted and the first ``replan_steps`` are executed.
 
-They differ in: render size (LeRobot 360², openpi 256²), replanning (LeRobot 10, openpi 5 actions
+They differ in: the prompt (openpi's ``pi05_libero`` config sets ``action_horizon=10,
+discrete_state_input=False``: π0's prompt ``"{task}\n"`` and no state at all; LeRobot's
+``pi05_libero_finetuned`` writes the discretised state into the prompt and predicts 50), render size (LeRobot 360², openpi 256²), replanning (LeRobot 10, openpi 5 actions
 per chunk), the env seed (openpi ``env.seed(7)`` for every episode; ``lerobot-eval`` seeds rollout
 ``i`` with ``1000 + i``, its default ``--seed``) and the resize (openpi
 resizes uint8 with PIL in the client; LeRobot in float torch inside the policy — we do the latter).
@@ -40,6 +42,7 @@ class Pi0LiberoProtocol:
         replan_steps: actions executed per predicted chunk.
         env_seed: ``env.seed`` at every reset (plus the episode index if ``seed_per_episode``).
         seed_per_episode: add the episode index to ``env_seed``.
+        discrete_state_input: π0.5 prompt with the discretised state (``Pi0Policy(discrete_state=…)``).
         image_size: the model's input side (the policy resizes with padding).
         wait_steps: settle steps before the policy starts.
     """
@@ -49,6 +52,7 @@ class Pi0LiberoProtocol:
     replan_steps: int
     env_seed: int
     seed_per_episode: bool = False
+    discrete_state_input: bool = True
     image_size: int = 224
     wait_steps: int = 10
 
@@ -60,7 +64,7 @@ class Pi0LiberoProtocol:
 
 PROTOCOLS = {
     "lerobot": Pi0LiberoProtocol("lerobot", camera_size=360, replan_steps=10, env_seed=1000, seed_per_episode=True),
-    "openpi": Pi0LiberoProtocol("openpi", camera_size=256, replan_steps=5, env_seed=7),
+    "openpi": Pi0LiberoProtocol("openpi", camera_size=256, replan_steps=5, env_seed=7, discrete_state_input=False),
 }
 CAMERAS = {"observation.images.image": "agentview_image", "observation.images.image2": "robot0_eye_in_hand_image"}
 

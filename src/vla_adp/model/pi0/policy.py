@@ -50,9 +50,11 @@ class Recorder:
 class Pi0Policy:
     def __init__(self, ckpt: Pi0Checkpoint, tokenizer_file: str | Path | None = None, seed: int = 0,
                  selector: PrefixSelector | None = None, gate=None, replan_steps: int | None = None,
-                 name: str | None = None):
+                 name: str | None = None, discrete_state: bool | None = None):
         self.ckpt, self.model, self.args = ckpt, ckpt.model, ckpt.args
         self.selector, self.gate, self.name = selector, gate, name
+        # π0.5's state-in-prompt (LeRobot); openpi's pi05_libero config turns it off
+        self.discrete_state = self.args.pi05 if discrete_state is None else discrete_state
         self.seed = seed
         tok = tokenizer_file or ckpt.tokenizer_file
         if tok is None:
@@ -111,7 +113,7 @@ class Pi0Policy:
         if state.shape[1] != want:
             raise ValueError(f"{STATE} must have {want} values, got {state.shape[1]}")
         norm_state = normalize(state, self.ckpt.stats[STATE], self.ckpt.norm_map.get("STATE", "IDENTITY"))
-        bins = discretize_state(norm_state[0].numpy()) if self.args.pi05 else None
+        bins = discretize_state(norm_state[0].numpy()) if self.discrete_state else None
         tokens, mask = self.tokenizer([prompt_text(str(obs["task"]), bins)])
         images, masks = self._images(obs)
         return Pi0Inputs(images, masks, tokens, mask, pad_vector(norm_state, self.args.max_state_dim))
