@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def env():
-    e = Pi0LiberoEnv("libero_spatial", 0, get_protocol("lerobot"), max_steps=12, render="fast")
+    # openpi's protocol: 256² renders (cheaper than LeRobot's 360²), 5 actions per chunk
+    e = Pi0LiberoEnv("libero_spatial", 0, get_protocol("openpi"), max_steps=10, render="fast")
     yield e
     e.close()
 
@@ -34,10 +35,11 @@ def ckpt(tmp_path_factory):
 def test_protocol_observation(env):
     obs = env.reset(0)
     img = obs["observation.images.image"]
-    assert img.shape == (360, 360, 3) and img.dtype == np.uint8
+    assert img.shape == (256, 256, 3) and img.dtype == np.uint8
     np.testing.assert_array_equal(img, env._raw["agentview_image"][::-1, ::-1])  # rotated 180°
     assert obs["observation.state"].shape == (8,) and obs["task"] == env.instruction
     assert PROTOCOLS["openpi"].replan_steps == 5 and PROTOCOLS["lerobot"].replan_steps == 10
+    assert PROTOCOLS["lerobot"].camera_size == 360 and not PROTOCOLS["openpi"].discrete_state_input
     with pytest.raises(ValueError, match="unknown π0 LIBERO protocol 'pi'"):
         get_protocol("pi")
 
@@ -46,11 +48,13 @@ def test_protocol_observation(env):
 def test_episode_runs(env, ckpt, adp):
     gate = ActionAwareGate(GateConfig()) if adp else None
     selector = TextImageSelector(keep_ratio=0.5) if adp else None
-    policy = Pi0Policy.load(ckpt, selector=selector, gate=gate, name="adp" if adp else None)
+    protocol = env.protocol
+    policy = Pi0Policy.load(ckpt, selector=selector, gate=gate, name="adp" if adp else None,
+                            replan_steps=protocol.replan_steps, discrete_state=protocol.discrete_state_input)
     queries = []
     rec = run_episode(env, policy, 0, EpisodeSettings("pi05-test", verbose=False), queries.append)
     assert rec.error is None, rec.error
-    assert rec.steps == 12 and rec.queries == 2 and len(queries) == 2  # 10 actions per chunk
+    assert rec.steps == 10 and rec.queries == 2 and len(queries) == 2  # 5 actions per chunk
     if adp:  # query 0 is a cold-start (full vision) query; a static schedule would prune both
         assert queries[0].gate_state == 0 and not queries[0].pruned
     full = queries[0].flops_full
