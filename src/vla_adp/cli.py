@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
     "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),
     "sweep": ("sweep", "evaluate a grid of pruning configs on Ray (local or a cluster)"),
-    "serve": ("serve", "serve a policy over HTTP (OpenVLA-OFT deploy.py protocol) with per-session pruning state"),
+    "serve": ("serve", "serve a policy to robots (OpenVLA-OFT deploy.py over HTTP, or openpi's websocket protocol) "
+                       "with per-session pruning state"),
     "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
     "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
     "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
