@@ -1,8 +1,9 @@
 """``vla-adp serve --checkpoint DIR``: the policy server for real robots.
 
-Two wire protocols: ``--protocol oft`` (default), OpenVLA-OFT's ``deploy.py`` HTTP protocol
+Three wire protocols: ``--protocol oft`` (default), OpenVLA-OFT's ``deploy.py`` HTTP protocol
 (:mod:`vla_adp.serve.server`), on port 8777; ``--protocol openpi``, openpi's msgpack-over-websocket
-protocol that ``openpi-client`` speaks (:mod:`vla_adp.serve.openpi_server`), on port 8000.
+protocol that ``openpi-client`` speaks (:mod:`vla_adp.serve.openpi_server`), on port 8000;
+``--protocol vla-eval``, a vla-eval model server (:mod:`vla_adp.serve.vla_eval_server`), on port 8000.
 Binds to 127.0.0.1 by default; another interface needs ``--allow-remote`` (no authentication).
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from vla_adp.commands.common import add_checkpoint_args, add_pruner_args, build_pruner_from_args, load_policy
 
-PORTS = {"oft": 8777, "openpi": 8000}  # deploy.py's and openpi's serve_policy.py's defaults
+PORTS = {"oft": 8777, "openpi": 8000, "vla-eval": 8000}  # deploy.py's, openpi's and vla-eval's defaults
 
 
 def add_arguments(p) -> None:
@@ -22,7 +23,8 @@ def add_arguments(p) -> None:
     add_pruner_args(p)
     p.add_argument("--protocol", choices=sorted(PORTS), default="oft",
                    help="oft = OpenVLA-OFT deploy.py over HTTP (default); openpi = openpi's websocket protocol "
-                        "(openpi-client's WebsocketClientPolicy), one connection per robot episode")
+                        "(openpi-client's WebsocketClientPolicy), one connection per robot episode; vla-eval = a "
+                        "vla-eval model server (its benchmarks connect to it)")
     p.add_argument("--key-map", default=None,
                    help="openpi only: JSON object (or a .json file) renaming client observation keys to ours, e.g. "
                         '\'{"observation/image": "full_image", "observation/wrist_image": "wrist_image", '
@@ -66,6 +68,11 @@ def run(args) -> int:
     if args.key_map is not None and args.protocol != "openpi":
         raise ValueError("--key-map applies to --protocol openpi only")
     key_map = load_key_map(args.key_map) if args.protocol == "openpi" else None
+    if args.protocol == "vla-eval":
+        import importlib.util
+
+        if importlib.util.find_spec("vla_eval") is None:  # before loading a 15 GB checkpoint
+            raise ValueError("--protocol vla-eval needs vla-eval: pip install 'vla-adp[vla-eval]'")
     config = ServerConfig(max_body_bytes=int(args.max_body_mb * (1 << 20)), session_ttl_s=args.session_ttl,
                           max_sessions=args.max_sessions, record_dir=args.record_dir)
     policy = load_policy(args, build_pruner_from_args(args))
@@ -75,6 +82,8 @@ def run(args) -> int:
             f"pruner {pruner})")
     if args.protocol == "openpi":
         return serve_openpi(policy, config, key_map, args.host, port, what)
+    if args.protocol == "vla-eval":
+        return serve_vla_eval(policy, config, args.host, port, what)
     from vla_adp.serve.server import create_app
 
     app = create_app(policy, config)
@@ -95,6 +104,19 @@ def serve_openpi(policy, config, key_map, host: str, port: int, what: str) -> in
           f"key map {key_map}", flush=True)
     try:
         asyncio.run(serve_forever(server, host, port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def serve_vla_eval(policy, config, host: str, port: int, what: str) -> int:
+    from vla_eval.model_servers.serve import serve
+
+    from vla_adp.serve.vla_eval_server import VlaAdpModelServer
+
+    print(f"{what} on ws://{host}:{port} as a vla-eval model server (GET /health)", flush=True)
+    try:
+        serve(VlaAdpModelServer(policy, config), host=host, port=port)
     except KeyboardInterrupt:
         pass
     return 0
