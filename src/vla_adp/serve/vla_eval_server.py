@@ -60,6 +60,7 @@ class VlaAdpModelServer(PredictModelServer):
         self.spec = obs_spec(policy, config)
         self.sessions: dict[str, Any] = {}
         self.libero = policy.platform.name == "libero"
+        self.last_info: dict[str, Any] | None = None  # the latest query's info (pruning, timing)
 
     # -- what the harness asks before an episode -------------------------------------------
     def get_observation_params(self) -> dict[str, Any]:
@@ -78,7 +79,9 @@ class VlaAdpModelServer(PredictModelServer):
         return {"position": POSITION_DELTA, "rotation": ROTATION_AA, "gripper": GRIPPER_CLOSE_POS}
 
     def get_observation_spec(self) -> dict:
-        spec = {"image": IMAGE_RGB, **({"wrist_image": IMAGE_RGB} if self.spec.n_wrist else {}), "language": LANGUAGE}
+        # LIBERO's camera names as LIBEROBenchmark declares them (the images are taken in order anyway)
+        main, wrist = ("agentview", "wrist") if self.libero else ("image", "wrist_image")
+        spec = {main: IMAGE_RGB, **({wrist: IMAGE_RGB} if self.spec.n_wrist else {}), "language": LANGUAGE}
         if self.libero and self.spec.needs_state:
             spec["state"] = STATE_EEF_POS_AA_GRIP
         return spec
@@ -131,5 +134,6 @@ class VlaAdpModelServer(PredictModelServer):
             out = self.policy.infer(self.observation(obs), session)
         finally:
             session.trajectory = []  # a refused query must not leave steps behind
+        self.last_info = out["info"]
         actions = out["actions"]
         return {"actions": T.libero_gripper(actions) if self.libero else actions}
