@@ -32,7 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vla_adp import __version__
+
     parser = argparse.ArgumentParser(prog="vla-adp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vla-adp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"vla_adp.commands.{args._module}")
     try:
+        if getattr(args, "checkpoint", None) is not None:
+            from vla_adp.commands.common import resolve_checkpoint_arg
+
+            resolve_checkpoint_arg(args)  # a Hub repo id -> its cached snapshot folder, once for every command
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # bad input: a message, not a traceback
         print(f"vla-adp {args.command}: error: {e}", file=sys.stderr)
