@@ -109,4 +109,5 @@ def test_fresh_venv_runs_help_predict_and_demo_outside_the_checkout(venv, tmp_pa
                  cwd=tmp_path)
     assert "platform metaworld" in out and "timings (ms)" in out
     out = run_in(venv, bin_ / "vla-adp", "demo", "--episodes", "1", "--out", tmp_path / "demo", cwd=tmp_path)
-    assert "ADP rho=0.5" in out and any((tmp_path / "demo").glob("*.mp4")), out
+    assert "ADP rho=0.5" in out and any((tmp_path / "demo").rglob("*.mp4")), out
+    assert (tmp_path / "demo" / "gate_timeline.png").is_file()
