@@ -75,6 +75,7 @@ def run_in(venv, *args, cwd, timeout=900):
     env.update(OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     out = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"{args}\nstdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-3000:]}"
+    assert "Exception ignored in" not in out.stderr, out.stderr[-3000:]  # e.g. EGL contexts at exit
     return out.stdout
 
 
