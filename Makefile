@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip >/dev/null
 	$(BIN)/python -m pip install -e ".[all,dev]"
+	$(BIN)/python -m pip install --no-deps "openpi-client>=0.1.2"  # see the dev extra in pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
     "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),
     "sweep": ("sweep", "evaluate a grid of pruning configs on Ray (local or a cluster)"),
-    "serve": ("serve", "serve a policy over HTTP (OpenVLA-OFT deploy.py protocol) with per-session pruning state"),
+    "serve": ("serve", "serve a policy to robots (OpenVLA-OFT deploy.py over HTTP, or openpi's websocket protocol) "
+                       "with per-session pruning state"),
     "flops": ("flops", "print the paper's FLOPs trade-off tables (Tables 5-9) from the analytic model"),
     "viz": ("viz", "pictures from logs: overlay, video, timeline, tradeoff, tables"),
     "analyze": ("analyze", "layer-wise text->vision importance, participation ratio, entropy, self-similarity"),
@@ -31,7 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vla_adp import __version__
+
     parser = argparse.ArgumentParser(prog="vla-adp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vla-adp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"vla_adp.commands.{args._module}")
     try:
+        if getattr(args, "checkpoint", None) is not None:
+            from vla_adp.commands.common import resolve_checkpoint_arg
+
+            resolve_checkpoint_arg(args)  # a Hub repo id -> its cached snapshot folder, once for every command
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # bad input: a message, not a traceback
         print(f"vla-adp {args.command}: error: {e}", file=sys.stderr)

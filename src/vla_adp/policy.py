@@ -22,6 +22,7 @@ import torch
 
 from vla_adp.model.checkpoint import Checkpoint, load_checkpoint, resolve_unnorm_key
 from vla_adp.model.executor import Executor
+from vla_adp.model.hub import is_repo_id, resolve_checkpoint
 from vla_adp.model.openvla_oft import OFTInputs
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.model import transforms as T
@@ -102,6 +103,9 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
              platform=None, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> "Policy":
+        """``path``: a checkpoint folder, or a Hub repo id resolved through the Hub cache (:mod:`vla_adp.model.hub`)."""
+        if not Path(path).exists() and is_repo_id(str(path)):
+            path = resolve_checkpoint(path)
         ckpt = load_checkpoint(path, platform=platform, dtype=dtype, device=device,
                                require_action_head=config.decode == "l1")
         return cls(ckpt, config, pruner)

@@ -17,7 +17,10 @@ LIGHTVLA_POLICY = ASSETS / "metaworld_lightvla"
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--checkpoint", required=required, help="checkpoint folder in the published OpenVLA-OFT layout")
+    p.add_argument("--checkpoint", required=required,
+                   help="checkpoint folder in the published OpenVLA-OFT layout, or a Hugging Face Hub repo id such as "
+                        "moojink/openvla-7b-oft-finetuned-libero-spatial (cached; HF_HUB_OFFLINE=1: cache only)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of a repo id --checkpoint")
     p.add_argument("--platform", default=None, help="libero | aloha | bridge | metaworld (default: from the folder, else libero)")
     p.add_argument("--unnorm-key", default=None, help="dataset key in dataset_statistics.json (e.g. libero_spatial)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -25,6 +28,18 @@ def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--action-slice", choices=["upstream", "vla_adp"], default="upstream",
                    help="upstream = OFT training (default); vla_adp = the reference ADP code's +1 shift")
     p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop (default: crop unless the checkpoint records otherwise)")
+
+
+def resolve_checkpoint_arg(args) -> None:
+    """A Hub repo id in ``args.checkpoint`` becomes its cached snapshot folder (:mod:`vla_adp.model.hub`);
+    folders, and names that are neither, stay as they are (the loader reports what is missing)."""
+    from vla_adp.model.hub import is_repo_id, resolve_checkpoint
+
+    ckpt, revision = getattr(args, "checkpoint", None), getattr(args, "revision", None)
+    if ckpt is None or (Path(ckpt).exists() and revision is None):
+        return
+    if revision is not None or is_repo_id(str(ckpt)):
+        args.checkpoint = str(resolve_checkpoint(ckpt, revision))
 
 
 def center_crop_of(args) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from vla_adp.envs.base import StepResult
+from vla_adp.envs.closing import track
 from vla_adp.model import transforms as T
 
 SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -160,6 +161,7 @@ class LiberoEnv:
                                        camera_widths=config.camera_size)
         self._env.seed(0)
         self._raw: dict[str, Any] | None = None
+        track(self)  # closed at exit if nobody did (no EGL tracebacks then; see envs/closing.py)
         self._expert = None
 
     @property

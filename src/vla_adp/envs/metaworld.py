@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vla_adp.envs.base import StepResult
+from vla_adp.envs.closing import track
 from vla_adp.model.transforms import rotate_180
 
 SPLITS = ("train", "eval")
@@ -186,6 +187,8 @@ class MetaWorldEnv:
         self._raw: np.ndarray | None = None
         self._obs: dict[str, Any] | None = None
         self.seed: int | None = None
+        self._closed = False
+        track(self)  # closed at exit if nobody did (no EGL tracebacks then; see envs/closing.py)
 
     def _configure(self, env) -> None:
         if isinstance(self.camera, str) and self.camera not in [env.model.camera(i).name for i in range(env.model.ncam)]:
@@ -230,6 +233,10 @@ class MetaWorldEnv:
         return np.concatenate([self._obs["full_image"], self._obs["wrist_image"]], axis=1)
 
     def close(self) -> None:
+        """Free the GL context of our renderer, then the simulator's own; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.renderer.close()
         self.env.close()
 
