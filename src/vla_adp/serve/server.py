@@ -268,9 +268,10 @@ async def read_body(request: Request, limit: int, body_timeout: float = 120.0, r
                         f"at most {limit} bytes (raise --max-body-mb or --max-image-side, or send smaller images)")
     stream = request.stream().__aiter__()
     if declared is not None and int(declared) > limit:
-        # Refuse at once, reading (and dropping) what arrives within a short while so that the client
-        # gets to read the answer instead of a reset connection.
-        await _drain(stream, DRAIN_SECONDS)
+        # Refuse at once. A client waiting for "100 Continue" sends nothing more; any other gets a short
+        # while to send (dropped) so that it reads the answer instead of a reset connection.
+        if "100-continue" not in request.headers.get("expect", "").lower():
+            await _drain(stream, DRAIN_SECONDS)
         raise too_big
     buf = bytearray()
     loop = asyncio.get_running_loop()
