@@ -37,7 +37,7 @@ def center_crop_of(args) -> bool:
         return False
     try:
         config = json.loads((Path(args.checkpoint) / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return True  # the loader reports a missing or bad config.json properly
     ours = config.get("vla_adp") if isinstance(config, dict) else None
     return bool(ours.get("center_crop", True)) if isinstance(ours, dict) else True  # (the loader checks the types)
