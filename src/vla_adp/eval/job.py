@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib
+import json
 import os
 import platform
 import socket
@@ -101,6 +102,18 @@ class EvalJob:
     @property
     def has_pruner(self) -> bool:
         return self.pruner is not None or self.pruning_config is not None
+
+
+def checkpoint_hints(checkpoint: str | Path) -> dict[str, Any]:
+    """What the checkpoint's writer recorded about its pixels (``config.json`` → ``vla_adp``):
+    ``render`` and ``camera_size`` of the demonstrations it was trained on; ``{}`` for the
+    published checkpoints (faithful rendering, 256-px cameras)."""
+    try:
+        cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}  # the loader reports a broken config.json with its own message
+    ours = cfg.get("vla_adp") if isinstance(cfg, dict) else None
+    return {k: ours[k] for k in ("render", "camera_size") if isinstance(ours, dict) and k in ours}
 
 
 def build_pruner(job: EvalJob):
@@ -212,8 +225,13 @@ def _run_locked(job: EvalJob, pruner, run: RunRecord, tasks: list[int], episodes
     mod = env_module(job.env)
     size = policy.model.args.image_size
 
+    extra = {}
+    camera = checkpoint_hints(job.checkpoint).get("camera_size")
+    if camera and job.env == "libero":  # a policy trained on other cameras than the 256-px protocol's
+        extra["camera_size"] = int(camera)
+
     def make(task_id: int):
-        return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size)
+        return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size, **extra)
 
     with LogWriter(job.log) as writer:
         writer.write(run)
