@@ -54,6 +54,16 @@ class ToyEnv:
         self.closed = True
 
 
+def suite_tasks(suite: str) -> list[str]:
+    """This module doubles as an env module (``ENV_FACTORIES["toy"] = "tests.eval_helpers"``)."""
+    return ["toy_task", "toy_task_2"]
+
+
+def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "faithful",
+             image_size: int = 224) -> ToyEnv:
+    return ToyEnv(task_id, max_steps or 9, success_at=5)
+
+
 @dataclass(frozen=True)
 class HalfConfig:
     keep_ratio: float = 0.5

@@ -144,7 +144,7 @@ BROKEN = {
     "no index": (lambda f: (f / "model.safetensors.index.json").unlink(), r"missing model\.safetensors\.index\.json"),
     "missing shard": (lambda f: _first_shard(f).unlink(), r"names shard 'model-00001-of-0000\d\.safetensors', which is missing"),
     "truncated shard": (lambda f: _first_shard(f).write_bytes(b"\x00" * 10), r"not a readable safetensors file"),
-    "missing key": (lambda f: _rewrite_shard(f, lambda s: s.pop(sorted(s)[0])), r"safetensors: missing key '.+' \(1 missing"),
+    "missing key": (lambda f: _rewrite_shard(f, lambda s: s.pop(sorted(s)[0])), r"safetensors'\]: missing key '.+' \(1 missing"),
     "unexpected key": (lambda f: _rewrite_shard(f, lambda s: s.update({"projector.extra": torch.zeros(2)})), r"unexpected key 'projector\.extra'"),
     "shape mismatch": (lambda f: _rewrite_shard(f, _shape_mismatch), r"has shape \(3,\), expected \("),
     "no action head": (lambda f: next(f.glob("action_head*")).unlink(), r"missing 'action_head--<step>_checkpoint\.pt'"),
@@ -154,8 +154,8 @@ BROKEN = {
     "no tokenizer": (lambda f: (f / "tokenizer.model").unlink(), r"missing file tokenizer\.model"),
     "no stats": (lambda f: (f / "dataset_statistics.json").unlink(), r"missing file dataset_statistics\.json"),
     "film": (lambda f: (f / "vision_backbone--5_checkpoint.pt").write_bytes(b""), r"FiLM \(OFT\+\) checkpoints are not supported"),
-    "wrong layer count": (lambda f: _edit_json(f / "config.json", lambda c: c["text_config"].update(num_hidden_layers=3)), r"says 3 decoder layers, the weights hold 2"),
-    "no timm ids": (lambda f: _edit_json(f / "config.json", lambda c: c.pop("timm_model_ids")), r"lacks 'timm_model_ids'"),
+    "wrong layer count": (lambda f: _edit_json(f / "config.json", lambda c: c["text_config"].update(num_hidden_layers=3)), r"says 3 decoder layers, the weight shards .* hold 2"),
+    "no timm ids": (lambda f: _edit_json(f / "config.json", lambda c: c.pop("timm_model_ids")), r"'timm_model_ids' is None, expected a list"),
 }
 
 

@@ -156,3 +156,83 @@ def test_records_with_bad_keys_or_empty_folders_are_errors(tmp_path):
         read_logs([tmp_path / "empty"])
     log.write_text(json.dumps({"kind": "run", "config_hash": "h", "method_hash": "m", "config": {}}) + "\n")
     assert read_log(log).method_of("h") == "m" and read_log(log).method_of("other") == "other"
+
+
+# -- one writer per log --------------------------------------------------------------------------
+def hold_lock_in_another_process(log):
+    """A real second process holding the log's lock until killed; returns it once the lock is held."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = ("import sys, time; from vla_adp.eval.logs import LogLock\n"
+            f"lock = LogLock({str(log)!r}).acquire(); print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(src)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_run_on_a_log_refuses_naming_the_holder_until_it_dies(tmp_path):
+    import socket
+
+    from vla_adp.eval.logs import LogBusy, LogLock
+
+    log = tmp_path / "run.jsonl"
+    proc = hold_lock_in_another_process(log)
+    try:
+        with pytest.raises(LogBusy) as e:
+            LogLock(log).acquire()
+        msg = str(e.value)
+        assert f"pid {proc.pid} on host {socket.gethostname()}" in msg and str(log) in msg and "--worker" in msg
+    finally:
+        proc.kill()  # SIGKILL: no clean-up runs, the kernel drops the lock
+        proc.wait()
+    with LogLock(log) as lock:
+        assert lock.fd is not None
+    with LogLock(log):  # released by the context manager
+        pass
+
+
+def test_two_evaluations_on_one_log_do_not_interleave(tiny_ckpt, tmp_path, monkeypatch):
+    """While one evaluation holds the log, a second run_job on it refuses before writing anything;
+    once the first is done the second resumes and runs only what is missing."""
+    from vla_adp.eval.job import ENV_FACTORIES, EvalJob, run_job
+    from vla_adp.eval.logs import LogBusy, LogLock
+
+    monkeypatch.setitem(ENV_FACTORIES, "toy", "tests.eval_helpers")
+    log = tmp_path / "toy.jsonl"
+    job = EvalJob(env="toy", suite="toy", checkpoint=str(tiny_ckpt), log=str(log), tasks=(0,), episodes=(0, 2),
+                  verbose=False)
+    with LogLock(log):  # the first run, mid-way
+        with pytest.raises(LogBusy, match=f"pid {__import__('os').getpid()}"):
+            run_job(job)
+        assert not log.exists() or log.read_bytes() == b""
+    assert [r.episode for r in run_job(job)] == [0, 1]
+    assert run_job(job) == []
+    assert read_log(log).dropped_queries == 0
+
+
+def test_per_worker_logs_share_the_work(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    from vla_adp.cli import main
+    from vla_adp.eval.job import ENV_FACTORIES
+    from vla_adp.eval.logs import sibling_logs, worker_log
+
+    monkeypatch.setitem(ENV_FACTORIES, "toy", "tests.eval_helpers")
+    log = tmp_path / "toy.jsonl"
+    common = ["eval", "toy", "--checkpoint", str(tiny_ckpt), "--suite", "toy", "--tasks", "0", "--log", str(log),
+              "--device", "cpu", "--dtype", "fp32", "--quiet"]
+    assert main(common + ["--trials", "2", "--worker", "gpu-a"]) == 0
+    assert main(common + ["--trials", "3", "--worker", "gpu-b"]) == 0  # only episode 2 is left for b
+    out = capsys.readouterr().out
+    a, b = worker_log(log, "gpu-a"), worker_log(log, "gpu-b")
+    assert a.name == "toy.worker-gpu-a.jsonl" and sibling_logs(log) == [a, b] == sibling_logs(b)
+    assert sorted(k[3] for k in read_log(a).episodes) == [0, 1]
+    assert sorted(k[3] for k in read_log(b).episodes) == [2]
+    assert "3/3 successes" in out.splitlines()[-2] and not log.exists()
+    assert main(common + ["--trials", "3"]) == 0  # the shared log itself: its own resume set, runs everything
+    assert len(read_log(log).episodes) == 3
+    with pytest.raises(ValueError, match="worker name"):
+        worker_log(log, "a/b")

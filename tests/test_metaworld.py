@@ -248,6 +248,30 @@ def test_resume_without_state_says_where_it_looked(dataset, tmp_path):
         Trainer(cfg, resume=True, progress=False)
 
 
+class RunsCode:
+    """Unpickling this creates a marker file: a pickle that runs code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_refuses_a_pickle_that_runs_code(dataset, tmp_path):
+    import pickle
+
+    from vla_adp.train.trainer import STATE_FILE
+
+    cfg = TrainConfig(str(dataset[0]), str(tmp_path / "evil"), model=TINY)
+    marker = tmp_path / "code-ran"
+    (tmp_path / "evil" / STATE_FILE).parent.mkdir(parents=True)
+    (tmp_path / "evil" / STATE_FILE).write_bytes(pickle.dumps({"model": RunsCode(marker)}))
+    with pytest.raises(ValueError, match=r"state\.pt cannot be read safely \(UnpicklingError"):
+        Trainer(cfg, resume=True, progress=False)
+    assert not marker.exists()
+
+
 def test_thread_tuner_keeps_the_faster_count():
     from vla_adp.train.threads import ThreadTuner
 

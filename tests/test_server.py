@@ -28,10 +28,13 @@ from vla_adp.policy import Policy
 from vla_adp.pruning.registry import build_pruner
 from vla_adp.serve.client import RemotePolicy, RemotePolicyError
 from vla_adp.serve.metrics import percentiles
-from vla_adp.serve.server import BackgroundServer, ServerConfig, check_bind, create_app, is_loopback, jsonable
+from vla_adp.serve.server import (BackgroundServer, ServerConfig, body_limit, check_bind, create_app, is_loopback,
+                                  jsonable)
 
 TTL = 100.0
-MAX_BODY = 2 << 20
+MAX_SIDE = 512
+MAX_BODY = body_limit(2, MAX_SIDE)  # the default limit for two images of at most 512 x 512
+ANON = "anon-127.0.0.1"  # the session of id-less requests from this machine
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -57,7 +60,7 @@ def clock():
 
 @pytest.fixture(scope="module")
 def server(policy, clock):
-    config = ServerConfig(max_body_bytes=MAX_BODY, session_ttl_s=TTL, max_sessions=16, max_image_side=512)
+    config = ServerConfig(session_ttl_s=TTL, max_sessions=16, max_image_side=MAX_SIDE)
     with BackgroundServer(create_app(policy, config, clock=clock)) as srv:
         yield srv
 
@@ -103,7 +106,7 @@ def assert_serving(http, policy):
 def test_oft_client_round_trip(http, policy):
     """A raw json_numpy body as deploy.py's clients send it; the answer is a list of chunk actions."""
     obs = make_obs(1)
-    assert post(http, "/reset").json()["session_id"] == "default"
+    assert post(http, "/reset").json()["session_id"] == ANON
     r = post(http, "/act", obs)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     actions = json_numpy.loads(r.text)
@@ -233,7 +236,7 @@ def test_unknown_and_expired_sessions(http, clock):
     assert r.status_code == 404 and "expired after 100 s idle" in r.json()["error"]
     assert http.get("/metrics").json()["expired_sessions"] > before
     assert http.get("/health").json()["live_sessions"] == 0
-    assert post(http, "/act", make_obs(0)).status_code == 200  # the default session is re-created
+    assert post(http, "/act", make_obs(0)).status_code == 200  # the anonymous session is created on demand
 
 
 def test_record_dir_writes_one_overlay_video_per_session_episode(policy, tmp_path):
@@ -519,9 +522,11 @@ def test_remote_policy_unknown_server_session(server):
 def test_loopback_only_unless_asked():
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.com"))
-    check_bind("0.0.0.0", allow_remote=True)
+    check_bind("0.0.0.0", None, allow_remote=True)
+    check_bind("0.0.0.0", "a-shared-token", allow_remote=False)
+    check_bind("127.0.0.1", None, allow_remote=False)
     with pytest.raises(ValueError, match="--allow-remote"):
-        check_bind("0.0.0.0", allow_remote=False)
+        check_bind("0.0.0.0", None, allow_remote=False)
 
 
 def test_cli_refuses_a_public_bind_before_loading(tiny_ckpt, capsys):
@@ -568,4 +573,4 @@ def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
     assert proc.returncode == 0 and f"on http://127.0.0.1:{port}" in out
     import imageio.v2 as imageio
 
-    assert len(imageio.mimread(tmp_path / "session-default" / "episode-0000.mp4")) == 1  # finished at shutdown
+    assert len(imageio.mimread(tmp_path / f"session-{ANON}" / "episode-0000.mp4")) == 1  # finished at shutdown

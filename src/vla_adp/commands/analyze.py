@@ -14,7 +14,7 @@ def add_arguments(p) -> None:
     sub = p.add_subparsers(dest="analyze_command", metavar="WHAT", required=True)
     lay = sub.add_parser("layers", help="Φ, participation ratio, entropy and self-similarity per decoder layer")
     add_checkpoint_args(lay)
-    lay.add_argument("--obs", default=None, help=".npz/.pkl observation (default: a synthetic one)")
+    lay.add_argument("--obs", default=None, help=".npz/.json observation (default: a synthetic one)")
     lay.add_argument("--instruction", default=None, help="override the observation's instruction")
     lay.add_argument("--similarity-layers", default=None,
                      help="comma-separated layers for self-similarity (default: first, middle, last)")

@@ -52,9 +52,10 @@ def center_crop_of(args) -> bool:
         return False
     try:
         config = json.loads((Path(args.checkpoint) / "config.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return True  # the loader reports a missing or bad config.json properly
-    return bool((config.get("vla_adp") or {}).get("center_crop", True))
+    ours = config.get("vla_adp") if isinstance(config, dict) else None
+    return bool(ours.get("center_crop", True)) if isinstance(ours, dict) else True  # (the loader checks the types)
 
 
 def dtype_of(args) -> torch.dtype:

@@ -4,7 +4,10 @@ The documented full run (OpenVLA-OFT protocol, one suite, GPU)::
 
     vla-adp eval libero --checkpoint DIR --suite libero_spatial --trials 50
 
-Rerunning the same command resumes from its log: finished episodes are skipped.
+Rerunning the same command resumes from its log: finished episodes are skipped. One run writes a
+log at a time (a second run on the same log refuses, naming the first); runs that split the work
+by hand on one log take ``--worker NAME`` each: every worker appends to its own
+``<log stem>.worker-NAME.jsonl`` and skips episodes any of them (or the shared log) finished.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ def add_arguments(p) -> None:
                    help="no multisampling/shadows/reflections: ~3x faster on a CPU, pixels differ from the published "
                         "checkpoints' training (default: the renderer the checkpoint records, else faithful)")
     p.add_argument("--log", default=None, help="JSONL log (default: runs/ENV-SUITE-CONFIGHASH.jsonl); resumes from it")
+    p.add_argument("--worker", default=None, metavar="NAME",
+                   help="write a per-worker log LOG_STEM.worker-NAME.jsonl beside the log instead, skipping episodes "
+                        "the log and the other workers' logs already hold (several evaluations of one config at once)")
     add_recording_args(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no per-episode lines")
@@ -90,7 +96,7 @@ def run(args) -> int:
     import torch
 
     from vla_adp.eval.job import run_config, run_job, task_ids
-    from vla_adp.eval.logs import config_hash, read_logs
+    from vla_adp.eval.logs import config_hash, read_logs, sibling_logs, worker_log
     from vla_adp.eval.stats import success_rate
 
     if args.threads:
@@ -98,13 +104,20 @@ def run(args) -> int:
     job = job_from_args(args)
     task_ids(job)  # a bad suite or task id fails here, before anything is written
     h = config_hash(run_config(job))
-    job = dataclasses.replace(job, log=args.log or str(Path("runs") / f"{args.env}-{args.suite}-{h}.jsonl"))
+    base = Path(args.log or Path("runs") / f"{args.env}-{args.suite}-{h}.jsonl")
+    if args.worker is not None:
+        log = worker_log(base, args.worker)
+        others = tuple(str(p) for p in sibling_logs(base) if p != log)
+        job = dataclasses.replace(job, log=str(log), resume_logs=others)
+    else:
+        job = dataclasses.replace(job, log=str(base))
     print(f"config {h}  log {job.log}", flush=True)
     run_job(job)
-    eps = [e for e in read_logs([job.log]).episodes.values() if e.config_hash == h]
+    logs = sibling_logs(base) if args.worker is not None else [Path(job.log)]
+    eps = [e for e in read_logs([p for p in logs if p.is_file()]).episodes.values() if e.config_hash == h]
     r = success_rate(e.success for e in eps)
     errors = sum(e.error is not None for e in eps)
     print(f"{args.suite}: {r.k}/{r.n} successes ({100 * r.rate:.1f}%, Wilson 95% [{100 * r.lo:.1f}, "
-          f"{100 * r.hi:.1f}]), {errors} errors, in {job.log}")
-    print(f"table: vla-adp report {job.log}")
+          f"{100 * r.hi:.1f}]), {errors} errors, in {' + '.join(str(p) for p in logs)}")
+    print(f"table: vla-adp report {' '.join(str(p) for p in logs)}")
     return 0

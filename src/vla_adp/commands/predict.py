@@ -1,9 +1,16 @@
-"""``vla-adp predict --checkpoint DIR [--obs FILE]``: one action chunk and its timings."""
+"""``vla-adp predict --checkpoint DIR [--obs FILE]``: one action chunk and its timings.
+
+``--obs`` reads ``.npz`` (no pickled objects) or ``.json`` (the server's body: json-numpy arrays or
+plain lists) and validates it as the policy server does. Pickle files are refused: loading one runs
+whatever code it holds. OFT's ``sample_libero_spatial_observation.pkl`` converts once, in a
+Python you trust::
+
+    python -c "import pickle, numpy as np; np.savez('obs.npz', **pickle.load(open('sample.pkl', 'rb')))"
+"""
 
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +22,9 @@ def add_arguments(p) -> None:
     add_checkpoint_args(p)
     add_pruner_args(p)
     p.add_argument("--obs", default=None,
-                   help=".npz or .pkl with full_image, wrist_image, state and instruction/task_description "
-                        "(OFT's sample_libero_spatial_observation.pkl works); default: a synthetic observation")
+                   help=".npz or .json with full_image, wrist_image, state and instruction/task_description "
+                        "(pickle files are refused: see the module help to convert OFT's sample .pkl); "
+                        "default: a synthetic observation")
     p.add_argument("--instruction", default=None, help="override the observation's instruction")
     p.add_argument("--repeat", type=int, default=5,
                    help="queries in one episode (the action-aware gate starts with full-vision windows); "
@@ -24,7 +32,9 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print actions and info as JSON")
 
 
-def read_obs(path: str | None, policy) -> dict:
+def read_obs(path: str | None, policy, instruction: str | None = None) -> dict:
+    """The observation in ``path`` (checked against ``policy`` when given), else a synthetic one;
+    ``instruction`` replaces the file's."""
     if path is None:
         rng = np.random.default_rng(0)
         size = policy.model.args.image_size
@@ -36,23 +46,72 @@ def read_obs(path: str | None, policy) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"observation file not found: {p}")
+    if p.suffix in (".pkl", ".pickle"):
+        raise ValueError(f"{p}: pickle files are not read (loading one runs the code it holds); convert it to .npz "
+                         "in a Python you trust: python -c \"import pickle, numpy as np; np.savez('obs.npz', "
+                         f"**pickle.load(open('{p.name}', 'rb')))\"")
     if p.suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            obs = {k: (str(z[k]) if z[k].dtype.kind in "US" else z[k]) for k in z.files}
-    elif p.suffix in (".pkl", ".pickle"):
-        with open(p, "rb") as f:
-            obs = pickle.load(f)
+        obs = _read_npz(p)
+    elif p.suffix == ".json":
+        obs = _read_json_obs(p)
     else:
-        raise ValueError(f"--obs must be a .npz or .pkl file, got {p.name!r}")
-    if not isinstance(obs, dict):
-        raise ValueError(f"{p}: expected a dict of observation fields, found {type(obs).__name__}")
+        raise ValueError(f"--obs must be a .npz or .json file, got {p.name!r}")
+    if instruction:
+        obs.pop("task_description", None)
+        obs["instruction"] = instruction
+    return obs if policy is None else _checked(obs, p, policy)
+
+
+def _read_npz(p: Path) -> dict:
+    import zipfile
+
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: (str(z[k]) if z[k].dtype.kind in "US" else z[k]) for k in z.files}
+    except ValueError as e:  # an object array: stored as a pickle inside the archive
+        raise ValueError(f"{p}: {e} (store plain numeric arrays and strings)") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{p}: not a readable .npz archive ({type(e).__name__}: {e})") from None
+
+
+def _read_json_obs(p: Path) -> dict:
+    from vla_adp.serve.validate import RequestError, parse_json
+
+    try:
+        obs, _ = parse_json(p.read_bytes())
+    except RequestError as e:
+        raise ValueError(f"{p}: {e.error} (expected {e.expected})") from None
+    for key, value in obs.items():  # plain nested lists: images as uint8, states as float
+        if isinstance(value, list) and (key == "full_image" or "wrist" in key):
+            arr = np.asarray(value) if _numeric(value) else None
+            if arr is not None and arr.dtype.kind in "iu" and arr.size and 0 <= arr.min() and arr.max() <= 255:
+                obs[key] = arr.astype(np.uint8)
     return obs
+
+
+def _numeric(value) -> bool:
+    try:
+        return np.asarray(value).dtype.kind in "iuf"
+    except (ValueError, TypeError):
+        return False
+
+
+def _checked(obs: dict, p: Path, policy) -> dict:
+    """The observation as the policy server would accept it (same checks and messages), else a ValueError."""
+    from vla_adp.serve.validate import ObsSpec, RequestError, check_act
+
+    a = policy.model.args
+    spec = ObsSpec(n_wrist=a.n_images - 1, proprio_dim=policy.platform.proprio_dim, needs_state=bool(a.use_proprio))
+    try:
+        return check_act(obs, spec).obs
+    except RequestError as e:
+        raise ValueError(f"{p}: {e.error} (expected {e.expected})") from None
 
 
 def run(args) -> int:
     pruner = build_pruner_from_args(args)
     policy = load_policy(args, pruner)
-    obs = read_obs(args.obs, policy)
+    obs = read_obs(args.obs, policy, args.instruction)
     if args.instruction:
         obs["instruction"] = args.instruction
     policy.reset()

@@ -92,7 +92,7 @@ def _overlay_args(p) -> None:
     p.add_argument("--query", type=int, default=None, help="query index within the episode")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--frame", nargs="+", help="PNG/JPEG frame per camera, in the policy's camera order")
-    src.add_argument("--obs", help=".npz/.pkl observation (full_image, wrist_image...)")
+    src.add_argument("--obs", help=".npz/.json observation (full_image, wrist_image...)")
     src.add_argument("--frames", help="episode frames .npz (as for `viz video`; EpisodeRecorder(frames_path=...)): "
                                       "the frame at the query's step is used")
     p.add_argument("--out", required=True, help="output PNG")

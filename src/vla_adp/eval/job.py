@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla_adp.eval.logs import LogWriter, checkpoint_identity, config_hash, finished_episodes, jsonable
+from vla_adp.eval.logs import LogLock, LogWriter, checkpoint_identity, config_hash, finished_episodes, jsonable
 from vla_adp.eval.runner import EpisodeSettings, run_suite
 from vla_adp.eval.schema import EpisodeRecord, RunRecord
 
@@ -63,6 +63,8 @@ class EvalJob:
             ``vla_adp.commands.common.DTYPES``).
         log_indices, video_dir, overlay_video_dir, verbose: see :class:`EpisodeSettings`; they do
             not change the results, so they are not part of the run's identity.
+        resume_logs: other logs of the same run (the other workers' logs): episodes finished there
+            are skipped too; read only, never locked.
     """
 
     env: str
@@ -87,6 +89,7 @@ class EvalJob:
     video_dir: str | None = None
     verbose: bool = True
     overlay_video_dir: str | None = None
+    resume_logs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         env_module(self.env)
@@ -199,12 +202,21 @@ def task_ids(job: EvalJob) -> list[int]:
 
 
 def run_job(job: EvalJob) -> list[EpisodeRecord]:
-    """Run the job's missing episodes, appending to its log; returns the episodes run now."""
+    """Run the job's missing episodes, appending to its log; returns the episodes run now.
+
+    Holds the log's :class:`~vla_adp.eval.logs.LogLock` throughout: a second run on the same log
+    raises :class:`~vla_adp.eval.logs.LogBusy` naming the first.
+    """
     pruner = build_pruner(job)
     config = run_config(job, pruner)
     run = run_record(job, config)
     tasks, episodes = task_ids(job), range(*job.episodes)
-    done = finished_episodes([job.log], run.config_hash)
+    with LogLock(job.log):
+        return _run_locked(job, pruner, run, tasks, episodes)
+
+
+def _run_locked(job: EvalJob, pruner, run: RunRecord, tasks: list[int], episodes: range) -> list[EpisodeRecord]:
+    done = finished_episodes([*job.resume_logs, job.log], run.config_hash)
     if all((job.suite, t, e) in done for t in tasks for e in episodes):
         return []
     policy = load_policy(job, pruner)

@@ -16,15 +16,26 @@ This is the one reader of run logs: the report, the resume logic and every pictu
   part without suite, checkpoint and step limits) gives the ``method_hash`` a report row groups by.
 * Resume: :func:`finished_episodes` lists the (suite, task, episode) a config has already logged;
   the runner skips them, so a rerun neither repeats nor loses an episode.
+* One writer per file: a run holds :class:`LogLock` (``flock`` on ``<log>.lock``, which names the
+  holder's host, pid and command) for as long as it appends; a second run on the same log refuses
+  with :class:`LogBusy` instead of interleaving its query lines with the first one's (which would
+  read as interrupted attempts and drop records). Runs that share work use one log each
+  (:func:`worker_log`) and skip what the others finished. The lock is released when the process
+  ends, however it ends; it is as reliable as ``flock`` on the file system (local disks, NFSv4).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import fcntl
 import functools
 import hashlib
 import json
 import os
+import re
+import socket
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +144,87 @@ class LogWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LogBusy(ValueError):
+    """Another run holds the log's lock; the message names it."""
+
+
+class LogLock:
+    """Exclusive right to append to one log: ``flock`` on the side file ``<log>.lock``.
+
+    The side file (kept between runs; only the lock matters) records the holder as JSON, so a refused
+    run can say who holds it. Use as a context manager around reading the resume set and appending.
+    """
+
+    def __init__(self, log: str | Path):
+        self.log = Path(log)
+        self.path = self.log.with_name(self.log.name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> "LogLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: held elsewhere
+            os.close(fd)
+            raise LogBusy(f"{self.log} is being written by another run ({self.holder()}); wait for it to finish, or "
+                          "give this run its own log (vla-adp eval --log FILE, or --worker NAME for a per-worker log "
+                          "that skips what the other workers finished)") from None
+        holder = {"host": socket.gethostname(), "pid": os.getpid(),
+                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "command": " ".join(sys.argv)[:300]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def holder(self) -> str:
+        """Who holds the lock, as the side file says."""
+        try:
+            h = json.loads(self.path.read_text())
+            return f"pid {h['pid']} on host {h['host']} since {h['since']}: {h['command']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"holder unknown: {self.path} names none yet"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "LogLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+WORKER = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def worker_log(log: str | Path, worker: str) -> Path:
+    """The per-worker log of ``worker`` beside ``log``: ``<stem>.worker-<worker>.jsonl``."""
+    if not WORKER.fullmatch(worker):
+        raise ValueError(f"worker name {worker!r}: expected 1-64 characters from A-Z a-z 0-9 . _ -")
+    log = Path(log)
+    return log.with_name(f"{log.stem}.worker-{worker}{log.suffix or '.jsonl'}")
+
+
+def sibling_logs(log: str | Path) -> list[Path]:
+    """``log`` and every per-worker log beside it (those that exist): one run's whole record."""
+    log = Path(log)
+    base = log.name.split(".worker-")[0].removesuffix(log.suffix)
+    found = sorted(log.parent.glob(f"{glob_escape(base)}.worker-*{log.suffix}")) if log.parent.is_dir() else []
+    main = log.with_name(base + log.suffix)
+    return ([main] if main.is_file() else []) + [p for p in found if p != main]
+
+
+def glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def write_records(path: str | Path, records: Iterable[Any]) -> Path:

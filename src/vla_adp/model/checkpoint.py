@@ -8,9 +8,13 @@
     dataset_statistics.json           {<dataset>: {action: {q01, q99, mask, …}, proprio: {…}}}
     tokenizer.model (+ tokenizer_config.json, special_tokens_map.json), preprocessor_config.json
 
-Loading is strict: a missing file or key, an unexpected key or a shape mismatch raises
-:class:`CheckpointError` naming the file, the key, the expected and the found shape. The vision
-towers' geometry is derived from the tensor shapes (the config names only the timm ids).
+Loading is strict and validates everything a request will touch, so that a folder that loads can
+serve: a missing, unreadable or mistyped file, a missing or unexpected key, a shape mismatch, a
+non-floating-point or non-finite tensor, statistics of the wrong length and a tokenizer the model
+cannot embed all raise :class:`CheckpointError` (a ``ValueError``; the CLI prints it as one line)
+naming the file, the key, what was found and what was expected. The vision towers' geometry is
+derived from the tensor shapes (the config names only the timm ids). Nothing is unpickled: side
+``.pt`` files load with ``torch.load(weights_only=True)`` and must hold plain tensors.
 """
 
 from __future__ import annotations
@@ -53,14 +57,36 @@ class Checkpoint:
     platform: Platform
 
 
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}  # safetensors' names
+
+
 # -- small readers ---------------------------------------------------------------------------
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, expect: type | None = dict) -> Any:
+    """A JSON file's content (of type ``expect`` if given); every failure names the file."""
     if not path.is_file():
         raise CheckpointError(f"missing file {path.name} in {path.parent}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except (OSError, RecursionError) as e:
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    if expect is not None and not isinstance(data, expect):
+        raise CheckpointError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                              f"found a JSON {_json_type(data)}")
+    return data
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
 
 def _find_side_file(folder: Path, kind: str, required: bool) -> Path | None:
@@ -80,16 +106,28 @@ class SideState(dict):
 
 
 def _load_side_state(path: Path) -> SideState:
-    try:
+    try:  # weights_only: tensors and plain containers only, no code from the file runs
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt pickle, truncated file, ...
-        raise CheckpointError(f"{path}: cannot read the state dict ({type(e).__name__}: {e})") from None
+    except Exception as e:  # corrupt or truncated file, a pickle that wants to run code, ...
+        raise CheckpointError(f"{path}: cannot read the state dict safely ({_first_line(e)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: key {k!r} holds a {type(v).__name__}, expected a tensor")
+        _check_tensor(v, str(k), path.name)
     # Saved from DDP-wrapped modules: strip a leading 'module.'.
     out = SideState((k[len("module."):] if k.startswith("module.") else k, v) for k, v in state.items())
     out.source = path.name
     return out
+
+
+def _check_tensor(t: torch.Tensor, key: str, source: str) -> None:
+    """Floating point (a cast from int would load silently) and finite."""
+    if not t.is_floating_point():
+        raise CheckpointError(f"{source}: tensor {key!r} is stored as {t.dtype}, expected a floating-point type")
+    if not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{source}: tensor {key!r} holds non-finite values (NaN or inf)")
 
 
 def weight_map(folder: Path) -> dict[str, str]:
@@ -99,30 +137,55 @@ def weight_map(folder: Path) -> dict[str, str]:
         wm = _read_json(index).get("weight_map")
         if not isinstance(wm, dict) or not wm:
             raise CheckpointError(f"{index}: no 'weight_map' object")
+        for key, shard in wm.items():
+            if not isinstance(shard, str) or Path(shard).name != shard or not shard.endswith(".safetensors"):
+                raise CheckpointError(f"{index}: weight_map[{key!r}] is {shard!r}, expected the file name of a "
+                                      "*.safetensors shard in the same folder")
         for shard in sorted(set(wm.values())):
             if not (folder / shard).is_file():
                 raise CheckpointError(f"{index} names shard {shard!r}, which is missing from {folder}")
         return wm
     single = folder / "model.safetensors"
     if single.is_file():
-        with safe_open(str(single), "pt") as f:
-            return {k: single.name for k in f.keys()}
+        try:
+            with safe_open(str(single), "pt") as f:
+                return {k: single.name for k in f.keys()}
+        except Exception as e:
+            raise CheckpointError(f"{single}: not a readable safetensors file ({_first_line(e)})") from None
     raise CheckpointError(f"{folder}: missing {INDEX_FILE} (or model.safetensors)")
 
 
 def read_shapes(folder: Path, wm: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape from the shard headers; refuses non-floating-point tensors."""
     shapes: dict[str, tuple[int, ...]] = {}
     for shard in sorted(set(wm.values())):
         try:
             with safe_open(str(folder / shard), "pt") as f:
+                dtypes = {}
                 for k in f.keys():
-                    shapes[k] = tuple(f.get_slice(k).get_shape())
+                    sl = f.get_slice(k)
+                    shapes[k], dtypes[k] = tuple(sl.get_shape()), sl.get_dtype()
         except Exception as e:
-            raise CheckpointError(f"{folder / shard}: not a readable safetensors file ({e})") from None
+            raise CheckpointError(f"{folder / shard}: not a readable safetensors file ({_first_line(e)})") from None
+        for k, dt in dtypes.items():
+            if dt not in FLOAT_DTYPES:
+                raise CheckpointError(f"{shard}: tensor {k!r} is stored as {dt}, expected a floating-point type "
+                                      f"({', '.join(sorted(FLOAT_DTYPES))})")
     missing = sorted(set(wm) - set(shapes))
     if missing:
         raise CheckpointError(f"{INDEX_FILE} lists {len(missing)} keys absent from their shards, e.g. {missing[0]!r}")
     return shapes
+
+
+def _weights_name(shapes: dict) -> str:
+    """How error messages name the weight files (set by :func:`load_checkpoint`)."""
+    return getattr(shapes, "source", "the weights")
+
+
+class Shapes(dict):
+    """Tensor shapes that remember which files they came from (for error messages)."""
+
+    source = "the weights"
 
 
 # -- key names -------------------------------------------------------------------------------
@@ -161,46 +224,89 @@ def _family(timm_id: str) -> str:
 def derive_tower(timm_id: str, prefix: str, shapes: dict, mean=None, std=None) -> VisionTowerArgs:
     def shape(name: str) -> tuple[int, ...]:
         if prefix + name not in shapes:
-            raise CheckpointError(f"weights lack {prefix + name!r}, needed to derive the {timm_id} tower geometry")
+            raise CheckpointError(f"{_weights_name(shapes)}: no tensor {prefix + name!r}, needed to derive the "
+                                  f"{timm_id} tower geometry")
         return shapes[prefix + name]
 
+    if len(shape("patch_embed.proj.weight")) != 4:
+        raise CheckpointError(f"{_weights_name(shapes)}: {prefix}patch_embed.proj.weight has shape "
+                              f"{shape('patch_embed.proj.weight')}, expected (width, 3, patch, patch)")
     width, _, patch, _ = shape("patch_embed.proj.weight")
-    depth = 1 + max(int(k[len(prefix):].split(".")[1]) for k in shapes if k.startswith(prefix + "blocks."))
+    blocks = [k[len(prefix):].split(".")[1] for k in shapes if k.startswith(prefix + "blocks.")]
+    if not blocks or not all(b.isdigit() for b in blocks):
+        raise CheckpointError(f"{_weights_name(shapes)}: no numbered {prefix}blocks.<i>.* tensors")
+    depth = 1 + max(int(b) for b in blocks)
     class_token = prefix + "cls_token" in shapes
     reg_tokens = shapes[prefix + "reg_token"][1] if prefix + "reg_token" in shapes else 0
     head_dim, no_embed_class = _timm_defaults(timm_id)
-    n_pos = shape("pos_embed")[1]
+    pos = shape("pos_embed")
+    n_pos = pos[1] if len(pos) == 3 else 0
     n_patches = n_pos - (1 if class_token and not no_embed_class else 0)
-    grid = math.isqrt(n_patches)
-    if grid * grid != n_patches:
-        raise CheckpointError(f"{prefix}pos_embed has {n_pos} positions: not a square patch grid")
+    grid = math.isqrt(max(n_patches, 0))
+    if n_patches < 1 or grid * grid != n_patches:
+        raise CheckpointError(f"{_weights_name(shapes)}: {prefix}pos_embed has shape {pos}: not a square patch grid")
     if width % head_dim:
-        raise CheckpointError(f"{prefix}: width {width} is not a multiple of {timm_id}'s head size {head_dim}")
+        raise CheckpointError(f"{_weights_name(shapes)}: {prefix} width {width} is not a multiple of {timm_id}'s "
+                              f"head size {head_dim}")
     imagenet = _family(timm_id) == "dinov2"
+    mean, std = mean or (IMAGENET_MEAN if imagenet else (0.5, 0.5, 0.5)), std or (IMAGENET_STD if imagenet else (0.5, 0.5, 0.5))
+    for name, v in (("means", mean), ("stds", std)):
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_finite(x) for x in v)
+                and (name == "means" or all(x > 0 for x in v))):
+            raise CheckpointError(f"preprocessor_config.json: {name} entry {v!r} for {timm_id}, expected 3 finite "
+                                  f"numbers{' > 0' if name == 'stds' else ''} (one per RGB channel)")
     return VisionTowerArgs(
         timm_id=timm_id, image_size=grid * patch, patch_size=patch, width=width, depth=depth,
         heads=width // head_dim, mlp_hidden=shape("blocks.0.mlp.fc1.weight")[0], reg_tokens=reg_tokens,
         class_token=class_token, layer_scale=prefix + "blocks.0.ls1.scale_factor" in shapes,
-        mean=tuple(mean or (IMAGENET_MEAN if imagenet else (0.5, 0.5, 0.5))),
-        std=tuple(std or (IMAGENET_STD if imagenet else (0.5, 0.5, 0.5))),
+        mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std),
     )
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive_int(d: dict, key: str, where: str, default: Any = None) -> int:
+    value = d.get(key, default)
+    if value is None:
+        raise CheckpointError(f"{where} lacks {key!r} (a positive integer)")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{where}: {key!r} is {value!r}, expected a positive integer")
+    return value
+
+
+def _positive_float(d: dict, key: str, where: str, default: float) -> float:
+    value = d.get(key, default)
+    if not _finite(value) or value <= 0:
+        raise CheckpointError(f"{where}: {key!r} is {value!r}, expected a positive number")
+    return float(value)
+
+
 def derive_llm(text: dict, shapes: dict) -> LlamaArgs:
+    where = "config.json text_config"
+    if not isinstance(text, dict):
+        raise CheckpointError(f"config.json: 'text_config' is a JSON {_json_type(text)}, expected an object")
+    heads = _positive_int(text, "num_attention_heads", where)
     try:
         args = LlamaArgs(
-            dim=text["hidden_size"], n_layers=text["num_hidden_layers"], n_heads=text["num_attention_heads"],
-            n_kv_heads=text.get("num_key_value_heads") or text["num_attention_heads"],
-            ffn_dim=text["intermediate_size"], vocab_size=text["vocab_size"],
-            rms_eps=float(text.get("rms_norm_eps", 1e-6)), rope_theta=float(text.get("rope_theta", 10000.0)),
+            dim=_positive_int(text, "hidden_size", where), n_layers=_positive_int(text, "num_hidden_layers", where),
+            n_heads=heads, n_kv_heads=_positive_int(text, "num_key_value_heads", where, heads) if
+            text.get("num_key_value_heads") is not None else heads,
+            ffn_dim=_positive_int(text, "intermediate_size", where), vocab_size=_positive_int(text, "vocab_size", where),
+            rms_eps=_positive_float(text, "rms_norm_eps", where, 1e-6),
+            rope_theta=_positive_float(text, "rope_theta", where, 10000.0),
         )
-    except KeyError as e:
-        raise CheckpointError(f"config.json text_config lacks {e.args[0]!r}") from None
-    n_stored = 1 + max((int(k.split(".")[3]) for k in shapes if k.startswith("language_model.model.layers.")), default=-1)
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{where}: {e}") from None
+    layers = [k.split(".")[3] for k in shapes if k.startswith("language_model.model.layers.")]
+    n_stored = 1 + max((int(i) for i in layers if i.isdigit()), default=-1)
     if n_stored != args.n_layers:
-        raise CheckpointError(f"config.json says {args.n_layers} decoder layers, the weights hold {n_stored}")
+        raise CheckpointError(f"config.json says {args.n_layers} decoder layers, {_weights_name(shapes)} hold {n_stored}")
     if text.get("rope_scaling"):
-        raise CheckpointError(f"rope_scaling {text['rope_scaling']!r} is not supported (OpenVLA uses none)")
+        raise CheckpointError(f"config.json: rope_scaling {text['rope_scaling']!r} is not supported (OpenVLA uses none)")
     return args
 
 
@@ -213,19 +319,26 @@ def _side_shape(state: dict, key: str, kind: str) -> tuple[int, ...]:
 def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | None, platform: Platform,
                 preprocessor: dict | None = None, n_images: int | None = None) -> OFTArgs:
     ids = config.get("timm_model_ids")
-    if not isinstance(ids, list) or not ids:
-        raise CheckpointError("config.json lacks 'timm_model_ids' (a list of timm model names)")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise CheckpointError(f"config.json: 'timm_model_ids' is {ids!r}, expected a list of timm model names")
     fused = bool(config.get("use_fused_vision_backbone", len(ids) > 1))
     ids = ids[:2] if fused else ids[:1]
     pre = preprocessor or {}
     means, stds = pre.get("means") or [None] * len(ids), pre.get("stds") or [None] * len(ids)
+    if not (isinstance(means, list) and isinstance(stds, list) and len(means) >= len(ids) and len(stds) >= len(ids)):
+        raise CheckpointError(f"preprocessor_config.json: 'means' and 'stds' must be lists with one entry per vision "
+                              f"tower ({len(ids)}), got {means!r} and {stds!r}")
     towers = tuple(derive_tower(t, p, shapes, m, s) for t, p, m, s in zip(ids, TOWER_PREFIXES, means, stds))
     sizes = config.get("image_sizes")
-    if sizes and any(int(s) != t.image_size for s, t in zip(sizes, towers)):
-        raise CheckpointError(f"config.json image_sizes {sizes} disagree with the weights' {[t.image_size for t in towers]}")
-    n_fc = max((int(k.split(".")[1][2:]) for k in shapes if k.startswith("projector.fc") and k.endswith(".weight")), default=0)
-    if n_fc < 2:
-        raise CheckpointError("weights lack the projector ('projector.fc1.weight', 'projector.fc2.weight', ...)")
+    if sizes is not None and (not isinstance(sizes, list) or not all(_finite(s) for s in sizes)
+                              or any(int(s) != t.image_size for s, t in zip(sizes, towers))):
+        raise CheckpointError(f"config.json image_sizes {sizes!r} disagree with {_weights_name(shapes)}' "
+                              f"{[t.image_size for t in towers]}")
+    fcs = [k.split(".")[1][2:] for k in shapes if k.startswith("projector.fc") and k.endswith(".weight")]
+    n_fc = max((int(i) for i in fcs if i.isdigit()), default=0)
+    if n_fc < 2 or any(f"projector.fc{i}.weight" not in shapes for i in range(1, n_fc)):
+        raise CheckpointError(f"{_weights_name(shapes)} lack the projector ('projector.fc1.weight', "
+                              "'projector.fc2.weight', ...)")
     proj_hidden = tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
     llm = derive_llm(config.get("text_config") or {}, shapes)
     head_hidden, head_blocks, action_dim = 4096, 2, platform.action_dim
@@ -239,28 +352,70 @@ def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | N
             f"platform {platform.name!r} expects action_dim {platform.action_dim} and proprio_dim "
             f"{platform.proprio_dim}, the side modules have {action_dim} and {proprio_dim}"
         )
-    return OFTArgs(
-        towers=towers, llm=llm, projector_hidden=proj_hidden, proprio_dim=proprio_dim, action_dim=action_dim,
-        chunk=platform.chunk, head_hidden=head_hidden, head_blocks=head_blocks,
-        n_images=n_images or int(config.get("num_images_in_input", 2)), use_proprio=proprio is not None,
-        pad_to_multiple_of=int(config.get("pad_to_multiple_of", 64)), n_action_bins=int(config.get("n_action_bins", 256)),
-    )
+    try:
+        return OFTArgs(
+            towers=towers, llm=llm, projector_hidden=proj_hidden, proprio_dim=proprio_dim, action_dim=action_dim,
+            chunk=platform.chunk, head_hidden=head_hidden, head_blocks=head_blocks,
+            n_images=n_images or _positive_int(config, "num_images_in_input", "config.json", 2),
+            use_proprio=proprio is not None,
+            pad_to_multiple_of=_positive_int(config, "pad_to_multiple_of", "config.json", 64),
+            n_action_bins=_positive_int(config, "n_action_bins", "config.json", 256),
+        )
+    except ValueError as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"config.json and {_weights_name(shapes)} describe no valid model: {e}") from None
+
+
+def check_norm_stats(stats: dict, platform: Platform, use_proprio: bool, path: Path | str) -> None:
+    """Every dataset entry of ``dataset_statistics.json`` holds what un-normalising actions (and, with a
+    proprio projector, normalising the state) reads: the platform's bounds (``q01``/``q99`` or
+    ``min``/``max``) as finite numbers of the right length, and an optional boolean ``mask``."""
+    lo, hi = ("q01", "q99") if platform.normalization == "bounds_q99" else ("min", "max")
+    if not stats:
+        raise CheckpointError(f"{path}: no dataset entries")
+    for dataset, entry in stats.items():
+        where = f"{path}: dataset {dataset!r}"
+        if not isinstance(entry, dict):
+            raise CheckpointError(f"{where} is a JSON {_json_type(entry)}, expected an object with 'action'")
+        parts = [("action", platform.action_dim)] + ([("proprio", platform.proprio_dim)] if use_proprio else [])
+        for part, dim in parts:
+            block = entry.get(part)
+            if not isinstance(block, dict):
+                raise CheckpointError(f"{where} has no {part!r} object (found {_json_type(block)}), expected one with "
+                                      f"{lo!r} and {hi!r} ({dim} numbers each, platform {platform.name!r})")
+            for key in (lo, hi):
+                v = block.get(key)
+                if not (isinstance(v, list) and len(v) == dim and all(_finite(x) for x in v)):
+                    found = f"{len(v)} values" if isinstance(v, list) else f"a JSON {_json_type(v)}"
+                    raise CheckpointError(f"{where}: {part}.{key} is {found}" + (
+                        " with a non-number or non-finite value" if isinstance(v, list) and len(v) == dim else "")
+                        + f", expected {dim} finite numbers ({part} dimension of platform {platform.name!r})")
+            if "mask" in block:
+                m = block["mask"]
+                if not (isinstance(m, list) and len(m) == dim and all(isinstance(x, bool) for x in m)):
+                    raise CheckpointError(f"{where}: {part}.mask is {str(m)[:60]}, expected {dim} booleans")
 
 
 # -- strict state loading ----------------------------------------------------------------------
-def _verify(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict: same keys, same shapes; the first problem is named with its published key."""
+def _verify(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+            files: dict[str, str] | None = None) -> None:
+    """Strict: same keys, same shapes; the first problem is named with its published key (and the
+    file holding it, from ``files``: published key -> file name)."""
+    def where(key: str) -> str:
+        return (files or {}).get(key, source)
+
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(f"{source}: missing key {to_published_key(missing[0])!r} ({len(missing)} missing in all)")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected key {to_published_key(unexpected[0])!r} ({len(unexpected)} in all)")
+        key = to_published_key(unexpected[0])
+        raise CheckpointError(f"{where(key)}: unexpected key {key!r} ({len(unexpected)} in all)")
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(
-                f"{source}: key {to_published_key(k)!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}"
-            )
+            key = to_published_key(k)
+            raise CheckpointError(f"{where(key)}: key {key!r} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
 
 
 def _check_and_assign(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -271,9 +426,16 @@ def _check_and_assign(module: torch.nn.Module, state: dict[str, torch.Tensor], s
 def _load_main_state(folder: Path, wm: dict[str, str], dtype, device) -> dict[str, torch.Tensor]:
     state = {}
     for shard in sorted(set(wm.values())):
-        with safe_open(str(folder / shard), "pt", device=str(device)) as f:
-            for k in f.keys():
-                state[to_module_key(k)] = f.get_tensor(k).to(dtype)
+        try:
+            with safe_open(str(folder / shard), "pt", device=str(device)) as f:
+                for k in f.keys():
+                    t = f.get_tensor(k)
+                    _check_tensor(t, k, shard)
+                    state[to_module_key(k)] = t.to(dtype)
+        except CheckpointError:
+            raise
+        except Exception as e:  # a data region cut short, ...
+            raise CheckpointError(f"{folder / shard}: cannot read the tensors ({_first_line(e)})") from None
     return state
 
 
@@ -318,7 +480,8 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint folder not found: {folder}")
     config = _read_json(folder / "config.json")
     platform = platform_of(config, platform)
-    stats = _read_json(folder / "dataset_statistics.json")
+    stats_file = folder / "dataset_statistics.json"
+    stats = _read_json(stats_file)
     for unsupported, what in (("vision_backbone--", "FiLM (OFT+)"), ("noisy_action_projector--", "diffusion-head")):
         if any(unsupported in p.name for p in folder.glob("*.pt")):
             raise CheckpointError(f"{folder}: {what} checkpoints are not supported (found '{unsupported}*.pt')")
@@ -327,29 +490,49 @@ def load_checkpoint(
     head = _load_side_state(head_file) if head_file else None
     proprio = _load_side_state(proprio_file) if proprio_file else None
     wm = weight_map(folder)
-    shapes = read_shapes(folder, wm)
+    shapes = Shapes(read_shapes(folder, wm))
+    shards = sorted(set(wm.values()))
+    shapes.source = shards[0] if len(shards) == 1 else f"the weight shards {shards}"
     pre_file = folder / "preprocessor_config.json"
     pre = _read_json(pre_file) if pre_file.is_file() else None
     args = derive_args(config, shapes, head, proprio, platform, pre, n_images)
-    with torch.device("meta"):
-        model = OpenVLAOFT(args, with_action_head=head is not None)
+    check_norm_stats(stats, platform, args.use_proprio, stats_file)
+    tok = _check_tokenizer(folder / "tokenizer.model", args.llm.vocab_size)
+    try:
+        with torch.device("meta"):
+            model = OpenVLAOFT(args, with_action_head=head is not None)
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"config.json and {shapes.source} describe no buildable model ({_first_line(e)})") from None
     main = _load_main_state(folder, wm, dtype, device)
-    _check_main(model, main, folder)
+    _check_main(model, main, shapes.source, wm)
     if head is not None:
         _check_and_assign(model.action_head, _to(head, dtype, device), head_file.name)
     if proprio is not None:
         _check_and_assign(model.proprio_projector, _to(proprio, dtype, device), proprio_file.name)
     _materialise_buffers(model, device)
-    tok = folder / "tokenizer.model"
-    if not tok.is_file():
-        raise CheckpointError(f"missing file tokenizer.model in {folder}")
     return Checkpoint(model.eval(), args, folder, config, stats, tok, platform)
 
 
-def _check_main(model: OpenVLAOFT, state: dict, folder: Path) -> None:
+def _check_tokenizer(path: Path, vocab_size: int) -> Path:
+    """A readable SentencePiece model with the OFT prompt pieces, no larger than the embedding."""
+    from vla_adp.model.tokenizer import PromptTokenizer
+
+    if not path.is_file():
+        raise CheckpointError(f"missing file {path.name} in {path.parent}")
+    try:
+        tok = PromptTokenizer(path)
+    except ValueError as e:
+        raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
+    if tok.vocab_size > vocab_size:
+        raise CheckpointError(f"{path}: {tok.vocab_size} pieces, more than the {vocab_size} rows of the model's "
+                              "embedding (config.json text_config.vocab_size): another model's tokenizer?")
+    return path
+
+
+def _check_main(model: OpenVLAOFT, state: dict, source: str, files: dict[str, str]) -> None:
     side = ("action_head.", "proprio_projector.")
     main_modules = {k: v for k, v in model.state_dict().items() if not k.startswith(side)}
-    _verify(main_modules, state, f"{folder.name} safetensors")
+    _verify(main_modules, state, source, files)
     model.load_state_dict(state, strict=False, assign=True)
 
 
@@ -417,11 +600,18 @@ def published_config(args: OFTArgs, platform: Platform | None = None, center_cro
 
 def platform_of(config: dict, platform: str | Platform | None) -> Platform:
     """An explicit platform wins; else the one our writers record; else LIBERO (the published checkpoints)."""
+    ours = config.get("vla_adp")
+    if ours is not None and not isinstance(ours, dict):
+        raise CheckpointError(f"config.json: 'vla_adp' is a JSON {_json_type(ours)}, expected an object")
+    if not isinstance((ours or {}).get("center_crop", True), bool):
+        raise CheckpointError(f"config.json: vla_adp.center_crop is {ours['center_crop']!r}, expected true or false")
     if platform is not None:
         return get_platform(platform)
-    rec = (config.get("vla_adp") or {}).get("platform")
+    rec = (ours or {}).get("platform")
     if not rec:
         return get_platform("libero")
+    if not isinstance(rec, dict):
+        raise CheckpointError(f"config.json: vla_adp.platform is {rec!r}, expected an object")
     try:
         eef = tuple(rec["eef_pos"]) if rec.get("eef_pos") else None
         rot = tuple(rec["eef_rot"]) if rec.get("eef_rot") else None

@@ -30,7 +30,10 @@ class PromptTokenizer:
         path = Path(model_file)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer model not found: {path} (expected a SentencePiece 'tokenizer.model')")
-        self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError, ValueError) as e:  # sentencepiece raises RuntimeError on a corrupt file
+            raise ValueError(f"{path}: not a readable SentencePiece model ({str(e).strip()[:200]})") from None
         self.space_id = self.sp.piece_to_id(SPACE_PIECE)
         if self.space_id == self.sp.unk_id():
             raise ValueError(f"{path}: the tokenizer has no '{SPACE_PIECE}' piece, which the OFT prompt needs")
@@ -46,7 +49,10 @@ class PromptTokenizer:
 
     def prompt_ids(self, instruction: str) -> list[int]:
         """BOS + prompt + trailing '▁' (the reference's ``input_ids`` before the action slots)."""
-        ids = [BOS_ID, *self.sp.encode(prompt_text(instruction))]
+        try:
+            ids = [BOS_ID, *self.sp.encode(prompt_text(instruction))]
+        except (RuntimeError, UnicodeError, TypeError) as e:  # e.g. a lone surrogate, which is not text
+            raise ValueError(f"instruction {instruction[:60]!r} cannot be tokenized ({type(e).__name__}: {e})") from None
         if ids[-1] != self.space_id:
             ids.append(self.space_id)
         return ids

@@ -12,6 +12,7 @@ refuses unknown fields).
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -38,13 +39,16 @@ class RemotePolicy:
         session_id: this robot's session; default a fresh random id (never the shared default session).
         timeout: seconds per HTTP request.
         transport: optional httpx transport (e.g. retries); default a plain connection pool.
+        token: the server's shared token (sent as ``Authorization: Bearer``); default ``$VLA_ADP_TOKEN``.
     """
 
     def __init__(self, url: str, session_id: str | None = None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None):
+                 transport: httpx.BaseTransport | None = None, token: str | None = None):
         self.url = url.rstrip("/")
         self.session_id = session_id or uuid.uuid4().hex
-        self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        token = token or os.environ.get("VLA_ADP_TOKEN") or None
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport, headers=headers)
         self.pending: list[np.ndarray] = []
         self.started = False
         self._health: dict[str, Any] | None = None

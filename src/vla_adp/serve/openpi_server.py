@@ -29,6 +29,8 @@ one query at a time on the model, metrics and episode videos. What is specific h
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import http
 import json
@@ -91,6 +93,8 @@ class OpenpiServer:
     """
 
     def __init__(self, policy, config: ServerConfig = ServerConfig(), key_map: dict[str, str] = OPENPI_LIBERO_KEYS):
+        if config.max_body_bytes is None:  # the HTTP server's derived limit, as a plain frame size
+            config = dataclasses.replace(config, max_body_bytes=config.body_bytes(policy.model.args.n_images))
         self.policy, self.config = policy, config
         self.key_map = check_key_map(key_map)
         self.spec = obs_spec(policy, config)

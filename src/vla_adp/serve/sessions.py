@@ -6,8 +6,11 @@ own pruner copy and query counter. Semantics:
 * ``start(id)`` begins an episode: creates the session if the id is unknown, else resets it.
 * ``get(id)`` returns a live session or ``None``; an unknown or expired id is not silently re-created
   (that would reset the gate mid-episode without anyone noticing) — the client must ``start`` it.
-* The default session (requests without an id, i.e. unchanged OpenVLA-OFT clients) is created on
-  first use and re-created after expiry: such clients never mark episode boundaries anyway.
+* Requests without an id (unchanged OpenVLA-OFT clients) get an *anonymous* session per client
+  address, ``anon-<address>`` (:func:`anonymous_id`), so two robots on two machines never share gate
+  history. Such clients mark no episode boundaries, so :meth:`SessionStore.get_anonymous` starts a new
+  episode itself when the instruction changes or the client was silent for ``gap`` seconds; robots
+  that share one address, or run the same task back to back, must send a session id (or POST /reset).
 * Sessions idle for longer than ``ttl`` seconds expire; at most ``max_sessions`` live at once.
 * ``on_end(id)`` is called when an episode of a known session ends: its ``start`` again, or its
   expiry (the server finishes that episode's video there).
@@ -23,7 +26,12 @@ from typing import Callable
 
 from vla_adp.policy import Session
 
-DEFAULT_ID = "default"
+ANON_PREFIX = "anon-"
+
+
+def anonymous_id(address: str | None) -> str:
+    """The session of requests without an id from client ``address`` (an IP; ``None`` = unknown)."""
+    return ANON_PREFIX + (address or "unknown")
 
 
 @dataclass
@@ -31,6 +39,7 @@ class Entry:
     session: Session
     last_used: float
     queries: int = 0
+    instruction: str | None = None  # of the last query (anonymous sessions' episode rule)
 
 
 class SessionFull(Exception):
@@ -70,14 +79,26 @@ class SessionStore:
         return True
 
     def get(self, sid: str) -> Entry | None:
-        """The live session ``sid`` (touched), the default one (created on demand), else None."""
+        """The live session ``sid`` (touched), else None."""
         self.expire()
-        if sid not in self.entries and sid == DEFAULT_ID:
-            self.start(sid)
         entry = self.entries.get(sid)
         if entry is not None:
             entry.last_used = self.clock()
         return entry
+
+    def get_anonymous(self, sid: str, instruction: str, gap: float) -> tuple[Entry, bool]:
+        """The anonymous session ``sid`` (created on demand, may raise :class:`SessionFull`) and whether
+        this query starts a new episode: the session is new, the instruction differs from its previous
+        query's, or it was idle for more than ``gap`` seconds."""
+        self.expire()
+        entry = self.entries.get(sid)
+        new = entry is None or (entry.queries > 0 and (entry.instruction != instruction
+                                                      or self.clock() - entry.last_used > gap))
+        if new:
+            self.start(sid)
+            entry = self.entries[sid]
+        entry.last_used, entry.instruction = self.clock(), instruction
+        return entry, new
 
     def expire(self) -> list[str]:
         """Drop sessions idle for longer than ``ttl``; returns their ids."""

@@ -9,6 +9,13 @@ recorded after every executed step since the previous query, for path-length gat
 
 Unlike ``deploy.py``, which answers any failure with the string "error", every check here names the
 field, what it got and what it expects.
+
+Every public function is pure and transport-free: it takes decoded values (or body bytes) and returns
+the checked value or raises :class:`RequestError` (``status``, ``error``, ``expected``; ``body()`` is
+the JSON answer), so any server (HTTP here, a websocket one elsewhere) reuses them: :func:`parse_json`
+(bytes -> dict with json-numpy arrays decoded), :func:`check_act` (a whole observation + options),
+:func:`check_image`, :func:`check_state`, :func:`check_instruction`, :func:`check_trajectory`,
+:func:`session_id`, :func:`flag`, with the limits in :class:`ObsSpec`.
 """
 
 from __future__ import annotations
@@ -212,6 +219,11 @@ def check_instruction(value: Any, name: str, spec: ObsSpec) -> str:
         raise RequestError(400, f"{name} is {_show(value)}", expected)
     if len(value) > spec.max_instruction_chars:
         raise RequestError(400, f"{name} has {len(value)} characters", expected)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone UTF-16 surrogate such as "\ud800" (valid JSON, not text)
+        raise RequestError(400, f"{name} holds {value[e.start:e.end]!r} at character {e.start}, a lone UTF-16 "
+                           "surrogate that is not text", expected + " of valid Unicode text") from None
     return value
 
 

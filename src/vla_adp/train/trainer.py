@@ -108,7 +108,15 @@ class Trainer:
         path = self.out / STATE_FILE
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no training state at {path}")
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        try:  # weights_only: tensors, numbers, strings and containers; nothing in the file can run code
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            lines = str(e).strip().splitlines()
+            raise ValueError(f"--resume: {path} cannot be read safely ({type(e).__name__}: "
+                             f"{lines[0][:200] if lines else ''})") from None
+        if not isinstance(payload, dict) or not {"model", "opt", "run", "config", "rng"} <= set(payload):
+            raise ValueError(f"--resume: {path} is not a training state (expected a dict with model, opt, run, "
+                             "config and rng)")
         if payload["config"]["model"] != _jsonable(self.cfg)["model"]:
             raise ValueError(f"--resume: {path} was trained with model {payload['config']['model']}, "
                              f"not {_jsonable(self.cfg)['model']}")
