@@ -259,7 +259,7 @@ def test_bad_path_is_a_clear_error():
         gate.decide(q(1, [0, 0, 0], [[0, 0, 0], [np.nan, 0, 0]]))
 
 
-@pytest.mark.parametrize("kw", [dict(cold_start=0), dict(random_seed=-1), dict(window=0), dict(rule="avg")])
+@pytest.mark.parametrize("kw", [dict(cold_start=0), dict(random_seed=-1), dict(window="3"), dict(rule="avg")])
 def test_config_validation_quotes_the_value(kw):
     with pytest.raises(ValueError, match=repr(next(iter(kw.values())))):
         GateConfig(**kw)
