@@ -214,7 +214,7 @@ def test_sweep_script_configs_load_and_drive_the_gate_as_the_reference(name, ref
     cfg = pruner.config
     assert (cfg.keep_ratio, cfg.layer, cfg.split) == (ref["qk_keep_ratio"], ref["qk_layer"], (0.4, 0.6))
     assert cfg.layer_mode == "probe"  # the reference's extra pass for qk_layer > 0
-    for chunk, traj in zip((8, 8, 5), trajectories(3)):
+    for chunk, traj in zip((8, 5), trajectories(2, 160)):
         # path-length displacements need the recorded path: give every executed step's position
         pruner.reset()
         got = []
