@@ -259,7 +259,7 @@ def test_bad_path_is_a_clear_error():
         gate.decide(q(1, [0, 0, 0], [[0, 0, 0], [np.nan, 0, 0]]))
 
 
-@pytest.mark.parametrize("kw", [dict(cold_start=0), dict(random_seed=-1), dict(window=0), dict(rule="avg")])
+@pytest.mark.parametrize("kw", [dict(cold_start=0), dict(random_seed=-1), dict(window="3"), dict(rule="avg")])
 def test_config_validation_quotes_the_value(kw):
     with pytest.raises(ValueError, match=repr(next(iter(kw.values())))):
         GateConfig(**kw)
@@ -302,14 +302,14 @@ class ReferencePort:
         p = np.stack(self.positions)
         if len(p) <= 1:
             return 0.0
-        if str(self.ref.get("delta_method", "net")).lower() in ("sum", "arc_sum", "hypot"):
+        if (str(self.ref.get("delta_method", "net")) or "net").lower() in ("sum", "arc_sum", "hypot"):
             steps = np.linalg.norm(p[1:] - p[:-1], axis=1)
             return float(np.sum(np.where(steps < self.ref.get("min_delta_pos", 0.0), 0.0, steps)))
         return float(np.linalg.norm(p[-1] - p[0]))
 
     def close(self):
         d = self.last_delta = self.delta()
-        if str(self.ref.get("decision_method", "avg")).lower() == "avg":
+        if (str(self.ref.get("decision_method", "avg")) or "avg").lower() == "avg":
             self.avg = d if self.avg is None else 0.5 * self.avg + 0.5 * d
             nxt = 1 if d >= self.avg else 0
         else:
@@ -342,7 +342,7 @@ def reference_episode(ref: dict, trajectory: np.ndarray, chunk: int):
         if not queue:
             if ctl.positions is None:
                 ctl.observe(trajectory[t])  # window start = pose at query time
-            states.append(ctl.state)
+            states.append(int(ctl.state == 1))  # the loop sets qk_keep_enabled = (state == 1)
             queue.extend(range(chunk))
         queue.popleft()
         t += 1
@@ -369,14 +369,16 @@ lattice = st.lists(st.lists(st.integers(-1, 1), min_size=3, max_size=3), min_siz
 floats = st.lists(st.lists(st.floats(-0.05, 0.05, allow_nan=False), min_size=3, max_size=3),
                   min_size=1, max_size=160)
 reference_configs = st.fixed_dictionaries({
-    "decision_method": st.sampled_from(["adjacent", "avg", "AVG", "extrema-anything"]),
-    "adjacent_extrema_window": st.integers(1, 6),
+    # Every value the reference accepts, including those that mean something else in our vocabulary
+    # ("mean", "ema", "path", "fk") and the degenerate ones (window 0, limit 0, initial_state 2).
+    "decision_method": st.sampled_from(["adjacent", "avg", "AVG", "extrema-anything", "", "mean", "ema"]),
+    "adjacent_extrema_window": st.integers(-1, 6),
     "adjacent_last_state": st.booleans(),
-    "initial_state": st.integers(0, 1),
-    "delta_method": st.sampled_from(["net", "sum", "arc_sum", "hypot", "other"]),
+    "initial_state": st.integers(-1, 2),
+    "delta_method": st.sampled_from(["net", "sum", "arc_sum", "HYPOT", "other", "", "path", "fk"]),
     "min_delta_pos": st.sampled_from([0.0, 0.01, 1.0, 1.5]),
     "limit_consecutive_pruned_enabled": st.booleans(),
-    "limit_max_consecutive_pruned": st.integers(1, 4),
+    "limit_max_consecutive_pruned": st.integers(-1, 4),
 })
 
 
@@ -384,7 +386,7 @@ reference_configs = st.fixed_dictionaries({
 @given(reference_configs, st.one_of(lattice, floats), st.integers(1, 8), st.booleans())
 def test_gate_matches_reference_controller(ref, steps, chunk, give_path):
     trajectory = np.concatenate([np.zeros((1, 3)), np.cumsum(np.asarray(steps, float), axis=0)])
-    if not give_path and ref["delta_method"] not in ("net", "other"):
+    if not give_path and ref["delta_method"].lower() in ("sum", "arc_sum", "hypot"):
         give_path = True  # without the recorded path only the net displacement is the reference's
     want_states, want_deltas = reference_episode(ref, trajectory, chunk)
     got_states, got_deltas = gate_episode(ref, trajectory, chunk, give_path)

@@ -8,6 +8,7 @@ prunes and the budget is checked on each.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -345,8 +346,8 @@ def test_vla_pruner_config_reference_names_and_errors():
                                                 "vla_pruner_av_hist_w": 3, "vla_pruner_av_decay": 0.8,
                                                 "vla_pruner_mode": "semantic_action", "use_vla_pruner": True})
     assert cfg == vla_pruner.VLAPrunerConfig(keep_ratio=0.125)
-    with pytest.raises(ValueError, match="'action'"):
-        vla_pruner.VLAPrunerConfig.from_dict({"vla_pruner_mode": "action"})
+    with pytest.raises(ValueError, match="vla_pruner_mode must be one of .* got 'other'"):
+        vla_pruner.VLAPrunerConfig.from_dict({"vla_pruner_mode": "other"})
     with pytest.raises(ValueError, match="decay must be in"):
         vla_pruner.VLAPrunerConfig(decay=0.0)
     with pytest.warns(UserWarning, match="does not affect VLA-Pruner"):
@@ -555,7 +556,8 @@ def test_cli_pruners_lists_methods_and_parameters(capsys):
     table = json.loads(capsys.readouterr().out)
     assert table["fastv"]["parameters"]["k"] == 2
     assert table["vla_pruner"]["parameters"] == {"keep_ratio": 0.5, "fastv_k": 3, "action_layer": 15, "history": 3,
-                                                 "decay": 0.8, "attention_source": "prefill"}
+                                                 "decay": 0.8, "attention_source": "prefill",
+                                                 "mode": "semantic_action", "action_horizon": 0, "action_dim": 7}
     assert "keep_ratio" in table["lightvla"]["parameters"]
     assert main(["pruners", "nope"]) == 2
     assert "unknown pruner" in capsys.readouterr().err
@@ -576,3 +578,89 @@ def test_cli_predict_with_each_pruner(deep_policy, capsys, name, kept):
     assert f"pruner {name}: pruned per query" in out and "visual kept " in out and kept in out
     if name == "vla_pruner":  # three warm-up queries, then pruning
         assert "pruned per query [0, 0, 0, 1, 1]" in out
+
+
+# -- the forks' own flag names select the forks' behaviour --------------------------------------------
+FORK_SCRIPT_FLAGS = {  # VLA-Pruner OFT fork's evaluation flag set (its scripts pass all of them)
+    "use_vla_pruner": True, "use_fastv": False, "use_vla_cache": False, "fastv_k": 3, "fastv_r": 0.9275,
+    "vla_pruner_layer": 15, "vla_pruner_mode": "semantic_action", "vla_pruner_av_hist_w": 3,
+    "vla_pruner_av_decay": 0.8, "vla_pruner_action_horizon": 0,
+}
+
+
+def test_fastv_fork_flags_select_the_forks_convention_and_budget(deep_policy, deep_inputs):
+    cfg = fastv.FastVConfig.from_dict({"fastv_k": 3, "fastv_r": 0.75})
+    fork = fastv.FastVConfig(keep_ratio=0.25, k=3, convention="vla_pruner_oft", attention_source="prefill",
+                             budget="per_view")
+    assert cfg == fork and (cfg.score_layer, cfg.cut_layer) == (3, 4)
+    assert fastv.FastVConfig.from_dict({"use_fastv": True}) == dataclasses.replace(fork, keep_ratio=0.5)
+    assert fastv.FastVConfig.from_dict({"fastv_attention_source": "last"}).attention_source == "last"
+    assert fastv.FastVConfig.from_dict({"fastv_attention_source": "anything"}).attention_source == "prefill"
+    assert fastv.FastVConfig.from_dict({"k": 2, "keep_ratio": 0.5}) == fastv.FastVConfig()  # our names: FastV's own
+    model, (inputs, layout) = deep_policy.model, deep_inputs
+    pruner = build_pruner("fastv", fastv_k=3, fastv_r=0.75)
+    with torch.no_grad():
+        out = model(inputs, pruner, pruner.begin(Query(0, layout)))
+        emb = model.embed(inputs)
+        x = model.language_model.run_layers(emb.hidden, emb.position_ids, 0, 3)[0]
+        hand = hand_attention_row_scores(model.language_model.layers[3], model.args.llm, x,
+                                         list(range(layout.action.start)), slice(1, 513))
+    k = keep_count(256, 0.25)
+    want = sorted(hand[:256].topk(k).indices.tolist() + (hand[256:].topk(k).indices + 256).tolist())
+    assert out.keeps[0].visual[0].tolist() == want and out.keeps[0].views == (k, k)
+    with pytest.warns(UserWarning, match="do not change the fork's FastV"):
+        fastv.FastVConfig.from_dict(FORK_SCRIPT_FLAGS)
+    with pytest.raises(ValueError, match="use_vla_cache=true selects VLA-Cache"):
+        fastv.FastVConfig.from_dict({**FORK_SCRIPT_FLAGS, "use_vla_cache": True})
+
+
+def test_vla_pruner_fork_flag_set_loads_and_vla_cache_is_refused():
+    cfg = vla_pruner.VLAPrunerConfig.from_dict(FORK_SCRIPT_FLAGS)
+    assert cfg == vla_pruner.VLAPrunerConfig(keep_ratio=1.0 - 0.9275)
+    with pytest.raises(ValueError, match="use_vla_cache=true selects VLA-Cache"):
+        vla_pruner.VLAPrunerConfig.from_dict({**FORK_SCRIPT_FLAGS, "use_vla_cache": True})
+    for name, mode in [("semantic", "semantic"), ("prefill", "semantic"), ("action", "action"),
+                       ("prefill_action", "semantic_action"), ("vla_pruner", "semantic_action")]:
+        assert vla_pruner.VLAPrunerConfig.from_dict({"vla_pruner_mode": name}).mode == mode
+    assert vla_pruner.VLAPrunerConfig.from_dict({"vla_pruner_action_horizon": 2}).action_horizon == 2
+    with pytest.warns(UserWarning, match="only affects the fork's VLA-Cache mode"):
+        vla_pruner.VLAPrunerConfig.from_dict({"vla_pruner_semantic_weight": 0.5})
+
+
+@pytest.mark.parametrize("mode", ["semantic", "action"])
+def test_vla_pruner_single_score_modes_keep_that_scores_top_k(deep_policy, mode):
+    policy = vla_policy(deep_policy, keep_ratio=0.25, mode=mode)
+    pruner = policy.pruner
+    run_episode(policy, 3)
+    history = [h.clone() for h in pruner._history]
+    obs = make_obs(seed=3)
+    inputs, layout = policy.inputs(obs)
+    info = policy.infer(obs)["info"]
+    llm = policy.model.language_model
+    with torch.no_grad():
+        emb = policy.model.embed(inputs)
+        x = llm.run_layers(emb.hidden, emb.position_ids, 0, 3)
+        semantic = vla_pruner.layer_attention_scores(LayerContext(3, x, emb.position_ids, layout, emb.visual, llm),
+                                                     torch.arange(layout.action.start))[0]
+    score = semantic if mode == "semantic" else vla_pruner.decayed_mean(history, 0.8)[0]
+    k = keep_count(256, 0.25)
+    assert info["kept_indices"] == [sorted(score[:256].topk(k).indices.tolist()),
+                                    sorted(score[256:].topk(k).indices.tolist())]
+
+
+def test_vla_pruner_action_horizon_limits_the_action_rows(deep_policy):
+    obs = make_obs(seed=0)
+    inputs, layout = deep_policy.inputs(obs)
+    policy = vla_policy(deep_policy, keep_ratio=0.25, action_horizon=2)
+    policy.infer(obs)  # warm-up query: unpruned, records the layer-15 action score
+    llm = policy.model.language_model
+    with torch.no_grad():
+        emb = policy.model.embed(inputs)
+        x = llm.run_layers(emb.hidden, emb.position_ids, 0, 15)
+        ctx = LayerContext(15, x, emb.position_ids, layout, emb.visual, llm)
+        rows = torch.arange(layout.action.start, layout.action.start + 2 * 7)
+        want = vla_pruner.attention_received(ctx.attention_probs(rows), layout)
+        full = vla_pruner.attention_received(ctx.attention_probs(torch.arange(layout.action.start,
+                                                                              layout.action.stop)), layout)
+    torch.testing.assert_close(policy.pruner._history[-1], want)
+    assert not torch.allclose(want, full)

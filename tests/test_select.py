@@ -1,7 +1,8 @@
 """Selection invariants (Eq. 10–12) as properties, and the reference's quota examples."""
 
+import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vla_adp.pruning.select import keep_count, select_per_view, view_quotas
@@ -24,7 +25,13 @@ def test_reference_split_examples():
     assert view_quotas(10, (256, 256), None) == (5, 5)
     # 3 views, 2-element split -> [0.4, 0.3, 0.3]: 3.6→4, 2.7→3, 2.7→3 = 10; remove one from the heaviest.
     assert view_quotas(9, (256, 256, 256), (0.4, 0.6)) == (3, 3, 3)
-    assert view_quotas(1, (256, 256), (0.4, 0.6)) == (0, 1)  # fewer tokens than views: exactly k
+
+
+
+def test_fewer_tokens_than_cameras_is_refused():
+    # The reference's remainder loop never ends here (every camera keeps >= 1); refuse with a message.
+    with pytest.raises(ValueError, match="cannot keep 1 visual token.*2 cameras.*never ends"):
+        view_quotas(1, (256, 256), (0.4, 0.6))
 
 
 def test_overflow_moves_to_other_views_instead_of_being_lost():
@@ -45,6 +52,7 @@ def test_selection_properties(views, ratio, weights, rounding, mode, seed):
     if weights is not None and sum(weights) <= 0:
         weights = None
     k = keep_count(sum(views), ratio, rounding)
+    assume(k >= len(views))
     quotas = view_quotas(k, views, None if weights is None else tuple(weights))
     assert sum(quotas) == k and all(0 <= q <= v for q, v in zip(quotas, views))
     g = torch.Generator().manual_seed(seed)

@@ -24,7 +24,7 @@ def test_crop_and_resize_matches_grid_sample():
     rng = np.random.default_rng(0)
     img = rng.random((37, 41, 3))
     box = T.center_crop_box(0.9)
-    np.testing.assert_allclose(T.crop_and_resize(img, box, 29), grid_sample_crop(img, box, 29), atol=1e-12)
+    np.testing.assert_allclose(T.crop_and_resize(img, box, 29), grid_sample_crop(img, box, 29), atol=1e-5)  # float32 like TF
 
 
 def test_center_crop_uses_truncation_of_x_times_255_5():

@@ -142,8 +142,9 @@ def test_patch_boxes_match_the_real_image_transforms(rotate, crop, raw_side):
         x = patch[..., 0].mean() * (raw_side - 1) / 255 + 0.5  # decoded raw centre (edge coordinates)
         y = patch[..., 1].mean() * (raw_side - 1) / 255 + 0.5
         top, left, bottom, right = boxes[j]
-        # One grey level ~ one pixel here; a wrong crop, flip or scale is off by 5-250 px.
-        assert abs(y - (top + bottom) / 2) < 1.5 and abs(x - (left + right) / 2) < 1.5, (j, y, x, boxes[j])
+        # One grey level ~ one pixel here; a wrong crop, flip or scale is off by 5-250 px. Upstream's JPEG
+        # round trip (fast integer IDCT, 4:2:0 chroma) moves a patch's mean colour by up to 2.1 levels.
+        assert abs(y - (top + bottom) / 2) < 2.5 and abs(x - (left + right) / 2) < 2.5, (j, y, x, boxes[j])
 
 
 def test_patch_geometry_known_values():

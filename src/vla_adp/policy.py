@@ -76,6 +76,24 @@ class Session:
             self.pruner.reset()
 
 
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    """The one dtype rule of the library and the CLI: bf16 on CUDA (as the checkpoints were run),
+    fp32 elsewhere (bf16 matmuls on a CPU are slow and move actions by ~0.03)."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def instruction_of(obs: dict) -> str:
+    """``instruction`` (or ``task_description``) as a str; numpy strings (``np.load``'s 0-d arrays) too."""
+    value = obs.get("instruction", obs.get("task_description"))
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "US":
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"observation needs a non-empty 'instruction' string, got {type(value).__name__} {value!r:.80}")
+    return str(value)
+
+
 def camera_keys(obs: dict) -> list[str]:
     """``full_image`` first, then every key containing 'wrist', in insertion order (spec §2.2)."""
     return ["full_image", *[k for k in obs if "wrist" in k and k != "full_image"]]
@@ -102,10 +120,12 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
-             platform=None, dtype: torch.dtype = torch.bfloat16, device: str = "cpu") -> "Policy":
-        """``path``: a checkpoint folder, or a Hub repo id resolved through the Hub cache (:mod:`vla_adp.model.hub`)."""
+             platform=None, dtype: torch.dtype | None = None, device: str = "cpu") -> "Policy":
+        """``path``: a checkpoint folder, or a Hub repo id resolved through the Hub cache
+        (:mod:`vla_adp.model.hub`). ``dtype=None``: :func:`default_dtype` of ``device`` (the CLI's rule)."""
         if not Path(path).exists() and is_repo_id(str(path)):
             path = resolve_checkpoint(path)
+        dtype = default_dtype(device) if dtype is None else dtype
         ckpt = load_checkpoint(path, platform=platform, dtype=dtype, device=device,
                                require_action_head=config.decode == "l1")
         return cls(ckpt, config, pruner)
@@ -153,9 +173,7 @@ class Policy:
         return torch.from_numpy(np.concatenate(per, axis=0))[None]
 
     def inputs(self, obs: dict) -> tuple[OFTInputs, TokenLayout]:
-        instruction = obs.get("instruction", obs.get("task_description"))
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise ValueError("observation needs a non-empty 'instruction' string")
+        instruction = instruction_of(obs)
         ids = torch.tensor([self.tokenizer.prompt_ids(instruction)])
         proprio = None
         if self.model.args.use_proprio:

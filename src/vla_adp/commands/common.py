@@ -59,9 +59,10 @@ def center_crop_of(args) -> bool:
 
 
 def dtype_of(args) -> torch.dtype:
-    if args.dtype:
-        return DTYPES[args.dtype]
-    return torch.bfloat16 if str(args.device).startswith("cuda") else torch.float32
+    """``--dtype``, else the library's rule (:func:`vla_adp.policy.default_dtype`)."""
+    from vla_adp.policy import default_dtype
+
+    return DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
 
 
 def add_pruner_args(p: argparse.ArgumentParser) -> None:

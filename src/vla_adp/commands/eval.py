@@ -25,8 +25,9 @@ def add_arguments(p) -> None:
     add_pruner_args(p)
     p.add_argument("--suite", required=True, help="e.g. libero_spatial, libero_object, libero_goal, libero_10")
     p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: every task)")
-    p.add_argument("--trials", "--episodes", type=int, default=50, dest="trials",
-                   help="episodes per task (initial states first..first+trials-1)")
+    p.add_argument("--trials", "--episodes", type=int, default=None, dest="trials",
+                   help="episodes per task (initial states first..first+trials-1); default: the pruning config's "
+                        "num_trials_per_task if it has one (as the reference reads it), else 50")
     p.add_argument("--first-trial", type=int, default=0, help="first initial state (to split a run by hand)")
     p.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's)")
     p.add_argument("--seed", type=int, default=7, help="torch/numpy/python seed, set before every episode")
@@ -68,17 +69,41 @@ def render_of(args) -> str:
     return checkpoint_hints(args.checkpoint).get("render", "faithful")
 
 
+def trials_of(args) -> int:
+    """``--trials``; else ``num_trials_per_task`` of the pruning config (the reference ADP eval reads it
+    from its JSON: ``int(value)``); else 50 (OpenVLA-OFT's protocol)."""
+    if args.trials is not None:
+        return args.trials
+    path = getattr(args, "pruning_config", None)
+    if path:
+        from vla_adp.pruning.registry import read_config_file
+
+        value = read_config_file(path).get("num_trials_per_task")
+        if value is not None:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: num_trials_per_task must be an integer, got {value!r}") from None
+    return 50
+
+
 def job_settings(args) -> dict:
     """EvalJob fields shared by ``eval`` and ``sweep`` (checkpoint, episodes, protocol, loading, recording)."""
-    if args.trials < 1 or args.first_trial < 0:
-        raise ValueError(f"--trials must be >= 1 and --first-trial >= 0, got {args.trials} and {args.first_trial}")
+    import torch
+
+    from vla_adp.policy import default_dtype
+
+    trials = trials_of(args)
+    if trials < 1 or args.first_trial < 0:
+        raise ValueError(f"--trials (or num_trials_per_task) must be >= 1 and --first-trial >= 0, "
+                         f"got {trials} and {args.first_trial}")
     return dict(checkpoint=args.checkpoint, tasks=tuple(args.tasks) if args.tasks else None,
-                episodes=(args.first_trial, args.first_trial + args.trials), seed=args.seed,
+                episodes=(args.first_trial, args.first_trial + trials), seed=args.seed,
                 max_steps=args.max_steps, render=render_of(args), open_loop=args.open_loop,
                 policy={"unnorm_key": args.unnorm_key, "center_crop": center_crop_of(args),
                         "action_slice": args.action_slice},
                 platform=args.platform, device=args.device,
-                dtype=args.dtype or ("bf16" if str(args.device).startswith("cuda") else "fp32"),
+                dtype=args.dtype or {torch.bfloat16: "bf16", torch.float32: "fp32"}[default_dtype(args.device)],
                 log_indices=args.log_indices, video_dir=_folder(args.video_dir),
                 overlay_video_dir=_folder(args.overlay_video_dir))
 

@@ -1,8 +1,23 @@
 """ADP configuration: frozen dataclasses, reference JSON field names accepted as they are.
 
-Field names of the reference code (chen7086/VLA-ADP ``prune_v2_config.json`` and its eval
-dataclass, spec §6.4; seed paper Table 14) map onto ours; fields the reference accepts but never
-reads load with a warning that says they have no effect.
+Field names of the reference code (chen7086/VLA-ADP ``prune_v2_config.json`` and the
+``PruneV2GenerateConfig`` dataclass of ``run_libero_eval_prune_v2.py``, docs/reference_configs.md;
+seed paper Table 14) map onto ours. A file in the reference's vocabulary means what it means there:
+
+* fields it leaves out take the reference dataclass's defaults (``REFERENCE_DEFAULTS``: keep 0.75,
+  no split, ``decision_method="avg"`` = the EMA rule, probe pass for ``qk_layer`` > 0, ...), not ours;
+* every value the reference accepts means the same: ``decision_method`` other than "avg" (any case;
+  "" counts as "avg") is the adjacent-extrema rule, ``delta_method`` other than "sum"/"arc_sum"/"hypot"
+  is net displacement, window < 3 acts as 3, a consecutive-prune limit <= 0 forces every window to
+  full vision, ``initial_state`` other than 1 acts as 0, an empty, zero-sum, wrong-length or
+  unparsable split means equal weights, a keep ratio >= 1 means no pruning;
+* keys it does not read are ignored with one warning that lists them;
+* where the reference hangs or silently runs something else (``qk_layer`` given as a list: its loader
+  stops there and keeps the defaults of every later field; a keep ratio <= 0: one token for all
+  cameras, its quota loop never ends), loading refuses with an error that says so.
+
+Our own names (``rule``, ``displacement``, ...) carry what vla-adp offers beyond the reference
+(``mean`` rule, ``path``/``fk`` displacements), so no string the reference reads changes meaning.
 
 Defaults reproduce the published numbers (paper Table 14 / §5.1): keep 0.5 (the reference dataclass
 says 0.75), layer 0, split [0.4, 0.6] main:wrist, adjacent-extrema rule with window 3, "net"
@@ -30,8 +45,16 @@ NO_EFFECT_FIELDS = (
     "hysteresis_up", "hysteresis_down", "tol_equal", "task_suite_name", "random_experiment",
     "random_keep_ratio", "dynamic_ablation_enabled", "dump_episode", "dump_dir",
 )
-# Evaluation/visualisation fields that belong to other configs, accepted here and ignored.
+# Fields read by other parts of vla-adp: `vla-adp eval` takes num_trials_per_task from the file
+# (eval/job.py), the overlay settings belong to viz/overlay.py.
 ELSEWHERE_FIELDS = ("num_trials_per_task", "overlay_pruned_color", "overlay_pruned_alpha", "video_fps", "save_videos")
+# Defaults of the reference's PruneV2GenerateConfig for the fields that drive pruning, in its names.
+REFERENCE_DEFAULTS: dict[str, Any] = {
+    "qk_keep_enabled": True, "qk_layer": 0, "qk_keep_ratio": 0.75, "qk_keep_split": None,
+    "use_dynamic_visual_strategy": True, "decision_method": "avg", "adjacent_extrema_window": 3,
+    "adjacent_last_state": False, "initial_state": 0, "delta_method": "net", "min_delta_pos": 0.0,
+    "limit_consecutive_pruned_enabled": True, "limit_max_consecutive_pruned": 3,
+}
 
 
 def _choice(obj, name: str, allowed: tuple[str, ...]) -> None:
@@ -52,7 +75,7 @@ class GateConfig:
             what Table 3a's numbers imply about them.
         rule: ``adjacent`` extrema (Eq. 17–18), ``mean`` (Eq. 16, running mean incl. the current
             window), ``ema`` (the reference's "avg": m <- 0.5 m + 0.5 d).
-        window: adjacent-extrema window τ; the reference uses max(3, window).
+        window: adjacent-extrema window τ; the reference uses max(3, window), so 0..3 all mean 3.
         third_case: between the extrema: ``prune`` (state 1: reference code and paper §5.1) or
             ``previous`` (keep the state: Eq. 18 as printed).
         initial_state: state of the cold-start queries (query 0 always; see ``cold_start``).
@@ -64,7 +87,8 @@ class GateConfig:
             recorded steps with steps below ``min_delta_pos`` dropped (reference "sum"/"arc_sum"/
             "hypot"), ``fk`` path length of the chunk's predicted deltas composed in the body frame
             (paper Def. 4.1 + Eq. 15).
-        limit_consecutive: force a full-vision window after ``max_consecutive`` pruned ones.
+        limit_consecutive: force a full-vision window after ``max_consecutive`` pruned ones
+            (``max_consecutive`` <= 0: every window runs with full vision, as in the reference).
         period: windows per phase of the periodic schedule.
     """
 
@@ -89,9 +113,11 @@ class GateConfig:
         _choice(self, "displacement", DISPLACEMENTS)
         if self.initial_state not in (0, 1):
             raise ValueError(f"GateConfig.initial_state must be 0 or 1, got {self.initial_state!r}")
-        for name in ("window", "max_consecutive", "period"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"GateConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        for name in ("window", "max_consecutive"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"GateConfig.{name} must be an int, got {getattr(self, name)!r}")
+        if not isinstance(self.period, int) or self.period < 1:
+            raise ValueError(f"GateConfig.period must be an int >= 1, got {self.period!r}")
         if self.cold_start is not None and (not isinstance(self.cold_start, int) or self.cold_start < 1):
             raise ValueError(f"GateConfig.cold_start must be None or an int >= 1, got {self.cold_start!r}")
         if self.min_delta_pos < 0:
@@ -117,7 +143,9 @@ class ADPConfig:
             there; ``probe`` reproduces the reference's extra full pass (without the proprio token)
             and prunes before layer 0.
         positions: ``contiguous`` (reference ADP) or ``original`` position ids after the cut.
-        enabled: prune at all (``qk_keep_enabled``); with the static schedule it is the only switch.
+        enabled: ``qk_keep_enabled``: the switch of the open-loop schedules (``static``: prune every
+            query iff enabled). The dynamic gate overwrites it at every query from its state, as
+            the reference's evaluation loop does, so it has no effect there.
         seed: seed of the ``random`` selection (re-seeded every episode).
         order: ``position`` keeps kept tokens in original order; ``score`` orders each view's kept
             tokens by descending score, as the reference does for a single camera (its global
@@ -160,14 +188,31 @@ class ADPConfig:
     # -- reference JSON ------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ADPConfig":
-        """Our field names or the reference's (``qk_keep_ratio``, ``decision_method``, ...)."""
+        """Our field names or the reference's (``qk_keep_ratio``, ``decision_method``, ...).
+
+        With any reference-only name present, missing fields take ``REFERENCE_DEFAULTS`` and
+        ``layer_mode="probe"`` (the reference's pass for ``qk_layer`` > 0); our names, where given
+        too, win. In such a file unknown keys are ignored with one warning (the reference ignores
+        what it does not read); in a file of our names only, an unknown key is an error (a typo).
+        """
         data = dict(data)
         ours = {f.name for f in dataclasses.fields(cls)} - {"gate"}
         gate_ours = {f.name for f in dataclasses.fields(GateConfig)}
+        reference_only = (set(REFERENCE_FIELDS) | set(NO_EFFECT_FIELDS)) - ours - gate_ours
+        reference = any(key in reference_only for key in data)
+        if reference:
+            data = {**REFERENCE_DEFAULTS, "layer_mode": "probe", **data}
         top: dict[str, Any] = {}
         gate: dict[str, Any] = dict(data.pop("gate", {}) or {})
+        given_ours = {k for k in data if k in ours or k in gate_ours}
+        no_effect, unknown = [], []
         for key, value in data.items():
-            if key in REFERENCE_FIELDS:
+            if key in REFERENCE_FIELDS and not (key in ours or key in gate_ours):
+                target, name, convert = REFERENCE_FIELDS[key]
+                if name in given_ours:  # our name given as well: it wins
+                    continue
+                (gate if target == "gate" else top)[name] = convert(value)
+            elif key in REFERENCE_FIELDS:  # same name in both vocabularies (initial_state, ...)
                 target, name, convert = REFERENCE_FIELDS[key]
                 (gate if target == "gate" else top)[name] = convert(value)
             elif key in ours:
@@ -175,19 +220,36 @@ class ADPConfig:
             elif key in gate_ours:
                 gate[key] = value
             elif key in NO_EFFECT_FIELDS:
-                warnings.warn(f"ADP config field {key!r} has no effect (the reference code never reads it)")
-            elif key in ELSEWHERE_FIELDS:
-                warnings.warn(f"ADP config field {key!r} belongs to the evaluation/visualisation settings; ignored here")
-            else:
-                raise ValueError(f"unknown ADP config field {key!r}")
-        if "_static" in top:
-            if not top.pop("_static"):
-                gate.setdefault("schedule", "static")
+                no_effect.append(key)
+            elif key not in ELSEWHERE_FIELDS:
+                unknown.append(key)
+        if no_effect:
+            warnings.warn(f"ADP config fields {no_effect}: each has no effect (the reference code never reads it)")
+        if unknown and not reference:  # our vocabulary: a typo is an error
+            raise ValueError(f"unknown ADP config field {unknown[0]!r}; expected one of {sorted(ours | gate_ours)} "
+                             "or the reference's names")
+        if unknown:
+            warnings.warn(f"ADP config: ignoring unknown fields {unknown} (the reference ignores keys it does not "
+                          f"read; vla-adp's own names are {sorted(ours | gate_ours)})")
+        static = "_static" in top and not top.pop("_static")
+        if static:
+            gate.setdefault("schedule", "static")
+        elif top.get("enabled") is False and gate.get("schedule", "dynamic") == "dynamic":
+            warnings.warn("qk_keep_enabled=false has no effect with the dynamic gate: the reference's evaluation loop "
+                          "overwrites it at every query from the gate's state (use_dynamic_visual_strategy=false "
+                          "to switch pruning off)")
         return cls(**top, gate=GateConfig(**gate))
 
     def to_reference_dict(self) -> dict[str, Any]:
-        """The same settings under the reference JSON names (for `prune_v2_config.json`-style files)."""
+        """The same settings under the reference JSON names (for `prune_v2_config.json`-style files).
+
+        Settings the reference has no value for (``mean`` rule, ``path`` with the reference's own
+        name is fine, ``fk``, open-loop schedules other than ``static``) are refused.
+        """
         g = self.gate
+        if g.rule == "mean" or g.displacement == "fk" or g.schedule in ("periodic", "random"):
+            raise ValueError(f"rule={g.rule!r}, displacement={g.displacement!r}, schedule={g.schedule!r}: the reference "
+                             "has no equivalent for the mean rule, fk displacement or periodic/random schedules")
         return {
             "qk_keep_enabled": self.enabled, "qk_layer": self.layer, "qk_keep_ratio": self.keep_ratio,
             "qk_keep_split": list(self.split) if self.split else None,
@@ -201,28 +263,60 @@ class ADPConfig:
 
 
 def _split(value) -> tuple[float, ...] | None:
+    """The reference's ``qk_keep_split``: a list or a comma string; whatever it cannot use as per-camera
+    weights (empty, zero-sum, unparsable) means equal weights there (a wrong length too, at run time)."""
     if value is None:
         return None
-    if isinstance(value, str):  # the reference accepts "0.4,0.6"
-        return tuple(float(v) for v in value.split(",") if v.strip())
+    if isinstance(value, str):  # "0.4,0.6": get_vla_action parses it, anything unparsable -> equal
+        try:
+            value = [float(v) for v in value.split(",")]
+        except ValueError:
+            warnings.warn(f"qk_keep_split {value!r} is not a comma list of numbers: equal weights, as in the reference")
+            return None
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (int, float)) for v in value):
+        raise ValueError(f"qk_keep_split must be a list of numbers or a comma string, got {value!r} (the reference's "
+                         "JSON loader fails on it and silently keeps its defaults for every later field)")
+    if not value or sum(max(0.0, float(v)) for v in value) <= 0:
+        warnings.warn(f"qk_keep_split {list(value)!r} has no positive weight: equal weights, as in the reference")
+        return None
     return tuple(float(v) for v in value)
 
 
-def _rule(value: str) -> str:
-    # Reference: "avg" (case-insensitive) is the EMA; any other string falls to the adjacent-extrema branch.
-    return {"avg": "ema", "ema": "ema", "mean": "mean"}.get(str(value or "").lower(), "adjacent")
+def _layer(value) -> int:
+    if isinstance(value, (list, tuple)):
+        raise ValueError(f"qk_layer must be one int, got {value!r}: the reference's JSON loader fails on a list "
+                         "(int([...])), prints a warning and silently runs with its defaults for qk_layer and every "
+                         "field after it, so such a file never ran the layers it names")
+    return int(value)
 
 
-def _displacement(value: str) -> str:
-    # Reference: "sum"/"arc_sum"/"hypot" (case-insensitive) are one path-length rule; anything else is "net".
-    names = {"sum": "path", "arc_sum": "path", "hypot": "path", "path": "path", "fk": "fk"}
-    return names.get(str(value or "").lower(), "net")
+def _ratio(value) -> float:
+    r = float(value)
+    if r <= 0.0:
+        raise ValueError(f"qk_keep_ratio must be > 0, got {value!r}: the reference keeps max(1, round(V*ratio)) = 1 "
+                         "token, and with more than one camera its per-camera quota loop never ends")
+    return min(r, 1.0)  # the reference prunes only when ratio < 1
+
+
+def _rule(value) -> str:
+    # Reference: (str(v) or "avg").lower() == "avg" is the EMA; every other string is adjacent extrema.
+    return "ema" if (str(value) or "avg").lower() == "avg" else "adjacent"
+
+
+def _displacement(value) -> str:
+    # Reference: "sum"/"arc_sum"/"hypot" (any case) are one path-length rule; every other string is "net".
+    return "path" if (str(value) or "net").lower() in ("sum", "arc_sum", "hypot") else "net"
+
+
+def _state(value) -> int:
+    # Reference: the gate state is compared with 1 (qk_keep_enabled = state == 1); anything else is 0.
+    return int(int(value) == 1)
 
 
 REFERENCE_FIELDS: dict[str, tuple[str, str, Any]] = {
     "qk_keep_enabled": ("top", "enabled", bool),
-    "qk_layer": ("top", "layer", int),
-    "qk_keep_ratio": ("top", "keep_ratio", float),
+    "qk_layer": ("top", "layer", _layer),
+    "qk_keep_ratio": ("top", "keep_ratio", _ratio),
     "qk_keep_split": ("top", "split", _split),
     "random_seed": ("gate", "random_seed", int),
     "random_state_prob": ("gate", "random_state_prob", float),
@@ -230,7 +324,7 @@ REFERENCE_FIELDS: dict[str, tuple[str, str, Any]] = {
     "decision_method": ("gate", "rule", _rule),
     "adjacent_extrema_window": ("gate", "window", int),
     "adjacent_last_state": ("gate", "third_case", lambda v: "previous" if v else "prune"),
-    "initial_state": ("gate", "initial_state", int),
+    "initial_state": ("gate", "initial_state", _state),
     "delta_method": ("gate", "displacement", _displacement),
     "min_delta_pos": ("gate", "min_delta_pos", float),
     "limit_consecutive_pruned_enabled": ("gate", "limit_consecutive", bool),

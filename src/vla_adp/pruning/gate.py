@@ -42,8 +42,9 @@ first decision is 1.
 
 Limiter (Alg. 1 lines 5–6; reference ``limit_consecutive_pruned_*``): streak counts consecutive
 pruned queries (query 0 included, so it starts at 1 with initial_state 1); a candidate 1 at streak ≥
-max becomes 0 and resets the streak. It runs after every decision of the dynamic schedule, cold start
-included, as in the reference. Alg. 1's "consec ≥ 3 → s ← 0" gives the same states.
+max becomes 0 and resets the streak. It runs after every decision of the dynamic schedule from
+query 1 on, cold start included, as in the reference (query 0 takes initial_state as it is, even
+with max ≤ 0, which forces every later query to full vision). Alg. 1's "consec ≥ 3 → s ← 0" gives the same states.
 
 Ablation schedules (no motion input, no limiter; the reference has only ``static``). Table 3a at keep
 0.5 (Table 7: 7.91 T per query full, 4.55 T pruned): ADP's 6.43 T and ρ^avg 0.22 mean a pruned share
@@ -235,7 +236,10 @@ class ActionAwareGate:
         else:
             candidate, reason, thresholds = schedule_state(self.cfg, self._index), "schedule", {}
         limit = self.cfg.max_consecutive if dynamic and self.cfg.limit_consecutive else None
-        self._state, self._streak, forced = limit_streak(candidate, self._streak, limit)
+        if dynamic and self._index == 0:  # the reference starts in initial_state, limiter or not
+            self._state, self._streak, forced = candidate, candidate, False
+        else:
+            self._state, self._streak, forced = limit_streak(candidate, self._streak, limit)
         self._info = {"gate_state": self._state, "displacement": d, "gate_reason": "limit" if forced else reason,
                       "gate_streak": self._streak, "gate_upper": None, "gate_lower": None, "gate_mean": None,
                       **thresholds}

@@ -52,13 +52,15 @@ def view_quotas(k: int, views: tuple[int, ...], weights: tuple[float, ...] | Non
 
     quota_c = max(1, round(k·α_c)); the rounding remainder is fixed one token at a time, round-robin
     over views in descending weight, never below 1 (reference); overflow beyond a view's size moves on.
-    With fewer tokens than views the reference would keep one per view (more than k); here views
-    may get 0 so that exactly k are kept.
+    Fewer tokens than views is refused: the reference's remainder loop never ends there.
     """
     if not 1 <= k <= sum(views):
         raise ValueError(f"cannot keep {k} of {sum(views)} visual tokens")
+    if k < len(views):
+        raise ValueError(f"cannot keep {k} visual token(s) over {len(views)} cameras: every camera keeps at least one "
+                         "(the reference's quota loop never ends here); raise the keep ratio")
     w = view_weights(weights, len(views))
-    least = 1 if k >= len(views) else 0  # "never below 1" unless k is smaller than the view count
+    least = 1
     quota = [max(least, round(k * x)) for x in w]
     order = sorted(range(len(views)), key=lambda c: -w[c])
     _fix_remainder(quota, k, order, floor=[least] * len(views), cap=[10**9] * len(views))

@@ -54,7 +54,10 @@ class ADPPruner:
 
     def begin(self, query: Query) -> frozenset[int]:
         state = self.gate.decide(query)
-        self._state = int(state and self.config.enabled)
+        # The dynamic gate overwrites qk_keep_enabled at every query (reference eval loop); the
+        # open-loop schedules honour it.
+        enabled = self.config.enabled or self.config.gate.schedule == "dynamic"
+        self._state = int(state and enabled)
         self._scoring_flops = 0.0
         prunes = self._state and self.config.keep_ratio < 1.0
         return frozenset({self.prune_layer}) if prunes else frozenset()

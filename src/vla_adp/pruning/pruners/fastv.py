@@ -14,7 +14,8 @@ Reference behaviour (peers.md §2.3) and where this file differs:
   layer K−1, tokens dropped before layer K; the FastV paper's default is K=2. VLA-Pruner's
   OpenVLA-OFT fork is off by one (``convention="vla_pruner_oft"``): attention of layer K itself,
   dropped before layer K+1, with K=3. Its FastV on OFT is ``k=3, convention="vla_pruner_oft",
-  attention_source="prefill", budget="per_view"``.
+  attention_source="prefill", budget="per_view"``, which the fork's flags (``fastv_k``, ``fastv_r``,
+  ``fastv_attention_source``, ...) select in ``FastVConfig.from_dict``.
 * Scoring rows. ``last`` is FastV's last token; in OpenVLA-OFT that is the </s> stop token, whose
   row sees everything (bidirectional attention). ``prefill`` averages every row before the action
   slots, as the OFT fork's default ``fastv_attention_source=prefill`` does.
@@ -34,6 +35,7 @@ Reference behaviour (peers.md §2.3) and where this file differs:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,19 +91,58 @@ class FastVConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FastVConfig":
-        """Our field names or the VLA-Pruner fork's (``fastv_k``, ``fastv_r`` = 1 − ρ, ``fastv_attention_source``)."""
+        """Our field names or the VLA-Pruner OFT fork's flags (``FORK_FLAGS``).
+
+        Any fork flag selects the fork's FastV: its layer convention (``vla_pruner_oft``: attention
+        of layer ``fastv_k`` itself, cut before ``fastv_k + 1``), its per-camera budget and its
+        defaults for what is not given (``fastv_k=3``, ``fastv_r=0.5``, ``fastv_attention_source``
+        "prefill"; the fork scores "last" = the final row, anything else = the prefill rows).
+        Our names, where given too, win. The fork's VLA-Pruner/VLA-Cache flags of the same flag
+        set do not change its FastV and are ignored with a warning.
+        """
         data, ours = dict(data), {f.name for f in dataclasses.fields(cls)}
-        renames = {"fastv_k": "k", "fastv_attention_source": "attention_source"}
         out: dict[str, Any] = {}
+        fork = {k: v for k, v in data.items() if k in FORK_FLAGS}
+        if fork:
+            fork = {**FORK_DEFAULTS, **fork}
+            if fork.get("use_vla_cache"):
+                raise ValueError("use_vla_cache=true selects VLA-Cache (token reuse with a KV cache), which vla-adp "
+                                 "does not implement; set it to false to run FastV")
+            if not fork.get("use_fastv", True):
+                warnings.warn("use_fastv=false in a FastV config: building FastV anyway (the pruner name selects it)")
+            if not fork.get("use_prefil_attention", True) and fork["fastv_attention_source"] != "last":
+                raise ValueError("use_prefil_attention=false makes the fork score from the last text token's row, "
+                                 "which vla-adp does not offer; use fastv_attention_source 'last' (the </s> row) or "
+                                 "'prefill'")
+            r = float(fork["fastv_r"])
+            if r >= 1.0:
+                raise ValueError(f"fastv_r={fork['fastv_r']!r} keeps no visual token (the fork keeps "
+                                 "round(256*(1-fastv_r)) per camera); use fastv_r < 1")
+            out.update(k=int(fork["fastv_k"]), keep_ratio=min(1.0, 1.0 - r), convention="vla_pruner_oft",
+                       budget="per_view",
+                       attention_source="last" if fork["fastv_attention_source"] == "last" else "prefill")
+        ignored = []
         for key, value in data.items():
-            if key == "fastv_r":
-                out["keep_ratio"] = 1.0 - float(value)
-            elif key in renames or key in ours:
-                out[renames.get(key, key)] = value
-            else:
+            if key in ours:
+                out[key] = value
+            elif key in OTHER_FORK_FLAGS:
+                ignored.append(key)
+            elif key not in FORK_FLAGS:
                 raise ValueError(f"unknown FastV config field {key!r}; expected one of "
-                                 f"{sorted(ours | set(renames) | {'fastv_r'})}")
+                                 f"{sorted(ours | set(FORK_FLAGS))}")
+        if ignored:
+            warnings.warn(f"FastV config: {ignored} do not change the fork's FastV; ignored")
         return cls(**out)
+
+
+# VLA-Pruner OFT fork (MINT-SJTU/VLA-Pruner src/openvla-oft, eval dataclass): the flags that drive its
+# FastV, their defaults, and the flags of the same flag set that belong to its other methods.
+FORK_FLAGS = ("fastv_k", "fastv_r", "fastv_attention_source", "use_fastv", "use_prefil_attention", "use_vla_cache",
+              "use_vla_pruner")
+FORK_DEFAULTS: dict[str, Any] = {"fastv_k": 3, "fastv_r": 0.5, "fastv_attention_source": "prefill"}
+OTHER_FORK_FLAGS = ("vla_pruner_layer", "vla_pruner_mode", "vla_pruner_av_hist_w", "vla_pruner_av_decay",
+                    "vla_pruner_action_horizon", "vla_pruner_semantic_weight", "vla_pruner_action_weight",
+                    "vla_pruner_static_only", "vla_pruner_use_layer_schedule", "av_hist_w", "av_decay")
 
 
 class FastVPruner:

@@ -36,7 +36,12 @@ Deviations:
 * ``scoring_flops`` counts the recomputed attention rows of layers 3 and 15 (warm-up queries: 15
   only); the pool's cosine Gram matrix (≤ 2·(2k_c)²·D per camera, < 1 % of that) is left out.
 * Batches: every row keeps its own history and selection (the fork reads batch row 0 only).
-* The fork's alternative "caching" mode (VLA-Cache machinery) is not part of this pruner.
+* Modes: ``vla_pruner_mode`` ``semantic``/``prefill`` keep the top-k_c of s_sem alone, ``action``
+  the top-k_c of s_act alone, ``semantic_action``/``prefill_action``/``vla_pruner`` the method above
+  (fork: ``_vlapruner_image_indices``); ``vla_pruner_action_horizon`` h > 0 restricts the action rows
+  to the first h·7 slots. Warm-up and history do not depend on the mode.
+* The fork's alternative "caching" mode (VLA-Cache machinery) is not part of this pruner:
+  ``use_vla_cache: true`` is refused, its weight/schedule flags load with a warning.
 """
 
 from __future__ import annotations
@@ -105,15 +110,21 @@ def relevance_then_diversity(semantic: Tensor, action: Tensor, features: Tensor,
     return pool.sort().values
 
 
-def select_vla_pruner(semantic: Tensor, action: Tensor, features: Tensor, views: tuple[int, ...],
-                      ratio: float) -> Keep:
-    """Per camera and batch row: union of both top-k_c, diversity filter; (B, V) scores -> Keep."""
+def select_vla_pruner(semantic: Tensor | None, action: Tensor | None, features: Tensor, views: tuple[int, ...],
+                      ratio: float, mode: str = "semantic_action") -> Keep:
+    """Per camera and batch row: ``semantic_action``: union of both top-k_c, diversity filter;
+    ``semantic`` / ``action``: top-k_c of that score alone (the fork's single-score modes). (B, V) -> Keep."""
     picks, counts, start = [], [], 0
+    batch = features.shape[0]
     for n in views:
         k = keep_count(n, ratio)
         span = slice(start, start + n)
-        rows = [relevance_then_diversity(semantic[b, span], action[b, span], features[b, span], k)
-                for b in range(semantic.shape[0])]
+        if mode == "semantic_action":
+            rows = [relevance_then_diversity(semantic[b, span], action[b, span], features[b, span], k)
+                    for b in range(batch)]
+        else:
+            score = semantic if mode == "semantic" else action
+            rows = [score[b, span].float().topk(k).indices.sort().values for b in range(batch)]
         picks.append(torch.stack(rows) + start)
         counts.append(k)
         start += n
@@ -141,6 +152,13 @@ class VLAPrunerConfig:
         history: window length w; also the warm-up (queries run unpruned until it is full).
         decay: γ; weight γ^age, newest entry age 0.
         attention_source: semantic rows, ``prefill`` (fork) or ``last`` (the </s> row).
+        mode: ``semantic_action`` (the method: both scores, union, diversity), ``semantic`` (top-k of
+            the semantic score only) or ``action`` (top-k of the decayed action history only); the
+            fork's ``vla_pruner_mode`` values map onto these (``MODE_NAMES``). Warm-up and history
+            are the same in every mode.
+        action_horizon: 0 = all action slots feed the action score; h > 0 = only the first h
+            timesteps (h·``action_dim`` slots; the fork's ``vla_pruner_action_horizon``).
+        action_dim: slots per timestep (7 in LIBERO, the fork's platform); used with the horizon.
     """
 
     keep_ratio: float = 0.5
@@ -149,6 +167,9 @@ class VLAPrunerConfig:
     history: int = 3
     decay: float = 0.8
     attention_source: str = "prefill"
+    mode: str = "semantic_action"
+    action_horizon: int = 0
+    action_dim: int = 7
 
     def __post_init__(self) -> None:
         if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
@@ -163,6 +184,12 @@ class VLAPrunerConfig:
         if self.attention_source not in ROW_SOURCES:
             raise ValueError(f"VLAPrunerConfig.attention_source must be one of {ROW_SOURCES}, "
                              f"got {self.attention_source!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"VLAPrunerConfig.mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.action_horizon, int) or self.action_horizon < 0:
+            raise ValueError(f"VLAPrunerConfig.action_horizon must be an int >= 0, got {self.action_horizon!r}")
+        if not isinstance(self.action_dim, int) or self.action_dim < 1:
+            raise ValueError(f"VLAPrunerConfig.action_dim must be an int >= 1, got {self.action_dim!r}")
 
     @property
     def cut_layer(self) -> int:
@@ -170,8 +197,13 @@ class VLAPrunerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VLAPrunerConfig":
-        """Our field names or the fork's (``fastv_k``, ``fastv_r`` = 1 − ρ, ``vla_pruner_layer``,
-        ``vla_pruner_av_hist_w``/``av_hist_w``, ``vla_pruner_av_decay``/``av_decay``)."""
+        """Our field names or the fork's flag set (``fastv_k``, ``fastv_r`` = 1 − ρ, ``vla_pruner_layer``,
+        ``vla_pruner_mode``, ``vla_pruner_action_horizon``, ``vla_pruner_av_hist_w``/``av_hist_w``,
+        ``vla_pruner_av_decay``/``av_decay``; ``use_*`` method switches).
+
+        ``use_vla_cache: true`` is refused (VLA-Cache is a different method, not built here); the
+        fork's VLA-Cache-mode weights and schedule flags load with a warning that they change nothing.
+        """
         ours = {f.name for f in dataclasses.fields(cls)}
         out: dict[str, Any] = {}
         for key, value in data.items():
@@ -180,27 +212,56 @@ class VLAPrunerConfig:
                 out[name] = convert(value)
             elif key in ours:
                 out[key] = value
+            elif key == "use_vla_cache":
+                if value:
+                    raise ValueError("use_vla_cache=true selects VLA-Cache (cross-step token reuse with a KV cache), "
+                                     "which vla-adp does not implement; set it to false to run VLA-Pruner")
             elif key in ("use_vla_pruner", "use_fastv"):
                 continue  # selecting the method is the registry's job
-            elif key == "vla_pruner_mode" and value == "semantic_action":
-                continue
             elif key == "fastv_attention_source":
                 warnings.warn("fastv_attention_source does not affect VLA-Pruner in the reference fork (its semantic "
                               "score always averages the prefill rows); set attention_source to change it here")
+            elif key in CACHE_MODE_FLAGS:
+                warnings.warn(f"{key} only affects the fork's VLA-Cache mode; no effect on VLA-Pruner")
             else:
                 raise ValueError(f"unknown or unsupported VLA-Pruner config field {key!r}={value!r}; expected one of "
-                                 f"{sorted(ours | set(REFERENCE_FIELDS))} (vla_pruner_mode: only 'semantic_action')")
+                                 f"{sorted(ours | set(REFERENCE_FIELDS) | set(CACHE_MODE_FLAGS))}")
         return cls(**out)
 
 
+MODES = ("semantic_action", "semantic", "action")
+# The fork's vla_pruner_mode strings (modeling_llama._vlapruner_image_indices): which scores it builds.
+MODE_NAMES = {"semantic_action": "semantic_action", "prefill_action": "semantic_action", "vla_pruner": "semantic_action",
+              "semantic": "semantic", "prefill": "semantic", "action": "action"}
+
+
+def _mode(value) -> str:
+    if value not in MODE_NAMES:
+        raise ValueError(f"vla_pruner_mode must be one of {sorted(MODE_NAMES)}, got {value!r} (the fork falls back "
+                         "to FastV's scores for any other string: use the fastv pruner for that)")
+    return MODE_NAMES[value]
+
+
+def _keep_from_r(r) -> float:
+    r = float(r)
+    if r >= 1.0:
+        raise ValueError(f"fastv_r={r!r} keeps no visual token; use fastv_r < 1")
+    return min(1.0, 1.0 - r)  # fastv_r <= 0: the fork skips pruning
+
+
 REFERENCE_FIELDS: dict[str, tuple[str, Any]] = {
-    "fastv_r": ("keep_ratio", lambda r: 1.0 - float(r)),
+    "fastv_r": ("keep_ratio", _keep_from_r),
     "vla_pruner_layer": ("action_layer", int),
     "vla_pruner_av_hist_w": ("history", int),
     "av_hist_w": ("history", int),
     "vla_pruner_av_decay": ("decay", float),
     "av_decay": ("decay", float),
+    "vla_pruner_mode": ("mode", _mode),
+    "vla_pruner_action_horizon": ("action_horizon", int),
 }
+# Flags of the fork's VLA-Cache-based mode (vla_pruner_utils.py): no effect on VLA-Pruner itself.
+CACHE_MODE_FLAGS = ("vla_pruner_semantic_weight", "vla_pruner_action_weight", "vla_pruner_static_only",
+                    "vla_pruner_use_layer_schedule")
 
 
 # -- pruner ----------------------------------------------------------------------------------------
@@ -232,13 +293,13 @@ class VLAPrunerPruner:
         self._pruning = len(self._history) == cfg.history
         hooks = {cfg.action_layer}
         if self._pruning:
-            hooks |= {cfg.fastv_k, cfg.cut_layer}
+            hooks |= {cfg.cut_layer} | ({cfg.fastv_k} if cfg.mode != "action" else set())
         return frozenset(hooks)
 
     def at_layer(self, ctx: LayerContext) -> Keep | None:
         cfg = self.config
         keep = None
-        if self._pruning and ctx.index == cfg.fastv_k:
+        if self._pruning and ctx.index == cfg.fastv_k and cfg.mode != "action":
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._semantic = layer_attention_scores(ctx, rows)
             self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
@@ -253,11 +314,15 @@ class VLAPrunerPruner:
         if self._history[-1].shape[0] != batch:
             raise ValueError(f"VLA-Pruner history holds batch {self._history[-1].shape[0]} but this query has "
                              f"batch {batch}; call reset() when the batch changes")
-        action = decayed_mean(self._history, self.config.decay)
-        return select_vla_pruner(self._semantic, action, ctx.visual, ctx.layout.views, self.config.keep_ratio)
+        cfg = self.config
+        action = decayed_mean(self._history, cfg.decay) if cfg.mode != "semantic" else None
+        return select_vla_pruner(self._semantic, action, ctx.visual, ctx.layout.views, cfg.keep_ratio, cfg.mode)
 
     def _action_scores(self, ctx: LayerContext) -> Tensor:
-        rows = torch.arange(ctx.layout.action.start, ctx.layout.action.stop)
+        start, stop = ctx.layout.action.start, ctx.layout.action.stop
+        if self.config.action_horizon:  # the fork: min(action_end, action_start + horizon·ACTION_DIM)
+            stop = min(stop, start + self.config.action_horizon * self.config.action_dim)
+        rows = torch.arange(start, stop)
         kept = attention_received(ctx.attention_probs(rows), ctx.layout)  # (B, kept visual)
         self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
         return scatter_visual(kept, self._keep, ctx.visual.shape[1])
