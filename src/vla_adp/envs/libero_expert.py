@@ -393,10 +393,16 @@ def task_goal(suite: str, task_id: int) -> tuple[list, dict]:
     return problem["goal_state"], problem["objects"]
 
 
+# Cabinet drawer regions: the drawer must be opened before anything goes in (not pick-and-place).
+CLOSED_CONTAINERS = ("_top_region", "_middle_region", "_bottom_region")
+
+
 def covers(goal: list, objects: dict) -> bool:
-    """One ``On``/``In`` predicate whose first argument is a movable object of the scene."""
+    """One ``On``/``In`` predicate whose first argument is a movable object of the scene and whose
+    destination is open from above (not a cabinet drawer)."""
     return (len(goal) == 1 and len(goal[0]) == 3 and goal[0][0].lower() in ("on", "in")
-            and any(goal[0][1] in names for names in objects.values()))
+            and any(goal[0][1] in names for names in objects.values())
+            and not ("cabinet" in str(goal[0][2]) and str(goal[0][2]).endswith(CLOSED_CONTAINERS)))
 
 
 def covered_tasks(suite: str) -> list[int]:
