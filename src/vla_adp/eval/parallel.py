@@ -26,6 +26,7 @@ serial runner (``envs=1``).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 import traceback
 from collections import deque
@@ -122,9 +123,8 @@ def simulator(conn, spec: EnvSpec, seed: int, threads: int = 1) -> None:
                     pass
             env, task = None, None
             conn.send(("error", traceback.format_exc()))
-    if env is not None:
-        env.close()
     conn.close()
+    os._exit(0)  # no env.close() or interpreter teardown: EGL finalizers stall a spawned process's exit
 
 
 @dataclass
@@ -153,9 +153,12 @@ class _Slot:
             self.conn.send(("close",))
         except (BrokenPipeError, OSError):
             pass
-        self.proc.join(timeout=10)
+
+    def join(self) -> None:
+        self.proc.join(timeout=30)
         if self.proc.is_alive():
             self.proc.terminate()
+            self.proc.join()
 
 
 def run_parallel(spec: EnvSpec, task_ids: list[int], episodes: list[int], policy, settings: EpisodeSettings,
@@ -205,6 +208,8 @@ def run_parallel(spec: EnvSpec, task_ids: list[int], episodes: list[int], policy
     finally:
         for slot in slots:
             slot.close()
+        for slot in slots:
+            slot.join()
     return records
 
 
@@ -233,11 +238,8 @@ def _receive(slot: _Slot, policy, settings: EpisodeSettings) -> bool:
     if a.progress is None:  # reply to "reset"
         info, obs = reply[1], reply[2]
         a.rec.suite, a.rec.task = info.suite, info.task
-        try:
-            a.progress = EpisodeProgress(info, policy.platform, settings, a.rec, a.rec.episode)
-        except ValueError:
-            a.rec.error = traceback.format_exc()
-            return False
+        # a missing control rate (real-time mode) is a setup error: raised, not logged per episode
+        a.progress = EpisodeProgress(info, policy.platform, settings, a.rec, a.rec.episode)
         a.obs = obs
         return a.progress.remaining > 0
     states, success, obs = reply[1], reply[2], reply[3]
@@ -285,9 +287,11 @@ def _answer(group: list[_Slot], policy, settings: EpisodeSettings, on_query) -> 
 
 def _one(policy, slot: _Slot):
     try:
-        return policy.infer(slot.active.obs, slot.active.session)
+        out = policy.infer(slot.active.obs, slot.active.session)
     except Exception as e:  # noqa: BLE001
         return e
+    out["info"]["batch"] = 1
+    return out
 
 
 def _finish(slot: _Slot) -> EpisodeRecord:

@@ -149,7 +149,7 @@ class EpisodeProgress:
 
     def __init__(self, env, platform, settings: EpisodeSettings, rec: EpisodeRecord, episode: int):
         self.env, self.platform, self.settings, self.rec, self.episode = env, platform, settings, rec, episode
-        self.open_loop = settings.open_loop or platform.chunk
+        self.open_loop = settings.open_loop or getattr(platform, "chunk", None)
         self.step = 0
         self.leftover: list[np.ndarray] = []  # actions of the last chunk beyond open_loop
         self.last: np.ndarray | None = None  # the last executed action
@@ -235,6 +235,8 @@ def run_task(env: Env, policy, episodes: Iterable[int], settings: EpisodeSetting
     if available is not None and episodes and not 0 <= min(episodes) <= max(episodes) < available:
         raise ValueError(f"{env.suite} task {env.task_id} has episodes 0..{available - 1}, "
                          f"asked for {min(episodes)}..{max(episodes)}")
+    if settings.realtime is not None:  # a missing control rate fails here, not as an error in every episode
+        EpisodeProgress(env, None, settings, None, 0)
     records = []
     on_query = writer.write if writer is not None else None
     for ep in episodes:
