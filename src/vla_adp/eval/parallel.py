@@ -163,13 +163,21 @@ class _Slot:
 
 def run_parallel(spec: EnvSpec, task_ids: list[int], episodes: list[int], policy, settings: EpisodeSettings,
                  writer=None, done: set[tuple[str, int, int]] = frozenset(), envs: int = 2,
-                 batch: int | None = None, sim_threads: int = 1) -> list[EpisodeRecord]:
+                 batch: int | None = None, sim_threads: int = 1,
+                 profile: dict[str, float] | None = None) -> list[EpisodeRecord]:
     """Every (task, episode) not in ``done``, on ``envs`` simulator processes; records in finishing order.
 
     Args:
         batch: most queries per forward; ``None`` = ``envs``; 1 = one :meth:`Policy.infer` per query
             (bit-identical to the serial runner).
+        profile: if given, filled with where the main process's time went: ``startup_s`` (processes
+            and first resets, until the first query), ``policy_s`` (answering queries), ``sim_wait_s``
+            (waiting for simulators after that), ``forwards`` and ``queries``.
     """
+    prof = profile if profile is not None else {}
+    for key in ("startup_s", "policy_s", "sim_wait_s", "forwards", "queries"):
+        prof[key] = 0.0
+    t_start, started = time.perf_counter(), False
     if not isinstance(envs, int) or envs < 1:
         raise ValueError(f"envs must be a positive int, got {envs!r}")
     batch = envs if batch is None else batch
@@ -193,6 +201,7 @@ def run_parallel(spec: EnvSpec, task_ids: list[int], episodes: list[int], policy
             if not busy:
                 break
             waiting = []
+            t0 = time.perf_counter()
             for slot in busy:  # lock-step: every busy slot answers before the policy runs
                 if _receive(slot, policy, settings):
                     waiting.append(slot)
@@ -203,8 +212,16 @@ def run_parallel(spec: EnvSpec, task_ids: list[int], episodes: list[int], policy
                         writer.write(rec)
                     if settings.verbose:
                         _print_episode(rec, records)
+            t1 = time.perf_counter()
+            if started:
+                prof["sim_wait_s"] += t1 - t0
+            else:
+                prof["startup_s"], started = t1 - t_start, True
             for i in range(0, len(waiting), batch):
                 _answer(waiting[i:i + batch], policy, settings, on_query)
+                prof["forwards"] += 1
+            prof["queries"] += len(waiting)
+            prof["policy_s"] += time.perf_counter() - t1
     finally:
         for slot in slots:
             slot.close()
