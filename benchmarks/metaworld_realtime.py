@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: all five)")
     p.add_argument("--out", default="runs/mw_realtime")
     p.add_argument("--markdown", default=None)
+    p.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS),
+                   help="run only these rows (to split the work over processes; the report reads every row's logs)")
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
     for label in CONFIGS:
         for latency in LATENCIES:
             j = job(label, latency, args)
-            if not args.report_only:
+            if not args.report_only and (args.configs is None or label in args.configs):
                 t = time.perf_counter()
                 run_job(j)
                 print(f"{label} / {latency}: {time.perf_counter() - t:.0f} s", flush=True)
