@@ -127,7 +127,8 @@ def run_cell(args, job: EvalJob, policy, n: int, batch: int, log: Path) -> dict[
     return {"envs": n, "batch": batch, "episodes": len(recs), "successes": sum(r.success for r in recs),
             "errors": sum(r.error is not None for r in recs), "steps": sum(r.steps for r in recs),
             "queries": len(queries), "wall_s": wall, "cpu_s": cpu, "episodes_per_hour": 3600 * len(recs) / wall,
-            "steady_per_hour": 3600 * len(recs) / (wall - prof.get("startup_s", 0.0)),
+            # without start-up: spawning simulators and their first resets / the serial runner's env creation
+            "steady_per_hour": 3600 * len(recs) / (wall - (prof["startup_s"] if n > 1 else clock["make_s"])),
             "env": clock if n == 1 else None, "policy_stages_s": stages, "parallel": prof or None, "log": str(log)}
 
 
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif serial is not None:
                     compare(cell, serial)
                 rows.append(cell)
+                # after every cell, so that a run cut short by a time limit keeps what it measured
+                (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=float))
                 print(f"{name} envs {n} batch {batch}: {cell['episodes']} episodes in {cell['wall_s']:.1f} s "
                       f"({cell['episodes_per_hour']:.0f}/h, CPU {cell['cpu_s']:.1f} s) | {breakdown(cell)}", flush=True)
         base = serial["wall_s"] if serial else None
