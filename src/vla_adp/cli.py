@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict one action chunk from a checkpoint folder and print timings"),
     "make-tiny-checkpoint": ("make_tiny", "write a tiny random checkpoint in the published OFT layout"),
-    "collect": ("collect", "collect scripted-expert demonstrations (Meta-World) into a dataset folder"),
+    "collect": ("collect", "collect scripted-expert demonstrations (Meta-World, LIBERO) into a dataset folder"),
     "train": ("train", "behaviour-clone the small OpenVLA-OFT on collected demonstrations"),
     "train-lightvla": ("train_lightvla", "fine-tune a policy through LightVLA's differentiable token selection"),
     "demo": ("demo", "run the embedded demo (the README's first command)"),

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from vla_adp.model.checkpoint import Checkpoint, load_checkpoint, resolve_unnorm_key
+from vla_adp.model.executor import Executor
 from vla_adp.model.openvla_oft import OFTInputs
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.model import transforms as T
@@ -93,6 +94,9 @@ class Policy:
         key = resolve_unnorm_key(checkpoint.norm_stats, config.unnorm_key, config.lenient_unnorm_key)
         self.unnorm_key = key
         self.stats = checkpoint.norm_stats[key]
+        # Section clock of info["timing_ms"] (synchronising wall clock); the GPU latency protocol puts
+        # CUDA events here (vla_adp.cost.latency.EventStopwatch, docs/latency.md).
+        self.stopwatch = Stopwatch
         self.reset()
 
     @classmethod
@@ -101,6 +105,11 @@ class Policy:
         ckpt = load_checkpoint(path, platform=platform, dtype=dtype, device=device,
                                require_action_head=config.decode == "l1")
         return cls(ckpt, config, pruner)
+
+    def set_executor(self, executor: Executor | None) -> None:
+        """How the model's fixed-shape blocks run: eagerly (None), as CUDA graphs captured per kept
+        length, or compiled (:mod:`vla_adp.model.executor`). The pruner's own work stays eager."""
+        self.model.set_executor(executor)
 
     # -- episode state ---------------------------------------------------------------------
     @property
@@ -165,7 +174,7 @@ class Policy:
         """One action chunk (chunk, action_dim), un-normalised, and what happened in ``info``."""
         s = session or self.session
         t0 = time.perf_counter()
-        timer = Stopwatch(self.model.device)
+        timer = self.stopwatch(self.model.device)
         with timer("transforms"):
             inputs, layout = self.inputs(obs)
         query = self.query(s, layout, obs)
@@ -198,7 +207,7 @@ class Policy:
         if len(observations) != len(sessions):
             raise ValueError(f"{len(observations)} observations but {len(sessions)} sessions")
         t0 = time.perf_counter()
-        timer = Stopwatch(self.model.device)
+        timer = self.stopwatch(self.model.device)
         results: list[Any] = [None] * len(observations)
         groups: dict[tuple, list[tuple[int, OFTInputs, TokenLayout]]] = {}
         for i, (obs, s) in enumerate(zip(observations, sessions)):
@@ -270,6 +279,7 @@ class Policy:
             "kept_visual": kept[-1],
             "kept_per_view": list(views),
             "kept_indices": keep_idx,
+            "seq_lens": list(out.seq_lens),  # tokens each decoder layer ran on
             "flops_full": llm_flops(self.model.args.llm, [layout.length] * len(out.seq_lens)),
             "flops_llm": llm_flops(self.model.args.llm, out.seq_lens),
             "flops": llm_flops(self.model.args.llm, out.seq_lens),

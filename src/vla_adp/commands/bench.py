@@ -6,7 +6,8 @@ see :mod:`vla_adp.cost.latency` for the protocol and :mod:`vla_adp.cost.bench_mo
 
     vla-adp bench --model tiny scaled --pruners all adp:scoring=folded --reps 20 --markdown
     vla-adp bench --load bench.json --logs runs/libero_adp.jsonl       # expected per-episode speedup
-    vla-adp bench --model 7b --device cuda --dtype bf16 --cuda-graphs  # GPU protocol (untested here)
+    vla-adp bench --predict --gpu h100-sxm h200 a100 rtx4090           # roofline floors, no measurement
+    python -m vla_adp.cost.gpu_latency --out DIR                        # the GPU protocol (docs/latency.md)
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def add_arguments(p) -> None:
     p.add_argument("--load", nargs="+", default=None,
                    help="read --json result(s) instead of measuring; several: also a between-runs table")
     p.add_argument("--logs", nargs="+", default=None, help="closed-loop JSONL logs: expected per-episode speedups")
+    p.add_argument("--predict", action="store_true",
+                   help="print roofline floors per stage (bytes and FLOPs vs a GPU's datasheet peaks) and stop")
+    p.add_argument("--gpu", nargs="+", default=["h100-sxm"], help="--predict: GPUs (h100-sxm, h100-pcie, h200, a100, rtx4090)")
+    p.add_argument("--shape", nargs="+", default=["oft", "openvla"], help="--predict: query shapes (oft, openvla)")
+    p.add_argument("--derate", type=float, default=1.0,
+                   help="--predict: share of the FLOP peak kernels reach (1 = datasheet; ~0.8 is what GEMMs measure)")
 
 
 def _check(args) -> None:
@@ -191,6 +198,16 @@ def _log(msg: str) -> None:
 
 
 def run(args) -> int:
+    if args.predict:
+        from vla_adp.cost.gpu_report import prediction_report
+
+        if not 0.0 < args.derate <= 1.0:
+            raise ValueError(f"--derate must be in (0, 1], got {args.derate!r}")
+        bad = [k for k in args.keep if not 0.0 < k <= 1.0]
+        if bad:
+            raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
+        print(prediction_report(args.gpu, args.shape, args.keep, args.prompt_tokens, args.derate))
+        return 0
     if args.load and args.json and len(args.load) > 1:
         raise ValueError("--json writes one result; give it one --load file, not several")
     results = [_read(p) for p in args.load] if args.load else [_measure(args)]

@@ -33,7 +33,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=7, help="torch/numpy/python seed, set before every episode")
     p.add_argument("--open-loop", type=int, default=None, help="actions executed per query (default: whole chunk)")
     p.add_argument("--fast-render", action="store_true",
-                   help="no multisampling/shadows/reflections: ~3x faster on a CPU, pixels differ (smoke tests only)")
+                   help="no multisampling/shadows/reflections: ~3x faster on a CPU, pixels differ from the published "
+                        "checkpoints' training (default: the renderer the checkpoint records, else faithful)")
     p.add_argument("--log", default=None, help="JSONL log (default: runs/ENV-SUITE-CONFIGHASH.jsonl); resumes from it")
     add_recording_args(p)
     add_speed_args(p)
@@ -99,13 +100,23 @@ def _folder(path: str | None) -> str | None:
     return None if path is None else str(Path(path).resolve())
 
 
+def render_of(args) -> str:
+    """``--fast-render``, else what the checkpoint was trained on (the LIBERO reference policy: fast),
+    else faithful (the published checkpoints)."""
+    from vla_adp.eval.job import checkpoint_hints
+
+    if getattr(args, "fast_render", False):
+        return "fast"
+    return checkpoint_hints(args.checkpoint).get("render", "faithful")
+
+
 def job_settings(args) -> dict:
     """EvalJob fields shared by ``eval`` and ``sweep`` (checkpoint, episodes, protocol, loading, recording)."""
     if args.trials < 1 or args.first_trial < 0:
         raise ValueError(f"--trials must be >= 1 and --first-trial >= 0, got {args.trials} and {args.first_trial}")
     return dict(checkpoint=args.checkpoint, tasks=tuple(args.tasks) if args.tasks else None,
                 episodes=(args.first_trial, args.first_trial + args.trials), seed=args.seed,
-                max_steps=args.max_steps, render="fast" if args.fast_render else "faithful", open_loop=args.open_loop,
+                max_steps=args.max_steps, render=render_of(args), open_loop=args.open_loop,
                 policy={"unnorm_key": args.unnorm_key, "center_crop": center_crop_of(args),
                         "action_slice": args.action_slice},
                 platform=args.platform, device=args.device,

@@ -3,6 +3,8 @@
 Defaults reproduce the printed tables; ``--convention consistent`` counts QKᵀ and AV at 2 FLOPs per
 MAC each (= a FlopCounterMode count), ``--mode inline`` prices our in-place cut instead of the
 reference's extra probe pass, and ``--gamma-from LOG.jsonl`` takes γ from a run's query records (read as the report reads them).
+``--family pi05`` (or ``pi0``) prints the flow-matching family's stage table instead
+(:mod:`vla_adp.cost.pi0_flops`): SigLIP, prefix, action expert × denoising steps, per keep ratio.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from vla_adp.pruning.select import ROUNDINGS
 
 
 def add_arguments(p) -> None:
+    p.add_argument("--family", choices=("oft", "pi0", "pi05"), default="oft",
+                   help="oft: the paper's tables (default); pi0 / pi05: stage table of the published flow-matching shape")
+    p.add_argument("--cameras", type=int, default=None, help="pi0/pi05: real cameras (LIBERO: 2 of 3 slots)")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="pi0/pi05: real prompt tokens (of 200 / 48 slots)")
     p.add_argument("--keep", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6, 0.7],
                    help="keep ratios, one table each (default: 0.3 0.4 0.5 0.6 0.7)")
     p.add_argument("--layers", type=int, nargs="+", default=[0, 2, 4, 8, 16, 24],
@@ -42,6 +48,11 @@ def measured_gamma(path: str) -> float:
 
 
 def run(args) -> int:
+    if args.family != "oft":
+        from vla_adp.cost.pi0_flops import run_table
+
+        # one cut layer: the first of --layers (0 by default)
+        return run_table(args.family, args.keep, args.layers[0], args.json, args.cameras, args.prompt_tokens)
     gamma = measured_gamma(args.gamma_from) if args.gamma_from else args.gamma
     settings = dict(gamma=gamma, rounding=args.rounding, convention=args.convention, mode=args.mode,
                     text_tokens=args.text_tokens, sums=args.sums)

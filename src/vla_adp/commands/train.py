@@ -7,7 +7,7 @@ from vla_adp.train.config import ModelSize, TrainConfig
 
 def add_arguments(p) -> None:
     d, m = TrainConfig("", ""), ModelSize()
-    p.add_argument("--data", required=True, help="dataset folder from `vla-adp collect metaworld`")
+    p.add_argument("--data", required=True, help="dataset folder from `vla-adp collect metaworld|libero`")
     p.add_argument("--out", required=True, help="checkpoint folder (published OFT layout; state in OUT/training/)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the dataset's tasks (default: all)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/training/state.pt")
@@ -23,6 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--llm-dim", type=int, default=m.llm_dim)
     p.add_argument("--llm-layers", type=int, default=m.llm_layers)
     p.add_argument("--llm-ffn", type=int, default=m.llm_ffn)
+    p.add_argument("--llm-heads", type=int, default=m.llm_heads)
     p.add_argument("--patch", type=int, default=m.patch)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -31,7 +32,8 @@ def run(args) -> int:
     from vla_adp.train.trainer import Trainer
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
-    model = ModelSize(patch=args.patch, llm_dim=args.llm_dim, llm_layers=args.llm_layers, llm_ffn=args.llm_ffn)
+    model = ModelSize(patch=args.patch, llm_dim=args.llm_dim, llm_layers=args.llm_layers, llm_ffn=args.llm_ffn,
+                      llm_heads=args.llm_heads)
     cfg = TrainConfig(args.data, args.out, tasks, args.minutes, args.steps, args.batch_size, args.lr,
                       warmup_steps=args.warmup_steps, threads=None if args.threads == "auto" else int(args.threads), save_minutes=args.save_minutes,
                       seed=args.seed, model=model)

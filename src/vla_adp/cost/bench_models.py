@@ -102,3 +102,40 @@ def synthetic_images(args: OFTArgs, size: int = 256, seed: int = 0) -> list[np.n
     """Raw uint8 camera frames as LIBERO renders them (256 px), for the transforms stage."""
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(args.n_images)]
+
+
+def build_model_on_device(name: str, dtype: torch.dtype, device: str, seed: int = 0) -> OpenVLAOFT:
+    """A random-weight model allocated straight on ``device``: built on the meta device (no memory,
+    no initialisers run), ``to_empty`` there, then filled by :func:`init_random_` — no 15 GB file and
+    no host copy of the 7B."""
+    with _default_dtype(dtype), torch.device("meta"):
+        model = OpenVLAOFT(model_args(name))
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:  # to_empty leaves them uninitialised and we would not know what to fill in
+        raise ValueError(f"the {name} model has buffers {buffers[:5]}; init_random_ does not know how to fill them")
+    model = model.to_empty(device=device)
+    init_random_(model, seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def init_random_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Weights of the scale the modules' own initialisers give, drawn on the model's device.
+
+    Matrices U(−1/√fan_in, 1/√fan_in) (nn.Linear's bound), embeddings and ViT position/prefix tokens
+    N(0, 0.02²), norm weights 1, biases 0, LayerScale γ 0.1: activations stay finite through the 7B in
+    bf16; timing does not depend on the values.
+    """
+    first = next(model.parameters())
+    g = torch.Generator(device=first.device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "gamma":
+            p.fill_(0.1)
+        elif p.dim() == 1:
+            p.fill_(1.0 if leaf == "weight" else 0.0)
+        elif "embed_tokens" in name or leaf in ("pos_embed", "cls_token", "reg_token"):
+            p.normal_(0.0, 0.02, generator=g)
+        else:
+            bound = 1.0 / (p[0].numel() ** 0.5)
+            p.uniform_(-bound, bound, generator=g)

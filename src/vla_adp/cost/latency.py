@@ -13,9 +13,10 @@ per-round paired ratios (their p10–p90 is the noise band). ``clock="thread"`` 
 of the (single) torch thread instead of wall time, for shared machines. The FLOPs prediction for the same
 sequence lengths comes from :func:`vla_adp.cost.flops.llm_flops` (both conventions).
 
-On a GPU, :class:`EventStopwatch` times the same sections with CUDA events and
-:func:`vla_adp.cost.cuda_graphs.graphed_decoder_ms` replays the decoder of a fixed shape as a CUDA graph.
-**The GPU paths were not exercised on this project's machines (no GPU); the CPU path never uses them.**
+On a GPU, :class:`EventStopwatch` times the same sections with CUDA events (the GPU protocol on the
+``Policy.infer`` path, with CUDA graphs and ``torch.compile``, is :mod:`vla_adp.cost.gpu_latency`;
+docs/latency.md). **The GPU paths have not run on this project's machines yet (no GPU); the CPU path
+never uses them.**
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class EventStopwatch:
     """CUDA-event sections with the :class:`~vla_adp.utils.timing.Stopwatch` interface.
 
     Records a start/end event pair per section and synchronises once, in :meth:`ms`, so the timer
-    does not stall the stream between stages. UNTESTED HERE: no GPU on the project's machines.
+    does not stall the stream between stages. Not yet run: no GPU on the project's machines.
     """
 
     def __init__(self, device=None):

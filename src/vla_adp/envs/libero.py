@@ -38,6 +38,8 @@ SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 3
 SUITES = tuple(SUITE_MAX_STEPS)
 WAIT_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # open gripper, no motion
 RENDERERS = ("faithful", "fast")
+INITS = ("suite", "sampled")
+SAMPLED_SEED_BASE = 100_000  # seeds of sampled placements: 100000 + episode (env.seed(0) is the suite's)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,12 @@ class LiberoConfig:
         camera_size: rendered image side (the reference: 256).
         image_size: side of the images handed to the policy (224).
         wait_steps: settle steps before the policy starts (10).
-        render: ``faithful`` (as the checkpoints were trained) or ``fast`` (smoke tests only).
+        render: ``faithful`` (as the published checkpoints were trained) or ``fast`` (the vla-adp
+            LIBERO reference policy's pixels; smoke tests).
+        init: ``suite``: episode ``i`` starts from the suite's official initial state ``i`` (the
+            evaluation protocol); ``sampled``: from a fresh placement drawn by the task's own
+            placement samplers under seed ``SAMPLED_SEED_BASE + i`` (demonstrations; never one of
+            the official states).
     """
 
     suite: str
@@ -61,6 +68,7 @@ class LiberoConfig:
     image_size: int = 224
     wait_steps: int = 10
     render: str = "faithful"
+    init: str = "suite"
 
     def __post_init__(self) -> None:
         if self.suite not in SUITE_MAX_STEPS:
@@ -74,6 +82,8 @@ class LiberoConfig:
                              f"image_size={self.image_size!r}")
         if self.render not in RENDERERS:
             raise ValueError(f"render must be one of {RENDERERS}, got {self.render!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
 
     @property
     def steps(self) -> int:
@@ -156,24 +166,43 @@ class LiberoEnv:
                                        camera_widths=config.camera_size)
         self._env.seed(0)
         self._raw: dict[str, Any] | None = None
+        self._expert = None
 
     @property
     def n_episodes(self) -> int:
-        """Initial states available (50 per task in every suite)."""
-        return len(self.init_states)
+        """Initial states available (50 per task in every suite; sampled placements: unbounded)."""
+        return len(self.init_states) if self.config.init == "suite" else 10**9
+
+    @property
+    def sim(self):
+        """The underlying LIBERO/robosuite environment (scripted experts read its state)."""
+        return self._env.env
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The last raw robosuite observation."""
+        if self._raw is None:
+            raise RuntimeError("no observation before reset()")
+        return self._raw
 
     def reset(self, episode: int) -> dict[str, Any]:
         if not 0 <= episode < self.n_episodes:
             raise ValueError(f"{self.suite} task {self.task_id} has initial states 0..{self.n_episodes - 1}, "
                              f"got episode {episode}")
-        self._env.seed(0)
-        self._env.reset()
+        if self.config.init == "suite":
+            self._env.seed(0)
+            self._env.reset()
+        else:
+            self._env.seed(SAMPLED_SEED_BASE + episode)
+            raw = self._env.reset()
         if self.config.render == "fast":
             make_render_fast(self._env)
-        raw = self._env.set_init_state(self.init_states[episode])
+        if self.config.init == "suite":
+            raw = self._env.set_init_state(self.init_states[episode])
         for _ in range(self.config.wait_steps):
             raw, _, _, _ = self._env.step(list(WAIT_ACTION))
         self._raw = raw
+        self._expert = None
         return observation(raw, self.instruction, self.config.image_size)
 
     def step(self, action: np.ndarray, images: bool = True) -> StepResult:
@@ -186,6 +215,17 @@ class LiberoEnv:
         self._raw = raw
         return StepResult(observation(raw, self.instruction, self.config.image_size, images), bool(done),
                           {"reward": float(reward)})
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted pick-and-place expert's next action, in the policy's convention
+        (:mod:`vla_adp.envs.libero_expert`; raises ``ValueError`` for goals it does not cover)."""
+        if self._raw is None:
+            raise RuntimeError("call reset(episode) before expert_action()")
+        if self._expert is None:
+            from vla_adp.envs.libero_expert import PickPlaceExpert
+
+            self._expert = PickPlaceExpert(self.sim)
+        return self._expert.act(self._raw)
 
     def frame(self) -> np.ndarray:
         """The 256² agentview, rotated upright, as the reference saves replay videos."""
@@ -201,5 +241,6 @@ class LiberoEnv:
 
 # -- the factory interface the evaluation runner uses (vla_adp.eval.job.ENV_FACTORIES) ------
 def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "faithful",
-             image_size: int = 224) -> LiberoEnv:
-    return LiberoEnv(LiberoConfig(suite, task_id, max_steps=max_steps, render=render, image_size=image_size))
+             image_size: int = 224, camera_size: int = 256) -> LiberoEnv:
+    return LiberoEnv(LiberoConfig(suite, task_id, max_steps=max_steps, render=render, image_size=image_size,
+                                  camera_size=camera_size))

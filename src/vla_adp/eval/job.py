@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import importlib
+import json
 import os
 import platform
 import socket
@@ -125,6 +126,18 @@ class EvalJob:
         return self.pruner is not None or self.pruning_config is not None
 
 
+def checkpoint_hints(checkpoint: str | Path) -> dict[str, Any]:
+    """What the checkpoint's writer recorded about its pixels (``config.json`` → ``vla_adp``):
+    ``render`` and ``camera_size`` of the demonstrations it was trained on; ``{}`` for the
+    published checkpoints (faithful rendering, 256-px cameras)."""
+    try:
+        cfg = json.loads((Path(checkpoint) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}  # the loader reports a broken config.json with its own message
+    ours = cfg.get("vla_adp") if isinstance(cfg, dict) else None
+    return {k: ours[k] for k in ("render", "camera_size") if isinstance(ours, dict) and k in ours}
+
+
 def build_pruner(job: EvalJob):
     if not job.has_pruner:
         return None
@@ -227,16 +240,21 @@ def run_job(job: EvalJob) -> list[EpisodeRecord]:
                                job.overlay_video_dir, job.realtime_config)
     mod = env_module(job.env)
     size = policy.model.args.image_size
+    extra = {}
+    camera = checkpoint_hints(job.checkpoint).get("camera_size")
+    if camera and job.env == "libero":  # a policy trained on other cameras than the 256-px protocol's
+        extra["camera_size"] = int(camera)
+
+    def make(task_id: int):
+        return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size, **extra)
+
     if job.envs > 1:
         from vla_adp.eval.parallel import EnvSpec, run_parallel
 
-        spec = EnvSpec(ENV_FACTORIES[job.env], job.suite, job.max_steps, job.render, size)
+        spec = EnvSpec(ENV_FACTORIES[job.env], job.suite, job.max_steps, job.render, size, extra)
         with LogWriter(job.log) as writer:
             writer.write(run)
             return run_parallel(spec, tasks, list(episodes), policy, settings, writer, done, job.envs, job.batch)
-
-    def make(task_id: int):
-        return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size)
 
     with LogWriter(job.log) as writer:
         writer.write(run)

@@ -63,6 +63,7 @@ class EnvSpec:
     max_steps: int | None = None
     render: str = "faithful"
     image_size: int = 224
+    extra: dict[str, Any] = field(default_factory=dict)  # further make_env keywords (LIBERO camera_size)
 
     def task_name(self, task_id: int) -> str:
         import importlib
@@ -74,7 +75,7 @@ class EnvSpec:
 
         mod = importlib.import_module(self.module)
         return mod.make_env(self.suite, task_id, max_steps=self.max_steps, render=self.render,
-                            image_size=self.image_size)
+                            image_size=self.image_size, **self.extra)
 
 
 def simulator(conn, spec: EnvSpec, seed: int, threads: int = 1) -> None:

@@ -11,7 +11,9 @@ is called on its own row (a B = 1 slice, exactly what it sees in a serial run):
                rows that differ split into groups, each continuing on its own
       ─► ... ─► layers [ℓ_last, n) ─► norm ─► action head
 
-No padding: rows of a group always have equal lengths, so no key mask is needed. Each row's output
+No padding: rows of a group always have equal lengths, so no key mask is needed. Layers run through
+the model's executor (eager, CUDA graphs per shape, compiled), as in ``OpenVLAOFT.forward``; the head
+runs eagerly. Each row's output
 equals its batch-1 forward up to float rounding: batched CPU kernels can differ from batch-1 ones in
 the last bit (a GEMV for a one-row proprio projection, the scalar tail of vectorised elementwise
 kernels), see ``benchmarks/eval_throughput.md``; the parallel runner answers queries one at a time
@@ -76,7 +78,7 @@ def forward_rows(model: OpenVLAOFT, inputs: OFTInputs, pruners: list[Pruner | No
             i = order[g.next_hook]
             g.next_hook += 1
             with timer("llm"):
-                g.x = llm.run_layers(g.x, g.pos, g.start, i)
+                g.x = model.executor.run_layers(llm, g.x, g.pos, g.start, i, None)
             g.start = i
             with timer("prune"):
                 row_keeps = [pruners[r].at_layer(LayerContext(i, g.x[j:j + 1], g.pos[j:j + 1], g.layout,
@@ -93,7 +95,7 @@ def forward_rows(model: OpenVLAOFT, inputs: OFTInputs, pruners: list[Pruner | No
         if split:
             continue
         with timer("llm"):
-            x = llm.norm(llm.run_layers(g.x, g.pos, g.start, n))
+            x = llm.norm(model.executor.run_layers(llm, g.x, g.pos, g.start, n, None))
         with timer("head"):
             hidden = x[:, g.layout.action_hidden(action_slice)]
             actions = model._actions(hidden, decode)

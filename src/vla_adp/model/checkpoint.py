@@ -365,7 +365,11 @@ def _materialise_buffers(model: torch.nn.Module, device) -> None:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def published_config(args: OFTArgs, platform: Platform | None = None, center_crop: bool | None = None) -> dict:
+def published_config(args: OFTArgs, platform: Platform | None = None, center_crop: bool | None = None,
+                     hints: dict | None = None) -> dict:
+    """``config.json`` in the published layout; our writers add a ``vla_adp`` section with the
+    platform, the center-crop flag and ``hints`` (e.g. the renderer and camera size the policy was
+    trained with, read by ``vla-adp eval`` as defaults)."""
     llm = args.llm
     fused = len(args.towers) > 1
     cfg = {
@@ -396,7 +400,7 @@ def published_config(args: OFTArgs, platform: Platform | None = None, center_cro
         },
     }
     cfg["num_images_in_input"] = args.n_images
-    if platform is not None or center_crop is not None:
+    if platform is not None or center_crop is not None or hints:
         # Not in the published configs: our own writers record what loading would otherwise need as flags.
         ours: dict[str, Any] = {}
         if platform is not None:
@@ -406,6 +410,7 @@ def published_config(args: OFTArgs, platform: Platform | None = None, center_cro
                                 "eef_rot": list(platform.eef_rot) if platform.eef_rot else None}
         if center_crop is not None:
             ours["center_crop"] = bool(center_crop)
+        ours.update(hints or {})
         cfg["vla_adp"] = ours
     return cfg
 
@@ -448,6 +453,7 @@ def save_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
     platform: Platform | None = None,
     center_crop: bool | None = None,
+    hints: dict | None = None,
 ) -> Path:
     """Write ``model`` as a published-layout folder (side ``.pt`` keys get a ``module.`` prefix);
     side files of an earlier save into the same folder are replaced."""
@@ -463,7 +469,7 @@ def save_checkpoint(
         if module is not None:
             sd = {f"module.{k}": v.detach().to(dtype).cpu() for k, v in module.state_dict().items()}
             torch.save(sd, folder / f"{name}--{step}_checkpoint.pt")
-    (folder / "config.json").write_text(json.dumps(published_config(model.args, platform, center_crop), indent=2))
+    (folder / "config.json").write_text(json.dumps(published_config(model.args, platform, center_crop, hints), indent=2))
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(model.args), indent=2))
     (folder / "dataset_statistics.json").write_text(json.dumps(norm_stats, indent=2))
     (folder / "tokenizer.model").write_bytes(Path(tokenizer_file).read_bytes())

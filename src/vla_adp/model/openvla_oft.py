@@ -12,6 +12,9 @@
                               ▼
           L1RegressionActionHead ─► (B, chunk, action_dim) in [-1, 1]-ish (no clip)
           or discrete: lm_head argmax ─► bin centres
+
+Vision, projector, each run of decoder layers and the head go through ``self.executor``
+(:mod:`vla_adp.model.executor`): eager by default, CUDA graphs per kept length or compiled on request.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor, nn
 
 from vla_adp.constants import STOP_ID
 from vla_adp.model.config import OFTArgs
+from vla_adp.model.executor import EAGER, Executor
 from vla_adp.model.heads import L1RegressionActionHead, ProprioProjector, Projector, discrete_actions
 from vla_adp.model.llm import LlamaDecoder
 from vla_adp.model.vision import FusedFeaturizer
@@ -79,14 +83,19 @@ class OpenVLAOFT(nn.Module):
         self.action_head = (
             L1RegressionActionHead(d, args.action_dim, args.head_hidden, args.head_blocks) if with_action_head else None
         )
+        self.executor: Executor = EAGER  # how fixed-shape blocks run (eager, CUDA graphs, compiled)
+
+    def set_executor(self, executor: Executor | None) -> None:
+        """Run vision, projector, decoder segments and head through ``executor`` (None: eagerly)."""
+        self.executor = EAGER if executor is None else executor
 
     # -- embedding --------------------------------------------------------------------------
     def embed(self, inputs: OFTInputs, timer=NullStopwatch()) -> Embedded:
         llm = self.language_model
         with timer("vision"):
-            patches = self.vision_backbone(inputs.pixels.to(self.dtype))
+            patches = self.executor.run("vision", self.vision_backbone, inputs.pixels.to(self.dtype))
         with timer("projector"):
-            visual = self.projector(patches)  # (B, V, D)
+            visual = self.executor.run("projector", self.projector, patches)  # (B, V, D)
             tok = llm.embed_tokens(inputs.input_ids)  # (B, 1+P, D)
             b = tok.shape[0]
             parts = [tok[:, :1], visual]
@@ -139,7 +148,10 @@ class OpenVLAOFT(nn.Module):
         hidden, keeps, layout, seq_lens = self._decode_layers(emb, pruner, hooks, timer)
         with timer("head"):
             hidden = hidden[:, layout.action_hidden(action_slice)]
-            actions = self._actions(hidden, decode)
+            if decode == "l1":  # the discrete path builds its bin table on the host: not capturable
+                actions = self.executor.run("head", lambda h: self._actions(h, decode), hidden)
+            else:
+                actions = self._actions(hidden, decode)
         return OFTOutput(actions, hidden, layout, keeps, seq_lens)
 
     def _decode_layers(self, emb: Embedded, pruner, hooks, timer):
@@ -154,7 +166,7 @@ class OpenVLAOFT(nn.Module):
                              f"this decoder has layers 0..{n - 1}")
         for i in sorted(hooks):
             with timer("llm"):
-                x = llm.run_layers(x, pos, start, i, mask)
+                x = self.executor.run_layers(llm, x, pos, start, i, mask)
             start = i
             with timer("prune"):  # the pruner's scoring and selection
                 keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm, key_mask=mask))
@@ -165,7 +177,7 @@ class OpenVLAOFT(nn.Module):
                 keeps.append(keep)
                 seq_lens[i:] = [layout.length] * (n - i)
         with timer("llm"):
-            x = llm.norm(llm.run_layers(x, pos, start, n, mask))
+            x = llm.norm(self.executor.run_layers(llm, x, pos, start, n, mask))
         return x, keeps, layout, seq_lens
 
     @staticmethod

@@ -69,7 +69,8 @@ class TrainConfig:
     """Behaviour cloning settings.
 
     Args:
-        data: dataset folder written by ``vla-adp collect metaworld``.
+        data: dataset folder written by ``vla-adp collect metaworld|libero`` (its ``meta.json`` names the
+            simulator, hence the platform).
         out: checkpoint folder (published layout); the training state goes to ``out/training/``.
         tasks: train on these tasks only (default: every task in ``data``).
         minutes: wall-clock budget of the whole run, resumes included.
@@ -108,7 +109,8 @@ class TrainConfig:
         if self.tasks is not None:
             from vla_adp.envs.metaworld import task_name
 
-            object.__setattr__(self, "tasks", tuple(task_name(t) for t in self.tasks))
+            canon = [t if t.startswith("libero") else task_name(t) for t in self.tasks]
+            object.__setattr__(self, "tasks", tuple(canon))
         for name in ("minutes", "lr", "save_minutes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")

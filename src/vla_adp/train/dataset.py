@@ -72,9 +72,17 @@ def shard_files(data_dir: str | Path, tasks: tuple[str, ...] | None = None) -> l
     return files
 
 
-def load_demos(data_dir: str | Path, tasks: tuple[str, ...] | None = None) -> Demos:
-    """Read every shard of ``data_dir`` (optionally only ``tasks``) into one :class:`Demos`."""
+def load_demos(data_dir: str | Path, tasks: tuple[str, ...] | None = None, image_size: int | None = None) -> Demos:
+    """Read every shard of ``data_dir`` (optionally only ``tasks``) into one :class:`Demos`.
+
+    ``image_size``: the shards hold images as rendered (LIBERO); pass each through the evaluation's
+    image pipeline (:func:`vla_adp.model.transforms.resize_for_policy`: JPEG round trip, resize to
+    ``image_size``) while loading, so training sees the pixels evaluation will."""
     shards = [read_shard(p) for p in shard_files(data_dir, tasks)]
+    if image_size is not None:
+        for d in shards:
+            for k in ("full_image", "wrist_image"):
+                d[k] = np.stack([T.resize_for_policy(img, image_size) for img in d[k]])
     sizes = {d["full_image"].shape[1:] for d in shards} | {d["wrist_image"].shape[1:] for d in shards}
     if len(sizes) != 1:
         raise ValueError(f"{data_dir}: shards disagree on image shape: {sorted(sizes)}")

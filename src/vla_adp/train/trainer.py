@@ -32,7 +32,7 @@ from vla_adp.train.config import TrainConfig
 from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
 from vla_adp.train.threads import ThreadTuner
 
-DATASET_KEY = "metaworld"
+DATASET_KEYS = {"metaworld": "metaworld", "libero": "libero_reference"}  # dataset_statistics.json key per simulator
 STATE_FILE = "training/state.pt"
 LOG_FILE = "training/log.jsonl"
 
@@ -67,14 +67,19 @@ class Trainer:
         self.out = Path(cfg.out)
         self.threads = ThreadTuner(cfg.thread_choices)
         torch.set_num_threads(cfg.thread_choices[0])
-        self.platform = get_platform("metaworld")
-        self.demos = load_demos(cfg.data, cfg.tasks)
+        self.meta = dataset_meta(cfg.data)
+        self.sim = self.meta.get("sim", "metaworld")
+        self.platform = get_platform(self.sim)
+        self.dataset_key = DATASET_KEYS[self.sim]
+        rendered = self.meta.get("images") == "rendered"
+        size = self.meta.get("config", {}).get("image_size")
+        self.demos = load_demos(cfg.data, cfg.tasks, image_size=size if rendered else None)
         self.tokenizer_file = self._tokenizer(resume)
         vocab = spm.SentencePieceProcessor(model_file=str(self.tokenizer_file)).get_piece_size()
-        self.stats = norm_stats(self.demos, DATASET_KEY)
+        self.stats = norm_stats(self.demos, self.dataset_key)
         torch.manual_seed(cfg.seed)
         self.model = OpenVLAOFT(cfg.model.args(vocab, self.platform, self.demos.image_size))
-        self.batches = BatchBuilder(self.demos, PromptTokenizer(self.tokenizer_file), self.stats[DATASET_KEY],
+        self.batches = BatchBuilder(self.demos, PromptTokenizer(self.tokenizer_file), self.stats[self.dataset_key],
                                     self.model.args.towers, self.platform.chunk)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
@@ -115,8 +120,12 @@ class Trainer:
         random.setstate(payload["rng"]["python"])
 
     def save_checkpoint(self) -> Path:
+        hints = None
+        if self.sim == "libero":  # evaluation renders as the demonstrations were rendered
+            collected = self.meta.get("config", {})
+            hints = {"render": collected.get("render", "fast"), "camera_size": self.demos.image_size}
         return save_checkpoint(self.model, self.out, self.stats, self.tokenizer_file, step=self.state.step,
-                               platform=self.platform, center_crop=False, dtype=torch.bfloat16)
+                               platform=self.platform, center_crop=False, dtype=torch.bfloat16, hints=hints)
 
     # -- loop ------------------------------------------------------------------------------
     def progress_at(self) -> float:
@@ -188,6 +197,20 @@ class Trainer:
                 "final_loss": st.losses[-1] if st.losses else None, "frames": len(d),
                 "episodes": len(d.instructions), "tasks": sorted(set(d.tasks)), "threads": list(self.cfg.thread_choices),
                 "parameters": sum(p.numel() for p in self.model.parameters()), "config": _jsonable(self.cfg)}
+
+
+def dataset_meta(data: str | Path) -> dict:
+    """``meta.json`` of a collected dataset (``{}`` for a folder without one: Meta-World)."""
+    path = Path(data) / "meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not readable JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("sim", "metaworld") not in DATASET_KEYS:
+        raise ValueError(f"{path}: 'sim' must be one of {sorted(DATASET_KEYS)}, got {meta.get('sim') if isinstance(meta, dict) else meta!r}")
+    return meta
 
 
 def _jsonable(cfg: TrainConfig) -> dict:

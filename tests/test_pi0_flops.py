@@ -1,0 +1,80 @@
+"""The π0 / π0.5 FLOPs model against torch's FlopCounterMode on the tiny model, and the CLI table."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vla_adp.cli import main
+from vla_adp.cost.pi0_flops import (parameter_counts, pi0_flops, pruned_prefix_lens)
+from vla_adp.model.pi0 import Pi0Inputs, Pi0Model, published_args, tiny_args
+from vla_adp.model.pi0.pi0 import PrefixContext
+
+
+class KeepFirst:
+    """Keeps the first ``n`` image tokens and the whole prompt from layer ``layer`` on."""
+
+    def __init__(self, layer: int, n: int, renumber: bool = False):
+        self.layer, self.n, self.renumber = layer, n, renumber
+
+    def __call__(self, ctx: PrefixContext):
+        b = ctx.hidden.shape[0]
+        text = torch.arange(*ctx.layout.text_span)
+        return torch.cat([ctx.layout.image_positions[: self.n], text])[None].expand(b, -1)
+
+
+def counted(model: Pi0Model, selector=None) -> int:
+    a = model.args
+    inputs = Pi0Inputs(torch.zeros(1, a.n_cameras, 3, a.vision.image_size, a.vision.image_size),
+                       torch.ones(1, a.n_cameras, dtype=torch.bool), torch.zeros(1, a.tokenizer_max_length, dtype=torch.long),
+                       torch.ones(1, a.tokenizer_max_length, dtype=torch.bool), torch.zeros(1, a.max_state_dim))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.sample_actions(inputs, noise=torch.zeros(1, a.chunk_size, a.max_action_dim), selector=selector)
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("family", ["pi0", "pi05"])
+def test_analytic_flops_equal_flop_counter(family):
+    args = tiny_args(family)
+    model = Pi0Model(args).eval()
+    assert pi0_flops(args).total == counted(model)
+    n = 3  # keep 3 of the 8 image tokens from layer 1 on
+    lens = [args.prefix_len, args.tokenizer_max_length + n]
+    assert pi0_flops(args, lens).total == counted(model, KeepFirst(1, n))
+    assert pruned_prefix_lens(args, 3 / 8, 1) == lens
+
+
+def test_published_pi05_shape():
+    a = published_args("pi05")
+    assert a.prefix_len == 3 * 256 + 200 and a.suffix_len == 50
+    counts = parameter_counts(a)
+    # PaliGemma 3B (SigLIP So400m + projector 415M, Gemma 2B 2.51B incl. the 257k×2048 embedding); the
+    # "300M" expert is 311M as a plain Gemma (π0) and 428M with π0.5's adaRMS dense layers (3·1024² per norm)
+    assert 2.9e9 < counts["vision"] + counts["vlm"] < 3.0e9 and 4.2e8 < counts["expert"] < 4.3e8
+    assert 3.1e8 < parameter_counts(published_args("pi0"))["expert"] < 3.2e8
+    f = pi0_flops(a)
+    assert f.steps == 10 and f.expert == 10 * f.expert_step
+    pruned = pi0_flops(a, pruned_prefix_lens(a, 0.5, 0))
+    assert pruned.vision == f.vision and pruned.prefix < f.prefix and pruned.expert_step < f.expert_step
+
+
+def test_cli_prints_the_pi05_table(capsys):
+    assert main(["flops", "--family", "pi05", "--keep", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "keep 1 (unpruned)" in out and "keep 0.5 from layer 0" in out and "parameters" in out
+    assert main(["flops", "--family", "pi05", "--keep", "0"]) == 2
+
+
+def test_flops_with_a_masked_camera_and_prompt_padding():
+    """LIBERO's shape: 2 of 3 cameras, a short prompt; the masked slot skips SigLIP, drop_masked the rest."""
+    from vla_adp.model.pi0.prune import drop_masked
+
+    args = tiny_args("pi05", n_cameras=3)
+    model = Pi0Model(args).eval()
+    a = args
+    inputs = Pi0Inputs(torch.zeros(1, 3, 3, a.vision.image_size, a.vision.image_size),
+                       torch.tensor([[True, True, False]]), torch.zeros(1, a.tokenizer_max_length, dtype=torch.long),
+                       torch.arange(a.tokenizer_max_length)[None] < 5, torch.zeros(1, a.max_state_dim))
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model.sample_actions(inputs, noise=torch.zeros(1, a.chunk_size, a.max_action_dim), selector=drop_masked())
+    assert fc.get_total_flops() == pi0_flops(args, pruned_prefix_lens(args, 1.0, 0, cameras=2, prompt_tokens=5),
+                                             cameras=2).total
