@@ -2,4 +2,5 @@ import sys
 
 from vla_adp.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # simulator processes of `eval --envs N` (spawn) import this module too
+    sys.exit(main())

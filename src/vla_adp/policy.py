@@ -216,6 +216,59 @@ class Policy:
         s.trajectory = []
         return {"actions": actions, "info": info}
 
+    @torch.inference_mode()
+    def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
+        """:meth:`infer` for many episodes at once: one forward per group of queries that share a
+        prompt length, hook layers and position mode (:func:`vla_adp.model.batched.forward_rows`);
+        each query runs its own session's pruner. Returns one ``infer`` result per observation, or
+        the exception its input raised (bad observations fail alone). ``info["timing_ms"]`` holds
+        the whole batch's stages and ``info["batch"]`` its size.
+        """
+        from vla_adp.model.batched import forward_rows, stack_inputs
+
+        if len(observations) != len(sessions):
+            raise ValueError(f"{len(observations)} observations but {len(sessions)} sessions")
+        t0 = time.perf_counter()
+        timer = self.stopwatch(self.model.device)
+        results: list[Any] = [None] * len(observations)
+        groups: dict[tuple, list[tuple[int, OFTInputs, TokenLayout]]] = {}
+        for i, (obs, s) in enumerate(zip(observations, sessions)):
+            try:
+                with timer("transforms"):
+                    inputs, layout = self.inputs(obs)
+                query = self.query(s, layout, obs)
+                with timer("gate"):
+                    hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
+            except Exception as e:  # noqa: BLE001 - this query fails, the others go on
+                results[i] = e
+                continue
+            positions = getattr(s.pruner, "positions", "contiguous")
+            groups.setdefault((inputs.input_ids.shape[1], hooks, positions), []).append((i, inputs, layout))
+        done = []
+        for (_, hooks, positions), rows in groups.items():
+            pruners = [sessions[i].pruner for i, _, _ in rows]
+            outs = forward_rows(self.model, stack_inputs([x for _, x, _ in rows]), pruners, hooks, positions,
+                                self.config.action_slice, self.config.decode, timer)
+            done += [(i, layout, out) for (i, _, layout), out in zip(rows, outs)]
+        for i, layout, out in done:
+            s = sessions[i]
+            norm = out.actions[0].float().cpu().numpy()
+            actions = T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
+            info = self._info(s, layout, out)
+            if s.pruner is not None:
+                with timer("gate"):
+                    info.update(s.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
+                info["flops"] = info["flops_llm"] + float(info.get("scoring_flops", 0.0))
+            s.query_index += 1
+            s.trajectory = []
+            results[i] = {"actions": actions, "info": info}
+        timing = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
+        for r in results:
+            if isinstance(r, dict):
+                r["info"]["timing_ms"] = dict(timing)
+                r["info"]["batch"] = len(done)
+        return results
+
     def query(self, s: Session, layout: TokenLayout, obs: dict) -> Query:
         """What the pruner may know: end-effector pose now and the path since the last query."""
         pos_slice, rot_slice = self.platform.eef_pos, self.platform.eef_rot

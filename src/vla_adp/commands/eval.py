@@ -4,6 +4,10 @@ The documented full run (OpenVLA-OFT protocol, one suite, GPU)::
 
     vla-adp eval libero --checkpoint DIR --suite libero_spatial --trials 50
 
+``--envs N`` steps N simulators in parallel processes and answers their queries in batched forwards
+(:mod:`vla_adp.eval.parallel`); ``--realtime [LATENCY]`` lets the world move while the policy thinks
+(:mod:`vla_adp.eval.realtime`).
+
 Rerunning the same command resumes from its log: finished episodes are skipped. One run writes a
 log at a time (a second run on the same log refuses, naming the first); runs that split the work
 by hand on one log take ``--worker NAME`` each: every worker appends to its own
@@ -40,6 +44,7 @@ def add_arguments(p) -> None:
                    help="write a per-worker log LOG_STEM.worker-NAME.jsonl beside the log instead, skipping episodes "
                         "the log and the other workers' logs already hold (several evaluations of one config at once)")
     add_recording_args(p)
+    add_speed_args(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no per-episode lines")
 
@@ -52,6 +57,49 @@ def add_recording_args(p) -> None:
                    help="write one overlay mp4 per episode here: every camera the policy saw with the pruned "
                         "patches masked, gate state, displacement and kept tokens per frame (10 fps)")
     p.add_argument("--log-indices", action="store_true", help="log the kept visual-token indices of every query")
+
+
+def add_speed_args(p) -> None:
+    """Parallel simulators and real-time mode (``eval`` and ``sweep``)."""
+    p.add_argument("--envs", type=int, default=1,
+                   help="simulator processes; one policy answers their queries in batched forwards (default 1: serial)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="most queries per forward with --envs (default: --envs); 1 = bit-identical to the serial runner")
+    p.add_argument("--realtime", nargs="?", const="wall", default=None, metavar="LATENCY",
+                   help="the world moves while the policy thinks; LATENCY: wall (measured, the default), a fixed "
+                        "time (120ms, 0.12), model (the unpruned 7B on --latency-gpu scaled by the query's FLOPs), "
+                        "model:GPU or model:MS (the unpruned per-query latency)")
+    p.add_argument("--latency-gpu", default=None, help="GPU of the latency model (rtx4090, h20; published numbers)")
+    p.add_argument("--latency-fixed", default=None,
+                   help="latency-model time pruning does not shorten, added to every query (e.g. 10ms)")
+    p.add_argument("--thinking", choices=("continue", "hold"), default="continue",
+                   help="while the policy thinks the robot executes the previous chunk's remaining actions, then "
+                        "holds (continue), or holds at once (hold)")
+    p.add_argument("--control-hz", type=float, default=None, help="control rate (default: the env's: LIBERO 20, Meta-World 80)")
+
+
+def realtime_of(args) -> dict | None:
+    """RealtimeConfig fields from the command line; None without --realtime."""
+    from vla_adp.eval.realtime import RealtimeConfig, _seconds, parse_latency
+
+    if args.realtime is None:
+        for flag in ("latency_gpu", "latency_fixed", "control_hz"):
+            if getattr(args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} needs --realtime")
+        return None
+    fields = parse_latency(args.realtime)
+    if args.latency_gpu is not None:
+        if fields["source"] != "model" or "full_s" in fields:
+            raise ValueError(f"--latency-gpu needs --realtime model, got --realtime {args.realtime}")
+        fields["gpu"] = args.latency_gpu
+    if args.latency_fixed is not None:
+        try:
+            fields["fixed_s"] = _seconds(str(args.latency_fixed).strip().lower())
+        except ValueError:
+            raise ValueError(f"--latency-fixed must be a time like 10ms or 0.01, got {args.latency_fixed!r}") from None
+    fields.update(thinking=args.thinking, control_hz=args.control_hz)
+    RealtimeConfig(**fields)  # fails here, naming the bad value
+    return fields
 
 
 def _folder(path: str | None) -> str | None:
@@ -105,7 +153,8 @@ def job_settings(args) -> dict:
                 platform=args.platform, device=args.device,
                 dtype=args.dtype or {torch.bfloat16: "bf16", torch.float32: "fp32"}[default_dtype(args.device)],
                 log_indices=args.log_indices, video_dir=_folder(args.video_dir),
-                overlay_video_dir=_folder(args.overlay_video_dir))
+                overlay_video_dir=_folder(args.overlay_video_dir), realtime=realtime_of(args),
+                envs=args.envs, batch=args.batch)
 
 
 def job_from_args(args, log: str = ""):

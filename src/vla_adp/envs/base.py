@@ -30,6 +30,10 @@ class Env(Protocol):
     task: str  # task name
     instruction: str
     max_steps: int  # policy steps per episode (wait steps excluded)
+    # Optional, read by real-time mode only (vla_adp.eval.realtime): the control rate in Hz and the
+    # last action entry (policy space) that opens the gripper, for holding before the first command.
+    # control_hz: float
+    # gripper_open: float
 
     def reset(self, episode: int) -> dict[str, Any]: ...
 

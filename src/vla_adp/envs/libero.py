@@ -143,6 +143,12 @@ def make_render_fast(env) -> None:
 class LiberoEnv:
     """One LIBERO task; ``reset(i)`` starts episode ``i`` from the suite's initial state ``i``."""
 
+    # Real-time mode (vla_adp.eval.realtime): robosuite's controller rate in LIBERO
+    # (libero/envs/bddl_base_domain.py, control_freq=20), and the policy-space gripper value that
+    # opens the gripper (1 -> -1 after libero_gripper, the WAIT_ACTION's open gripper).
+    control_hz = 20.0
+    gripper_open = 1.0
+
     def __init__(self, config: LiberoConfig):
         benchmark, get_libero_path, OffScreenRenderEnv = _libero()
         suite = benchmark.get_benchmark_dict()[config.suite]()

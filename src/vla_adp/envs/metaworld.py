@@ -168,6 +168,8 @@ class MetaWorldEnv:
         suite: suite name written to the logs (see :data:`SUITES`).
     """
 
+    gripper_open = -1.0  # real-time mode's hold action before the first command (-1 opens)
+
     def __init__(self, task: str, image_size: int = 112, split: str = "eval", max_steps: int | None = None,
                  camera: str | SceneCamera = SceneCamera(), task_id: int = 0, suite: str = "metaworld"):
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -200,6 +202,11 @@ class MetaWorldEnv:
         env.max_path_length = max(env.max_path_length, self.max_steps + 1)
         if self.spec.goal_marker is not None:
             env.model.site_size[env.model.site("goal").id, 0] = self.spec.goal_marker
+
+    @property
+    def control_hz(self) -> float:
+        """Control rate: one step = ``frame_skip`` physics steps (5 × 2.5 ms = 80 Hz in v3)."""
+        return 1.0 / float(self.env.dt)
 
     # -- Env protocol ------------------------------------------------------------------------
     def reset(self, episode: int) -> dict[str, Any]:

@@ -65,6 +65,11 @@ class EvalJob:
             not change the results, so they are not part of the run's identity.
         resume_logs: other logs of the same run (the other workers' logs): episodes finished there
             are skipped too; read only, never locked.
+        realtime: keyword arguments of :class:`~vla_adp.eval.realtime.RealtimeConfig`; ``None`` =
+            the world pauses while the policy thinks. Part of the run's identity when given.
+        envs: simulator processes (:mod:`vla_adp.eval.parallel`); 1 = the serial runner.
+        batch: most queries per forward with ``envs > 1`` (``None`` = ``envs``; 1 = bit-identical
+            to the serial runner). Neither changes what is computed, only how (not in the identity).
     """
 
     env: str
@@ -90,14 +95,34 @@ class EvalJob:
     verbose: bool = True
     overlay_video_dir: str | None = None
     resume_logs: tuple[str, ...] = ()
+    realtime: dict[str, Any] | None = None
+    envs: int = 1
+    batch: int | None = None
 
     def __post_init__(self) -> None:
         env_module(self.env)
+        if not isinstance(self.envs, int) or self.envs < 1:
+            raise ValueError(f"envs must be a positive int, got {self.envs!r}")
+        if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
+            raise ValueError(f"batch must be a positive int or None, got {self.batch!r}")
+        if self.envs > 1 and (self.video_dir or self.overlay_video_dir):
+            raise ValueError("videos are recorded by the serial runner only: drop --envs or the video options")
+        _ = self.realtime_config  # builds (validates) the RealtimeConfig
         start, stop = self.episodes
         if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop):
             raise ValueError(f"episodes must be (start, stop) with 0 <= start < stop, got {self.episodes!r}")
         if not Path(self.checkpoint).is_dir():
             raise FileNotFoundError(f"checkpoint folder not found: {self.checkpoint}")
+
+    @property
+    def realtime_config(self):
+        from vla_adp.eval.realtime import RealtimeConfig
+
+        if self.realtime is None:
+            return None
+        if not isinstance(self.realtime, dict):
+            raise ValueError(f"realtime must be a dict of RealtimeConfig fields or None, got {self.realtime!r}")
+        return RealtimeConfig(**self.realtime)
 
     @property
     def has_pruner(self) -> bool:
@@ -140,7 +165,7 @@ def pruner_identity(job: EvalJob, pruner) -> dict[str, Any] | None:
 def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
     """What defines the run's results; ``method`` is what stays equal across suites."""
     env_module(job.env)
-    return {
+    config = {
         "env": job.env,
         "suite": job.suite,
         "checkpoint": checkpoint_identity(job.checkpoint),
@@ -156,6 +181,9 @@ def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
             "render": job.render,
         },
     }
+    if job.realtime is not None:  # only then: paused-world runs keep their hashes
+        config["method"]["realtime"] = job.realtime_config.identity()
+    return config
 
 
 def versions() -> dict[str, str]:
@@ -221,10 +249,9 @@ def _run_locked(job: EvalJob, pruner, run: RunRecord, tasks: list[int], episodes
         return []
     policy = load_policy(job, pruner)
     settings = EpisodeSettings(run.config_hash, job.seed, job.open_loop, job.log_indices, job.video_dir, job.verbose,
-                               job.overlay_video_dir)
+                               job.overlay_video_dir, job.realtime_config)
     mod = env_module(job.env)
     size = policy.model.args.image_size
-
     extra = {}
     camera = checkpoint_hints(job.checkpoint).get("camera_size")
     if camera and job.env == "libero":  # a policy trained on other cameras than the 256-px protocol's
@@ -232,6 +259,14 @@ def _run_locked(job: EvalJob, pruner, run: RunRecord, tasks: list[int], episodes
 
     def make(task_id: int):
         return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size, **extra)
+
+    if job.envs > 1:
+        from vla_adp.eval.parallel import EnvSpec, run_parallel
+
+        spec = EnvSpec(ENV_FACTORIES[job.env], job.suite, job.max_steps, job.render, size, extra)
+        with LogWriter(job.log) as writer:
+            writer.write(run)
+            return run_parallel(spec, tasks, list(episodes), policy, settings, writer, done, job.envs, job.batch)
 
     with LogWriter(job.log) as writer:
         writer.write(run)

@@ -4,13 +4,17 @@ The episode loop is OpenVLA-OFT's ``run_episode`` (spec §5.3) with the platform
 the Env (wait steps and initial states in ``reset``, gripper post-processing in ``step``):
 
     obs = env.reset(episode); policy.reset()          # the pruner and its gate start afresh
-    for step in range(env.max_steps):
-        if the action queue is empty:
-            chunk = policy.infer(obs)["actions"]       # one query -> log a QueryRecord
-            queue the first ``open_loop`` actions      # 8 on LIBERO, executed open-loop
-        result = env.step(queue.pop(), images=queue empty or recording a video)
-        policy.record_step(result.obs["state"])
-        if result.success: stop                        # success = the env's ``done``
+    while steps < env.max_steps:
+        chunk = policy.infer(obs)["actions"]           # one query -> log a QueryRecord
+        for action in chunk[:open_loop]:               # 8 on LIBERO, executed open-loop
+            result = env.step(action, images=last action of the chunk or recording a video)
+            policy.record_step(result.obs["state"])
+            if result.success: stop                    # success = the env's ``done``
+
+In real-time mode (``settings.realtime``, :mod:`vla_adp.eval.realtime`) the actions the robot
+executes while the policy thinks (the previous chunk's remaining actions, or holds) come before each
+chunk; :class:`EpisodeProgress` keeps that bookkeeping for this loop and for the parallel runner
+(:mod:`vla_adp.eval.parallel`), which steps the same episodes in simulator processes.
 
 Camera images are built only for the steps whose observation the policy (or a video) reads; the
 simulation is identical either way (tests/test_metaworld.py checks it). On Meta-World, rendering both
@@ -29,7 +33,6 @@ import inspect
 import random
 import time
 import traceback
-from collections import deque
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable
 
@@ -37,6 +40,7 @@ import numpy as np
 import torch
 
 from vla_adp.envs.base import Env
+from vla_adp.eval.realtime import RealtimeConfig, query_latency, steps_elapsed, thinking_actions
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 
 QUERY_FIELDS = {f.name for f in fields(QueryRecord)}
@@ -58,6 +62,8 @@ class EpisodeSettings:
         overlay_video_dir: write an overlay mp4 of every episode here (every camera the policy saw,
             the chunk's keep mask, gate state, displacement, kept count; 10 fps); ``None`` = off.
             See :mod:`vla_adp.eval.video`.
+        realtime: advance simulated time by each query's latency (:mod:`vla_adp.eval.realtime`);
+            ``None`` = the world pauses while the policy thinks (every published protocol).
     """
 
     config_hash: str
@@ -67,6 +73,7 @@ class EpisodeSettings:
     video_dir: str | None = None
     verbose: bool = True
     overlay_video_dir: str | None = None
+    realtime: RealtimeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.open_loop is not None and (not isinstance(self.open_loop, int) or self.open_loop < 1):
@@ -97,15 +104,6 @@ def query_record(info: dict[str, Any], env: Env, episode: int, step: int, obs: d
     eef = np.asarray(obs["state"], np.float64)[slice(*pos)].tolist() if pos and "state" in obs else None
     return QueryRecord(config_hash=settings.config_hash, suite=env.suite, task_id=env.task_id, task=env.task,
                        episode=episode, step=step, eef_pos=eef, extra=extra, **known)
-
-
-def _act(policy, obs: dict, queue: deque, open_loop: int) -> dict[str, Any]:
-    out = policy.infer(obs)
-    actions = np.asarray(out["actions"])
-    if actions.ndim != 2 or actions.shape[0] < open_loop:
-        raise ValueError(f"policy returned actions of shape {actions.shape}; need (>= {open_loop}, action_dim)")
-    queue.extend(actions[:open_loop])
-    return out["info"]
 
 
 def takes_images_hint(env) -> bool:
@@ -141,38 +139,92 @@ def run_episode(env: Env, policy, episode: int, settings: EpisodeSettings,
     return rec
 
 
+class EpisodeProgress:
+    """One episode's bookkeeping between queries; the serial and the parallel runners share it.
+
+    ``answer`` turns a query's output into the actions to execute before the next query (logging
+    the query); ``executed`` counts each executed step. In real-time mode the actions the robot
+    executes while the policy thinks come first (:mod:`vla_adp.eval.realtime`).
+    """
+
+    def __init__(self, env, platform, settings: EpisodeSettings, rec: EpisodeRecord, episode: int):
+        self.env, self.platform, self.settings, self.rec, self.episode = env, platform, settings, rec, episode
+        self.open_loop = settings.open_loop or getattr(platform, "chunk", None)
+        self.step = 0
+        self.leftover: list[np.ndarray] = []  # actions of the last chunk beyond open_loop
+        self.last: np.ndarray | None = None  # the last executed action
+        rt = settings.realtime
+        self.control_hz = None if rt is None else (rt.control_hz or _env_attr(env, "control_hz"))
+        self.gripper_open = None if rt is None else _env_attr(env, "gripper_open")
+
+    def answer(self, out: dict[str, Any], obs: dict, wall_s: float, policy,
+               on_query: Callable[[QueryRecord], None] | None) -> list[np.ndarray]:
+        actions = np.asarray(out["actions"])
+        if actions.ndim != 2 or actions.shape[0] < self.open_loop:
+            raise ValueError(f"policy returned actions of shape {actions.shape}; need (>= {self.open_loop}, action_dim)")
+        info, thinking = out["info"], []
+        rt = self.settings.realtime
+        if rt is not None:
+            latency = query_latency(rt, info, wall_s)
+            k = steps_elapsed(latency, self.control_hz)
+            thinking = thinking_actions(self.leftover, k, rt.thinking, self.last, actions.shape[1], self.gripper_open)
+            info = {**info, "latency_s": latency, "latency_steps": k, "latency_source": rt.source}
+        q = query_record(info, self.env, self.episode, self.step, obs, policy, self.settings)
+        rec = self.rec
+        rec.queries += 1
+        rec.pruned_queries += int(q.pruned)
+        rec.flops_total += q.flops
+        # the unpruned cost of the same queries, where the policy reports it (speedup from logs)
+        full = rec.flops_full_total
+        rec.flops_full_total = None if full is None or q.flops_full is None else full + q.flops_full
+        if on_query is not None:
+            on_query(q)
+        self.leftover = list(actions[self.open_loop:])
+        return thinking + list(actions[:self.open_loop])
+
+    def executed(self, action: np.ndarray) -> None:
+        self.step += 1
+        self.rec.steps += 1
+        self.last = action
+
+    @property
+    def remaining(self) -> int:
+        return self.env.max_steps - self.step
+
+
+def _env_attr(env, name: str):
+    value = getattr(env, name, None)
+    if value is None:
+        raise ValueError(f"real-time mode needs the env's {name!r}; {type(env).__name__} has none "
+                         "(give control_hz in the RealtimeConfig, or add the attribute to the env)")
+    return value
+
+
 def _loop(env: Env, policy, episode: int, settings: EpisodeSettings, rec: EpisodeRecord,
           videos, on_query) -> None:
     seed_everything(settings.seed)
     obs = env.reset(episode)
     policy.reset()
-    open_loop = settings.open_loop or policy.platform.chunk
     lazy = takes_images_hint(env)
-    queue: deque = deque()
-    for step in range(env.max_steps):
-        info = None
-        if not queue:
-            info = _act(policy, obs, queue, open_loop)
-            q = query_record(info, env, episode, step, obs, policy, settings)
-            rec.queries += 1
-            rec.pruned_queries += int(q.pruned)
-            rec.flops_total += q.flops
-            # the unpruned cost of the same queries, where the policy reports it (speedup from logs)
-            full = rec.flops_full_total
-            rec.flops_full_total = None if full is None or q.flops_full is None else full + q.flops_full
-            if on_query is not None:
-                on_query(q)
-        if videos is not None:  # frame t: the state before step t, under the chunk being executed
-            videos.add(step, env, obs, info)
-        # images only where they are read: the next query, or every frame of a video
-        action, images = queue.popleft(), videos is not None or not queue
-        result = env.step(action, images=images) if lazy else env.step(action)
-        rec.steps += 1
-        obs = result.obs
-        policy.record_step(obs["state"])
-        if result.success:
-            rec.success = True
-            return
+    progress = EpisodeProgress(env, policy.platform, settings, rec, episode)
+    while progress.remaining > 0:
+        t0 = time.perf_counter()
+        out = policy.infer(obs)
+        segment = progress.answer(out, obs, time.perf_counter() - t0, policy, on_query)
+        for i, action in enumerate(segment):
+            if progress.remaining <= 0:
+                return
+            if videos is not None:  # frame t: the state before step t, under the chunk being executed
+                videos.add(progress.step, env, obs, out["info"] if i == 0 else None)
+            # images only where they are read: the next query, or every frame of a video
+            images = videos is not None or i == len(segment) - 1
+            result = env.step(action, images=images) if lazy else env.step(action)
+            progress.executed(action)
+            obs = result.obs
+            policy.record_step(obs["state"])
+            if result.success:
+                rec.success = True
+                return
 
 
 def run_task(env: Env, policy, episodes: Iterable[int], settings: EpisodeSettings, writer=None,
@@ -183,6 +235,8 @@ def run_task(env: Env, policy, episodes: Iterable[int], settings: EpisodeSetting
     if available is not None and episodes and not 0 <= min(episodes) <= max(episodes) < available:
         raise ValueError(f"{env.suite} task {env.task_id} has episodes 0..{available - 1}, "
                          f"asked for {min(episodes)}..{max(episodes)}")
+    if settings.realtime is not None:  # a missing control rate fails here, not as an error in every episode
+        EpisodeProgress(env, None, settings, None, 0)
     records = []
     on_query = writer.write if writer is not None else None
     for ep in episodes:

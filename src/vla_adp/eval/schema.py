@@ -17,6 +17,9 @@ grid: 0..P−1 with P patches per camera, token j = patch (j // G, j % G) of the
 ``flops`` is the cost of a query as the policy ran it (decoder + the pruner's scoring); ``flops_full``
 (``flops_full_total`` per episode) the same query's decoder unpruned, so a report made from logs
 alone gives the expected speedup.
+``extra`` holds what else the policy or runner reported: ``batch`` (queries in the forward, parallel
+runner), ``latency_s`` / ``latency_steps`` / ``latency_source`` (real-time mode: the latency used and
+the control steps that passed while the policy thought).
 Query lines of an episode count only once its ``episode`` line follows (an interrupted attempt
 leaves query lines that the reader drops).
 

@@ -18,6 +18,10 @@ Each Ray task writes its own JSONL file, ``OUT/{config_hash}/{suite}-task{t}-ep{
 rerun skips finished episodes from those files (chunks already complete never start), and the
 report merges the folder by reading every file. Workers get this package through Ray's
 ``py_modules``, so a cluster runs the driver's code.
+
+With ``--envs N`` a Ray task is one batched worker: N simulator processes and one model copy
+(:mod:`vla_adp.eval.parallel`), reserving N CPUs; give it a large ``--chunk`` (e.g. 50) so the
+simulators stay busy.
 """
 
 from __future__ import annotations
@@ -159,7 +163,8 @@ def run_sweep(chunks: list[Chunk], address: str | None = None, num_cpus: int | N
                  runtime_env=_runtime_env(threads), logging_level="WARNING")
     try:
         task = ray.remote(num_cpus=threads, num_gpus=gpus_per_task, max_retries=0)(run_chunk)
-        pending = {task.remote(c.job, threads): c for c in todo}
+        # a chunk with envs > 1 is one batched worker: its simulator processes need a CPU each
+        pending = {task.options(num_cpus=max(threads, c.job.envs)).remote(c.job, threads): c for c in todo}
         return _collect(ray, pending)
     finally:
         if started:
