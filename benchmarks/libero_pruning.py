@@ -21,7 +21,6 @@ fine-tuning. Columns as in the Meta-World benchmark, one success column per suit
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,7 @@ def entries(keeps: tuple[float, ...] = (0.3, 0.5, 0.7)) -> list[mw.Entry]:
 def template(entry: mw.Entry, args) -> EvalJob:
     n = args.trials_main if entry.main else args.trials
     return EvalJob(env="libero", suite=SUITES[0], checkpoint=str(Path(args.checkpoint).resolve()), log="",
-                   episodes=(0, n), seed=7, dtype="fp32", verbose=False,
+                   episodes=(0, n), seed=7, dtype="fp32", verbose=False, max_steps=args.max_steps,
                    render=mw_render(args.checkpoint), tasks=tuple(args.tasks) if args.tasks else None)
 
 
@@ -125,7 +124,6 @@ def observations(checkpoint: str, size: int, per_suite: int = 2) -> list[dict]:
 
 def measure_latency(rows: list[mw.Entry], args) -> dict[str, dict[str, float]]:
     """As :func:`metaworld_pruning.measure_latency`: interleaved medians of ``Policy.infer``, one thread."""
-    from vla_adp.cost.latency import interleave, summarize
     from vla_adp.policy import Policy
     from vla_adp.pruning.registry import build_pruner
 
@@ -136,16 +134,7 @@ def measure_latency(rows: list[mw.Entry], args) -> dict[str, dict[str, float]]:
     for e in rows[1:]:
         f = mw.forced(e)
         cases[e.label] = Policy(base.ckpt, pruner=build_pruner(f["name"], f["keep"], **f["fields"]))
-    counter = {k: 0 for k in cases}
-
-    def query(name: str) -> float:
-        t0 = time.perf_counter()
-        cases[name].infer(obs[counter[name] % len(obs)])
-        counter[name] += 1
-        return 1e3 * (time.perf_counter() - t0)
-
-    samples = interleave({k: (lambda k=k: query(k)) for k in cases}, args.latency_reps, warmup=4)
-    return {k: dataclasses.asdict(summarize(v)) for k, v in samples.items()}
+    return mw.time_cases(cases, obs, args.latency_reps)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -157,6 +146,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=10, help="episodes per task and config")
     p.add_argument("--trials-main", type=int, default=None, help="episodes per task of baseline and ADP dyn 0.5")
     p.add_argument("--chunk", type=int, default=5, help="episodes per Ray task")
+    p.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's; smoke tests)")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, help="run only these labels (all rows still reported)")
     p.add_argument("--report-only", action="store_true")

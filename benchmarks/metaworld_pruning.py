@@ -218,7 +218,6 @@ def measure_latency(rows: list[Entry], args) -> dict[str, dict[str, float]]:
     from its closed-loop log (:func:`vla_adp.cost.latency.expected_latency`); the gate's own cost is
     inside t_pruned and ignored in unpruned queries (< 0.1 ms).
     """
-    from vla_adp.cost.latency import interleave, summarize
     from vla_adp.policy import Policy
     from vla_adp.pruning.registry import build_pruner
 
@@ -230,6 +229,13 @@ def measure_latency(rows: list[Entry], args) -> dict[str, dict[str, float]]:
     for e in rows[1:]:
         f = forced(e)
         cases[e.label] = Policy(models[e.checkpoint].ckpt, pruner=build_pruner(f["name"], f["keep"], **f["fields"]))
+    return time_cases(cases, obs, args.latency_reps)
+
+
+def time_cases(cases: dict, obs: list[dict], reps: int) -> dict[str, dict[str, float]]:
+    """Interleaved ``Policy.infer`` timings (ms) of every case, each cycling through ``obs``."""
+    from vla_adp.cost.latency import interleave, summarize
+
     counter = {k: 0 for k in cases}
 
     def query(name: str) -> float:
@@ -238,7 +244,7 @@ def measure_latency(rows: list[Entry], args) -> dict[str, dict[str, float]]:
         counter[name] += 1
         return 1e3 * (time.perf_counter() - t0)
 
-    samples = interleave({k: (lambda k=k: query(k)) for k in cases}, args.latency_reps, warmup=4)
+    samples = interleave({k: (lambda k=k: query(k)) for k in cases}, reps, warmup=4)
     return {k: dataclasses.asdict(summarize(v)) for k, v in samples.items()}
 
 
