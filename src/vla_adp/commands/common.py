@@ -14,6 +14,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EMBEDDED_POLICY = ASSETS / "metaworld_policy"
 LIGHTVLA_POLICY = ASSETS / "metaworld_lightvla"
+LIBERO_POLICY = ASSETS / "libero_policy"  # the LIBERO reference policy (benchmarks/libero_training.md)
 
 
 def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> None:
