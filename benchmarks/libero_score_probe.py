@@ -1,0 +1,141 @@
+"""Does ADP's layer-0 text→vision score see the instruction on the LIBERO reference policy?
+(issue 20, item 4; the Meta-World version is ``benchmarks/metaworld_score_probe.py``.)
+
+For the first observation of official initial states of every task of LIBERO-Object and
+LIBERO-Spatial, the policy with each pruner forced to prune (static schedule, original positions)
+reports the kept patches of the scene camera, and the simulator's segmentation says which patches
+show the task's target object (the first argument of its BDDL goal: the named grocery, or the named
+bowl). Per ratio ρ the script reports:
+
+* **target kept**: share of the target object's patches that stay (a patch is the target's when at
+  least ``--min-share`` of its pixels are), for ADP, inverse and uniformly random sets of the same
+  size (averaged over ``--draws`` draws);
+* **instruction sensitivity**: Jaccard overlap of ADP's kept set for the same image under its own
+  instruction and under each other task's instruction of the suite (1.0 = the text does not matter).
+
+    PYTHONPATH=src MUJOCO_GL=egl python benchmarks/libero_score_probe.py --episodes 3 --keep 0.3 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+
+from vla_adp.commands.common import LIBERO_POLICY
+from vla_adp.envs.libero import WAIT_ACTION, observation, suite_tasks
+from vla_adp.envs.libero_expert import _subtree, goal_pair
+from vla_adp.eval.job import checkpoint_hints
+from vla_adp.model import transforms as T
+from vla_adp.policy import Policy
+from vla_adp.pruning.registry import build_pruner
+
+FORCED = {"gate": {"schedule": "static", "limit_consecutive": False}, "positions": "original"}
+SUITES = ("libero_object", "libero_spatial")
+
+
+def scene(suite: str, task_id: int, camera: int, render: str):
+    """An OffScreenRenderEnv of the task with geom-id segmentation of every camera."""
+    from vla_adp.envs.libero import _libero, make_render_fast
+
+    benchmark, get_libero_path, OffScreenRenderEnv = _libero()
+    s = benchmark.get_benchmark_dict()[suite]()
+    task = s.get_task(task_id)
+    env = OffScreenRenderEnv(bddl_file_name=os.path.join(get_libero_path("bddl_files"), task.problem_folder,
+                                                         task.bddl_file),
+                             camera_heights=camera, camera_widths=camera, camera_segmentations="element")
+    return env, s.get_task_init_states(task_id), task.language, make_render_fast if render == "fast" else None
+
+
+def first_frame(env, state, fast) -> dict:
+    env.seed(0)
+    env.reset()
+    if fast:
+        fast(env)
+    raw = env.set_init_state(state)
+    for _ in range(10):
+        raw, _, _, _ = env.step(list(WAIT_ACTION))
+    return raw
+
+
+def target_patches(raw: dict, sim_env, side: int, min_share: float) -> set[int]:
+    """Scene-camera patches (row-major, upright image) where the goal's object covers ``min_share``."""
+    _, obj, _ = goal_pair(sim_env)
+    model = sim_env.sim.model._model
+    root = sim_env.sim.model.body_name2id(sim_env.objects_dict[obj].root_body)
+    geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] in _subtree(model, root)]
+    mask = T.rotate_180(np.isin(raw["agentview_segmentation_element"][..., 0], geoms))
+    h = mask.shape[0] // side
+    share = mask[: side * h, : side * h].reshape(side, h, side, h).mean(axis=(1, 3))
+    return {int(i) for i in np.flatnonzero(share.reshape(-1) >= min_share)}
+
+
+def kept_scene(policy: Policy, obs: dict, instruction: str) -> set[int]:
+    policy.reset()
+    return set(policy.infer({**obs, "instruction": instruction})["info"]["kept_indices"][0])
+
+
+def probe(args) -> list[str]:
+    hints = checkpoint_hints(args.checkpoint)
+    camera, render = int(hints.get("camera_size", 256)), hints.get("render", "faithful")
+    base = Policy.load(args.checkpoint, dtype=torch.float32)
+    size, n = base.model.args.image_size, base.model.args.patches_per_image
+    side = int(round(n ** 0.5))
+    rng = np.random.default_rng(0)
+    lines = ["| suite | ρ | images | target patches / image | target kept: ADP | inverse | random | "
+             "Jaccard ADP own vs other instruction |", "|---|---|---|---|---|---|---|---|"]
+    for suite in args.suite:
+        instructions = suite_tasks(suite)
+        frames = []  # (obs, target set, task id)
+        for t in range(len(instructions)):
+            env, states, language, fast = scene(suite, t, camera, render)
+            try:
+                for e in range(args.episodes):
+                    raw = first_frame(env, states[e], fast)
+                    frames.append((observation(raw, language, size), target_patches(raw, env.env, side, args.min_share), t))
+            finally:
+                env.close()
+        for keep in args.keep:
+            adp = Policy(base.ckpt, pruner=build_pruner("adp", keep, **FORCED))
+            inv = Policy(base.ckpt, pruner=build_pruner("inverse", keep, **FORCED))
+            share = {"adp": [], "inverse": [], "random": []}
+            jac = []
+            for obs, target, t in frames:
+                own = kept_scene(adp, obs, instructions[t])
+                k = len(own)
+                if target:
+                    share["adp"].append(len(own & target) / len(target))
+                    share["inverse"].append(len(kept_scene(inv, obs, instructions[t]) & target) / len(target))
+                    share["random"].append(np.mean([len(set(rng.choice(n, k, replace=False)) & target) / len(target)
+                                                    for _ in range(args.draws)]))
+                for u, other in enumerate(instructions):
+                    if u != t:
+                        o = kept_scene(adp, obs, other)
+                        jac.append(len(own & o) / len(own | o))
+            sizes = [len(x[1]) for x in frames]
+            lines.append(f"| {suite} | {keep} | {len(frames)} | {np.mean(sizes):.1f} | "
+                         f"{100 * np.mean(share['adp']):.0f} % | {100 * np.mean(share['inverse']):.0f} % | "
+                         f"{100 * np.mean(share['random']):.0f} % | {np.mean(jac):.2f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=str(LIBERO_POLICY))
+    p.add_argument("--suite", nargs="+", default=list(SUITES))
+    p.add_argument("--episodes", type=int, default=3, help="official initial states per task")
+    p.add_argument("--keep", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument("--draws", type=int, default=50, help="random sets per image")
+    p.add_argument("--min-share", type=float, default=0.15, help="pixel share that makes a patch the target's")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    print("\n".join(probe(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
