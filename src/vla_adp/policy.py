@@ -203,6 +203,12 @@ class Policy:
         with timer("gate"):
             hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
         out = self.model(inputs, s.pruner, hooks, self.config.action_slice, self.config.decode, timer)
+        result = self._finish(s, layout, out, timer)
+        result["info"]["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
+        return result
+
+    def _finish(self, s: Session, layout: TokenLayout, out, timer) -> dict[str, Any]:
+        """Un-normalised actions and ``info`` of one answered query; the session moves on."""
         norm = out.actions[0].float().cpu().numpy()
         actions = T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
         info = self._info(s, layout, out)
@@ -211,7 +217,6 @@ class Policy:
                 info.update(s.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
             # FLOPs of the query = decoder + the pruner's own scoring (e.g. ADP's Eq. 22 / probe pass).
             info["flops"] = info["flops_llm"] + float(info.get("scoring_flops", 0.0))
-        info["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         s.query_index += 1
         s.trajectory = []
         return {"actions": actions, "info": info}
@@ -251,17 +256,7 @@ class Policy:
                                 self.config.action_slice, self.config.decode, timer)
             done += [(i, layout, out) for (i, _, layout), out in zip(rows, outs)]
         for i, layout, out in done:
-            s = sessions[i]
-            norm = out.actions[0].float().cpu().numpy()
-            actions = T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
-            info = self._info(s, layout, out)
-            if s.pruner is not None:
-                with timer("gate"):
-                    info.update(s.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
-                info["flops"] = info["flops_llm"] + float(info.get("scoring_flops", 0.0))
-            s.query_index += 1
-            s.trajectory = []
-            results[i] = {"actions": actions, "info": info}
+            results[i] = self._finish(sessions[i], layout, out, timer)
         timing = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         for r in results:
             if isinstance(r, dict):
