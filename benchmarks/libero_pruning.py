@@ -164,19 +164,7 @@ def main(argv=None) -> int:
     if not Path(args.checkpoint).is_dir():
         print(f"no LIBERO reference policy at {args.checkpoint}", file=sys.stderr)
         return 2
-    rows, wall = entries(), {}
-    if not args.report_only:
-        t0 = time.perf_counter()
-        run_all([e for e in rows if args.only is None or e.label in args.only], args)
-        wall["sweep"] = round((time.perf_counter() - t0) / 60, 1)
-    table = collect_rows(rows, args)
-    lat = None
-    if args.latency_reps:
-        t0 = time.perf_counter()
-        lat = measure_latency(rows, args)
-        mw.attach_latency(table, lat)
-        wall["latency"] = round((time.perf_counter() - t0) / 60, 1)
-    mw.write_results(table, lat, args, wall)
+    mw.run_benchmark(args, entries(), sys.modules[__name__])
     return 0
 
 

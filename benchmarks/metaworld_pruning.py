@@ -339,22 +339,28 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse(argv)
-    rows = available(entries(), args)
+def run_benchmark(args, rows: list[Entry], bench) -> None:
+    """Sweep (unless ``--report-only``), tables from the logs, latency, results: the steps every
+    closed-loop pruning benchmark shares; ``bench`` supplies ``run_all``, ``collect_rows`` and
+    ``measure_latency`` for its simulator (this module for Meta-World, ``libero_pruning`` for LIBERO)."""
     wall = {}
     if not args.report_only:
         t0 = time.perf_counter()
-        run_all([e for e in rows if args.only is None or e.label in args.only], args)
+        bench.run_all([e for e in rows if args.only is None or e.label in args.only], args)
         wall["sweep"] = round((time.perf_counter() - t0) / 60, 1)
-    table = collect_rows(rows, args)
+    table = bench.collect_rows(rows, args)
     lat = None
     if args.latency_reps:
         t0 = time.perf_counter()
-        lat = measure_latency(rows, args)
+        lat = bench.measure_latency(rows, args)
         attach_latency(table, lat)
         wall["latency"] = round((time.perf_counter() - t0) / 60, 1)
     write_results(table, lat, args, wall)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    run_benchmark(args, available(entries(), args), sys.modules[__name__])
     return 0
 
 
