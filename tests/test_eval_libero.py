@@ -100,6 +100,36 @@ def test_gripper_command_is_post_processed(env):
     assert widths[1.0] > 0.05 > widths[0.0]  # measured: 0.078 open, 0.022 after 8 closing steps
 
 
+def test_steps_without_images_skip_rendering_and_change_nothing(env, monkeypatch):
+    # Rendering only the steps whose images are read gives the same frames, states and successes
+    # as rendering every step (the reference: robosuite with its cameras always on).
+    rng = np.random.default_rng(3)
+    actions = rng.uniform(-0.4, 0.4, (17, 7))
+    actions[:, 6] = rng.integers(0, 2, 17)
+    looked = {0, 7, 15}
+
+    def run(images_at):
+        obs = [env.reset(2)]
+        for i, a in enumerate(actions):
+            obs.append(env.step(a, images=i in images_at).obs)
+        return obs
+
+    lazy = run(looked)
+    assert lazy[2]["full_image"] is None and lazy[8]["full_image"] is not None
+    with pytest.raises(RuntimeError, match="did not render"):
+        env.frame()  # the last step (16) skipped rendering
+    with monkeypatch.context() as m:
+        m.setattr(env, "_cameras", lambda on: None)  # cameras stay on: robosuite's own behaviour
+        for o in env.sim._observables.values():
+            o._enabled = True
+        eager = run(set(range(len(actions))))
+    for i in [0] + [j + 1 for j in sorted(looked)]:
+        for key in ("full_image", "wrist_image", "state"):
+            np.testing.assert_array_equal(lazy[i][key], eager[i][key], err_msg=f"{key} at step {i}")
+    np.testing.assert_array_equal(np.stack([o["state"] for o in lazy]), np.stack([o["state"] for o in eager]))
+    assert env.frame().shape == (256, 256, 3)
+
+
 def test_config_and_bad_input(env):
     assert LiberoConfig("libero_10", 0).steps == SUITE_MAX_STEPS["libero_10"] == 520
     assert LiberoConfig("libero_goal", 0, max_steps=7).steps == 7 and env.max_steps == 30

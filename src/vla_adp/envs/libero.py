@@ -191,6 +191,8 @@ class LiberoEnv:
         if not 0 <= episode < self.n_episodes:
             raise ValueError(f"{self.suite} task {self.task_id} has initial states 0..{self.n_episodes - 1}, "
                              f"got episode {episode}")
+        waits = self.config.wait_steps
+        self._cameras(True)  # reset renders once: that makes the render context make_render_fast edits
         if self.config.init == "suite":
             self._env.seed(0)
             self._env.reset()
@@ -199,20 +201,42 @@ class LiberoEnv:
             raw = self._env.reset()
         if self.config.render == "fast":
             make_render_fast(self._env)
+        self._cameras(waits == 0)  # nobody sees the frames before the last wait step
         if self.config.init == "suite":
             raw = self._env.set_init_state(self.init_states[episode])
-        for _ in range(self.config.wait_steps):
+        for i in range(waits):
+            self._cameras(i == waits - 1)
             raw, _, _, _ = self._env.step(list(WAIT_ACTION))
         self._raw = raw
         self._expert = None
         return observation(raw, self.instruction, self.config.image_size)
 
+    def _cameras(self, on: bool) -> None:
+        """Render the cameras at the next steps or not (rendering is most of a step's CPU time).
+
+        Flips robosuite's ``Observable._enabled`` flag (robosuite ``utils/observables.py``: a disabled
+        observable skips ``update`` and is left out of the observation). Switching a camera back on
+        gives it the sampling clock of ``robot0_eef_pos``, which ran all along at the same rate:
+        exactly the state the camera's clock would be in had it never stopped (the public
+        ``set_enabled`` resets the clock instead, which moves the instant the next frame is taken).
+        So the frames of the steps that render are bit-identical to rendering at every step
+        (``tests/test_eval_libero.py``)."""
+        observables = self.sim._observables
+        clock = observables["robot0_eef_pos"]
+        for observable in observables.values():
+            if observable.modality == "image" and observable._enabled != on:
+                observable._enabled = on
+                if on:
+                    observable._time_since_last_sample = clock._time_since_last_sample
+                    observable._sampled = clock._sampled
+
     def step(self, action: np.ndarray, images: bool = True) -> StepResult:
-        """One un-normalised action; ``images=False`` skips the policy's image pipeline (robosuite
-        still renders: :meth:`frame` keeps working)."""
+        """One un-normalised action; ``images=False`` skips rendering and the policy's image pipeline
+        (the observation's images are ``None`` and :meth:`frame` refuses until a step renders)."""
         action = np.asarray(action, np.float64)
         if action.shape != (7,):
             raise ValueError(f"LIBERO actions have shape (7,), got {action.shape}")
+        self._cameras(images)
         raw, reward, done, _ = self._env.step(T.libero_gripper(action).tolist())
         self._raw = raw
         return StepResult(observation(raw, self.instruction, self.config.image_size, images), bool(done),
@@ -233,6 +257,9 @@ class LiberoEnv:
         """The 256² agentview, rotated upright, as the reference saves replay videos."""
         if self._raw is None:
             raise RuntimeError("frame() before reset()")
+        if "agentview_image" not in self._raw:
+            raise RuntimeError("frame(): the last step did not render (step(..., images=False)); "
+                               "step with images=True to record frames")
         return T.rotate_180(self._raw["agentview_image"])
 
     def close(self) -> None:

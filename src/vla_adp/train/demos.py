@@ -120,7 +120,7 @@ def expert_episode(env, episode: int, rendered: bool = False) -> tuple[dict[str,
             rows[k].append(v)
         rows["state"].append(obs["state"])
         rows["actions"].append(action)
-        result = env.step(action, images=not rendered)
+        result = env.step(action)  # every step renders: every step is a frame
         if result.success:
             return _stack(rows), True
         obs = result.obs
