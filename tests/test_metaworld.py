@@ -206,6 +206,18 @@ def test_training_lowers_the_loss_and_the_checkpoint_loads_as_a_policy(dataset, 
     assert policy.infer(obs)["actions"].shape == (8, 4)
 
 
+def test_bf16_autocast_trains_fp32_weights_and_bad_precision_is_named(dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'bf16'\), got 'fp16'"):
+        TrainConfig(str(dataset[0]), str(tmp_path / "x"), precision="fp16")
+    cfg = TrainConfig(str(dataset[0]), str(tmp_path / "ck"), steps=40, warmup_steps=2, lr=3e-3, log_every=5,
+                      model=TINY, precision="bf16")
+    trainer = Trainer(cfg, progress=False)
+    trainer.run()
+    losses = trainer.state.losses
+    assert losses[-1] < 0.7 * losses[0]
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}  # autocast: weights stay fp32
+
+
 def test_shared_runner_evaluates_a_trained_checkpoint(dataset, tmp_path):
     from vla_adp.eval.job import EvalJob, run_job
     from vla_adp.eval.logs import read_logs

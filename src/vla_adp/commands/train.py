@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vla_adp.train.config import ModelSize, TrainConfig
+from vla_adp.train.config import PRECISIONS, ModelSize, TrainConfig
 
 
 def add_arguments(p) -> None:
@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--llm-ffn", type=int, default=m.llm_ffn)
     p.add_argument("--llm-heads", type=int, default=m.llm_heads)
     p.add_argument("--patch", type=int, default=m.patch)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="bf16: forward under CPU autocast (about 2x faster where the CPU has AVX512-BF16/AMX)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -36,7 +38,7 @@ def run(args) -> int:
                       llm_heads=args.llm_heads)
     cfg = TrainConfig(args.data, args.out, tasks, args.minutes, args.steps, args.batch_size, args.lr,
                       warmup_steps=args.warmup_steps, threads=None if args.threads == "auto" else int(args.threads), save_minutes=args.save_minutes,
-                      seed=args.seed, model=model)
+                      seed=args.seed, model=model, precision=args.precision)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"{len(trainer.demos)} frames, {len(trainer.demos.instructions)} demos, tasks {sorted(set(trainer.demos.tasks))}; "
           f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M parameters")

@@ -144,7 +144,9 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.progress_at(), cfg, st.step)
         inputs, target = self.batches(self.rng.integers(0, len(self.demos), cfg.batch_size))
-        loss = l1_loss(self.model(inputs).actions, target)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            predicted = self.model(inputs).actions
+        loss = l1_loss(predicted.float(), target)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
