@@ -6,6 +6,7 @@ files) at 56 px so the file stays within about a minute.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -230,6 +231,27 @@ def test_shared_runner_evaluates_a_trained_checkpoint(dataset, tmp_path):
     (rec,) = run_job(job)
     assert (rec.suite, rec.task, rec.steps, rec.queries, rec.pruned_queries) == ("metaworld", "drawer-close", 9, 2, 2)
     assert len(read_logs([log]).episodes) == 1 and run_job(job) == []  # resumes: nothing left to run
+
+
+def test_instruction_shift_hands_the_policy_another_tasks_instruction(tmp_path, monkeypatch):
+    from vla_adp.envs.metaworld import TASKS
+    from vla_adp.eval.job import EvalJob, run_config, run_job
+    from vla_adp.policy import Policy
+
+    seen = []
+    infer = Policy.infer
+    monkeypatch.setattr(Policy, "infer", lambda self, obs, *a, **k: seen.append(obs["instruction"]) or infer(self, obs, *a, **k))
+    job = EvalJob(env="metaworld", suite="metaworld", checkpoint=str(ASSET), log=str(tmp_path / "l.jsonl"),
+                  tasks=(2,), episodes=(0, 1), max_steps=9, verbose=False, instruction_shift=-1)
+    (rec,) = run_job(job)
+    names = suite_tasks("metaworld")
+    assert rec.task == names[2] and len(seen) == rec.queries == 2
+    assert set(seen) == {TASKS[names[1]].instruction} != {TASKS[names[2]].instruction}  # task 2's scene, task 1's words
+    plain = dataclasses.replace(job, instruction_shift=0)
+    assert run_config(plain)["method"] != run_config(job)["method"]  # a different run, never resumed as one
+    assert "instruction_shift" not in run_config(plain)["method"]  # older logs keep their hashes
+    with pytest.raises(ValueError, match="serial runner only"):
+        dataclasses.replace(job, envs=2)
 
 
 def test_resume_continues_exactly(dataset, tmp_path):

@@ -46,6 +46,9 @@ def add_arguments(p) -> None:
     add_recording_args(p)
     add_speed_args(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--instruction-shift", type=int, default=0, metavar="K",
+                   help="control: task t runs with the instruction of task (t+K) mod n of its suite, in its own "
+                        "scenes and judged by its own goal (does the policy read its instruction?); default 0")
     p.add_argument("--quiet", action="store_true", help="no per-episode lines")
 
 
@@ -161,7 +164,8 @@ def job_from_args(args, log: str = ""):
     from vla_adp.eval.job import EvalJob
 
     return EvalJob(env=args.env, suite=args.suite, log=log, pruner=args.pruner, keep=args.keep,
-                   pruning_config=args.pruning_config, verbose=not args.quiet, **job_settings(args))
+                   pruning_config=args.pruning_config, verbose=not args.quiet,
+                   instruction_shift=args.instruction_shift, **job_settings(args))
 
 
 def run(args) -> int:

@@ -110,6 +110,11 @@ def suite_tasks(suite: str) -> list[str]:
     return [s.get_task(i).language for i in range(s.n_tasks)]
 
 
+def suite_instructions(suite: str) -> list[str]:
+    """Instructions of the suite's tasks, in task-id order (LIBERO names a task by its instruction)."""
+    return suite_tasks(suite)
+
+
 def observation(raw: dict[str, Any], instruction: str, image_size: int = 224, images: bool = True) -> dict[str, Any]:
     """The policy's observation from a raw LIBERO one (reference ``prepare_observation``);
     ``images=False`` skips the image pipeline (JPEG round trip + resize, ~18 ms) and leaves ``None``."""

@@ -285,6 +285,11 @@ def suite_tasks(suite: str) -> list[str]:
     return list(SUITES[suite])
 
 
+def suite_instructions(suite: str) -> list[str]:
+    """Instructions of ``suite``'s tasks, in task-id order."""
+    return [TASKS[name].instruction for name in suite_tasks(suite)]
+
+
 def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "fast",
              image_size: int = 112) -> MetaWorldEnv:
     """Task ``task_id`` of ``suite`` on held-out goals (episode e: seed 1_000_000 + e).

@@ -10,7 +10,8 @@ the sweep driver can find finished chunks before it starts any worker.
 
 Environments come from :data:`ENV_FACTORIES`: a module that defines ``make_env(suite, task_id,
 max_steps=None, render="faithful", image_size=224) -> Env`` (``max_steps=None``: the suite's
-protocol limit; ``image_size``: the policy's input side) and ``suite_tasks(suite) -> list[str]``.
+protocol limit; ``image_size``: the policy's input side), ``suite_tasks(suite) -> list[str]`` and
+``suite_instructions(suite) -> list[str]`` (for the ``instruction_shift`` control).
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class EvalJob:
         envs: simulator processes (:mod:`vla_adp.eval.parallel`); 1 = the serial runner.
         batch: most queries per forward with ``envs > 1`` (``None`` = ``envs``; 1 = bit-identical
             to the serial runner). Neither changes what is computed, only how (not in the identity).
+        instruction_shift: a control for "does the policy read its instruction?": task ``t`` runs
+            with the instruction of task ``(t + shift) mod n`` of the same suite, in ``t``'s scenes
+            and judged by ``t``'s goal. 0 = the task's own instruction. Part of the run's
+            identity when non-zero; serial runner only.
     """
 
     env: str
@@ -98,9 +103,14 @@ class EvalJob:
     realtime: dict[str, Any] | None = None
     envs: int = 1
     batch: int | None = None
+    instruction_shift: int = 0
 
     def __post_init__(self) -> None:
         env_module(self.env)
+        if not isinstance(self.instruction_shift, int) or isinstance(self.instruction_shift, bool):
+            raise ValueError(f"instruction_shift must be an int, got {self.instruction_shift!r}")
+        if self.instruction_shift and self.envs > 1:
+            raise ValueError("instruction_shift runs on the serial runner only: drop --envs")
         if not isinstance(self.envs, int) or self.envs < 1:
             raise ValueError(f"envs must be a positive int, got {self.envs!r}")
         if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
@@ -183,6 +193,8 @@ def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
     }
     if job.realtime is not None:  # only then: paused-world runs keep their hashes
         config["method"]["realtime"] = job.realtime_config.identity()
+    if job.instruction_shift:  # likewise
+        config["method"]["instruction_shift"] = job.instruction_shift
     return config
 
 
@@ -257,8 +269,13 @@ def _run_locked(job: EvalJob, pruner, run: RunRecord, tasks: list[int], episodes
     if camera and job.env == "libero":  # a policy trained on other cameras than the 256-px protocol's
         extra["camera_size"] = int(camera)
 
+    instructions = mod.suite_instructions(job.suite) if job.instruction_shift else None
+
     def make(task_id: int):
-        return mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size, **extra)
+        env = mod.make_env(job.suite, task_id, max_steps=job.max_steps, render=job.render, image_size=size, **extra)
+        if instructions:  # the control run: another task's instruction in this task's scenes
+            env.instruction = instructions[(task_id + job.instruction_shift) % len(instructions)]
+        return env
 
     if job.envs > 1:
         from vla_adp.eval.parallel import EnvSpec, run_parallel
