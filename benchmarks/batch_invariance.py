@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,36 @@ def run(policy: Policy, b: int, batch_invariant: bool, ops: bool, instruction: s
     return exact
 
 
+def timing(policy: Policy, b: int, repeats: int, instruction: str) -> None:
+    """Median CPU time (``time.process_time``: robust to a busy machine descheduling this process) of
+    one batched forward of B rows with and without batch invariance, interleaved, and of B batch-1
+    forwards (what ``--batch 1`` does instead). With one torch thread CPU time is the work done."""
+    model = policy.model
+    inputs = [policy.inputs(o)[0] for o in observations(policy, b, instruction)]
+    stacked = stack_inputs(inputs)
+    for name, make in cases(b):
+        if "original" in name:
+            continue
+        hooks = frozenset() if make is None else frozenset({make(0).prune_layer})
+        times = {"invariant": [], "plain": [], "one by one": []}
+        for _ in range(repeats):
+            for mode in times:
+                model.set_batch_invariant(mode == "invariant")
+                pruners = [None if make is None else make(r) for r in range(b)]
+                t = time.process_time()
+                if mode == "one by one":
+                    for r in range(b):
+                        model(inputs[r], pruners[r], hooks)
+                else:
+                    forward_rows(model, stacked, pruners, hooks)
+                times[mode].append(time.process_time() - t)
+        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        print(f"  [{name}] median of {repeats}, CPU ms per {b} queries: batched invariant {med['invariant']:.1f}, "
+              f"batched plain {med['plain']:.1f} (invariance {100 * (med['invariant'] / med['plain'] - 1):+.1f} %), "
+              f"one by one {med['one by one']:.1f}")
+    model.set_batch_invariant(True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", nargs="+", default=["src/vla_adp/assets/metaworld_policy",
@@ -195,14 +226,20 @@ def main(argv=None) -> int:
         "put the small red object where it belongs", "now put the small red object where it belongs"],
         help="one batch per instruction (their prompt lengths change every sequence length)")
     ap.add_argument("--ops", action="store_true", help="also re-run every op row by row (slow)")
+    ap.add_argument("--time", type=int, default=0, metavar="R",
+                    help="instead: time R interleaved batched forwards with and without invariance")
     a = ap.parse_args(argv)
     ok = True
     for ckpt in a.checkpoint:
         policy = Policy.load(ckpt, dtype=torch.float32)
         for t in a.threads:
             torch.set_num_threads(t)
-            print(f"{Path(ckpt).name}, fp32, {t} thread(s), batch {a.batch}, "
-                  f"{'batch_invariant' if a.batch_invariant else 'current batched path'}:")
+            mode = "timing" if a.time else "batch_invariant" if a.batch_invariant else "plain batched path"
+            print(f"{Path(ckpt).name}, fp32, {t} thread(s), batch {a.batch}, {mode}:")
+            if a.time:
+                with torch.inference_mode():
+                    timing(policy, a.batch, a.time, a.instructions[0])
+                continue
             for instruction in a.instructions:
                 with torch.inference_mode():
                     ok &= run(policy, a.batch, a.batch_invariant, a.ops, instruction)
