@@ -29,9 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from vla_adp.model.batched import forward_rows, stack_inputs
+from vla_adp.model.invariance import per_row, silu_per_row
 from vla_adp.policy import Policy
 from vla_adp.pruning.config import ADPConfig, GateConfig
 from vla_adp.pruning.pruners.adp import ADPPruner
@@ -211,6 +213,23 @@ def timing(policy: Policy, b: int, repeats: int, instruction: str) -> None:
         print(f"  [{name}] median of {repeats}, CPU ms per {b} queries: batched invariant {med['invariant']:.1f}, "
               f"batched plain {med['plain']:.1f} (invariance {100 * (med['invariant'] / med['plain'] - 1):+.1f} %), "
               f"one by one {med['one by one']:.1f}")
+    # the two stages alone, on this batch's shapes: what invariance adds per forward
+    emb = model.embed(stacked)
+    gate = model.language_model.layers[0].mlp.gate_proj(emb.hidden)
+    proprio = stacked.proprio
+    stages = {"SiLU, one layer": (lambda: F.silu(gate), lambda: silu_per_row(gate.clone()), lambda: gate.clone()),
+              "proprio projector": (lambda: model.proprio_projector(proprio),
+                                    lambda: per_row(model.proprio_projector, proprio), lambda: None)}
+    for name, (plain, invariant, extra) in stages.items():
+        t = {"plain": [], "invariant": [], "extra": []}
+        for _ in range(20 * repeats):
+            for mode, fn in (("plain", plain), ("invariant", invariant), ("extra", extra)):
+                t0 = time.process_time()
+                fn()
+                t[mode].append(time.process_time() - t0)
+        med = {k: 1e6 * statistics.median(v) for k, v in t.items()}
+        print(f"  [{name}, {tuple(gate.shape) if 'SiLU' in name else tuple(proprio.shape)}] median CPU µs: "
+              f"batched {med['plain']:.0f}, per row {med['invariant'] - med['extra']:.0f}")
     model.set_batch_invariant(True)
 
 

@@ -173,7 +173,7 @@ def markdown(args, rows: list[dict], meta: dict) -> str:
                                                  f"no ({r['episodes_changed']} episodes changed outcome/length)")
         batch = f"{r['batch']}" + ("" if r.get("batch_invariant", True) or r["batch"] == 1 else " plain")
         p = r["parallel"] or {}
-        forwards = p.get("forwards", r["queries"])
+        forwards = int(p.get("forwards", r["queries"]))
         per = (p["policy_s"] if p else r["policy_stages_s"].get("total", float("nan"))) / max(1, forwards)
         out.append(f"| {r['pruner']} | {r['envs']} | {batch} | {r['episodes']} | {r['wall_s']:.1f} | "
                    f"{r['episodes_per_hour']:.0f} | {r['speedup']:.2f}× | {r['steady_per_hour']:.0f} | {r['cpu_s']:.1f} | "
