@@ -2,8 +2,9 @@
 
 Every cell runs the same episodes (tasks × episodes per task) through the shared runners: ``N = 1``
 is the serial runner (``run_suite``), ``N > 1`` the parallel one (``run_parallel``) with batched
-forwards (``batch = N``) and, with ``--exact``, one query at a time (``batch = 1``, bit-identical
-to serial). The policy is loaded once per pruner config and reused across cells. Each cell reports
+forwards (``batch = N``, batch-invariant: bit-identical to serial at fp32 on a CPU,
+:mod:`vla_adp.model.invariance`), with ``--plain`` also batched forwards with the batch-dependent
+kernels (what batch invariance costs), and with ``--exact`` one query at a time (``batch = 1``). The policy is loaded once per pruner config and reused across cells. Each cell reports
 wall time, episodes/hour, CPU seconds (this process + its simulator processes), and whether its
 episodes equal the serial cell's (every logged end-effector position bit for bit; otherwise how
 many episodes changed outcome).
@@ -165,15 +166,21 @@ def markdown(args, rows: list[dict], meta: dict) -> str:
            f"Episodes: tasks {args.tasks} × {args.episodes} per task of `{args.suite}`"
            f"{'' if args.max_steps is None else f', at most {args.max_steps} steps'}.", "",
            "| pruner | envs | batch | episodes | wall s | episodes/h | speed-up | episodes/h after start-up | CPU s | "
-           "steps/s | queries | same as serial |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "steps/s | queries | forwards | s per forward | same as serial |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         same = "serial" if r["envs"] == 1 else ("bit-identical" if r["bit_identical"] else
                                                  f"no ({r['episodes_changed']} episodes changed outcome/length)")
-        out.append(f"| {r['pruner']} | {r['envs']} | {r['batch']} | {r['episodes']} | {r['wall_s']:.1f} | "
+        batch = f"{r['batch']}" + ("" if r.get("batch_invariant", True) or r["batch"] == 1 else " plain")
+        p = r["parallel"] or {}
+        forwards = int(p.get("forwards", r["queries"]))
+        per = (p["policy_s"] if p else r["policy_stages_s"].get("total", float("nan"))) / max(1, forwards)
+        out.append(f"| {r['pruner']} | {r['envs']} | {batch} | {r['episodes']} | {r['wall_s']:.1f} | "
                    f"{r['episodes_per_hour']:.0f} | {r['speedup']:.2f}× | {r['steady_per_hour']:.0f} | {r['cpu_s']:.1f} | "
-                   f"{r['steps'] / r['wall_s']:.0f} | {r['queries']} | {same} |")
+                   f"{r['steps'] / r['wall_s']:.0f} | {r['queries']} | {forwards} | {per:.3f} | {same} |")
     out += ["", "Where the wall time went:", ""]
-    out += [f"* {r['pruner']}, envs {r['envs']}, batch {r['batch']}: {breakdown(r)}" for r in rows]
+    out += [f"* {r['pruner']}, envs {r['envs']}, batch {r['batch']}"
+            f"{'' if r.get('batch_invariant', True) or r['batch'] == 1 else ' plain'}: {breakdown(r)}" for r in rows]
     return "\n".join(out) + "\n"
 
 
@@ -194,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--envs", type=int, nargs="+", default=[1, 2, 4], help="simulator counts (1 = serial)")
     p.add_argument("--exact", action="store_true", help="also run batch = 1 for every N > 1")
+    p.add_argument("--plain", action="store_true",
+                   help="also run batch = N without batch invariance (model.set_batch_invariant(False))")
     p.add_argument("--pruners", nargs="+", default=["none", "adp"], choices=sorted(PRUNERS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="fp32 / bf16 (default: bf16 on cuda, else fp32)")
@@ -221,10 +230,16 @@ def main(argv: list[str] | None = None) -> int:
                       **({"render": args.render} if args.render else {}))
         policy = load_policy(job, build_pruner(job))
         serial = None
+        invariant = policy.model.batch_invariant
         for n in args.envs:
-            for batch in ([1] if n == 1 else ([n, 1] if args.exact else [n])):
-                cell = run_cell(args, job, policy, n, batch, out / f"{name}-envs{n}-batch{batch}.jsonl")
-                cell["pruner"] = name
+            plans = [(1, invariant)] if n == 1 else [(n, invariant), *([(n, False)] if args.plain else []),
+                                                     *([(1, invariant)] if args.exact else [])]
+            for batch, inv in plans:
+                policy.model.set_batch_invariant(inv)
+                tag = "" if inv or batch == 1 else "-plain"
+                cell = run_cell(args, job, policy, n, batch, out / f"{name}-envs{n}-batch{batch}{tag}.jsonl")
+                policy.model.set_batch_invariant(invariant)
+                cell["pruner"], cell["batch_invariant"] = name, inv
                 if n == 1:
                     serial = cell
                 elif serial is not None:
@@ -232,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(cell)
                 # after every cell, so that a run cut short by a time limit keeps what it measured
                 (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=float))
-                print(f"{name} envs {n} batch {batch}: {cell['episodes']} episodes in {cell['wall_s']:.1f} s "
+                print(f"{name} envs {n} batch {batch}{tag}: {cell['episodes']} episodes in {cell['wall_s']:.1f} s "
                       f"({cell['episodes_per_hour']:.0f}/h, CPU {cell['cpu_s']:.1f} s) | {breakdown(cell)}", flush=True)
         base = serial["wall_s"] if serial else None
         for r in rows:

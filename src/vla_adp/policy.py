@@ -43,6 +43,9 @@ class PolicyConfig:
         action_slice: ``upstream`` (matches OFT training) or ``vla_adp`` (reference ADP's +1).
         decode: ``l1`` (action head) or ``discrete`` (lm_head bins).
         lenient_unnorm_key: also accept the reference ADP fallbacks for the key.
+        batch_invariant: :meth:`Policy.infer_batch` gives every query the answer :meth:`Policy.infer`
+            gives it, bit for bit (the model's batch-dependent stages run per row,
+            :mod:`vla_adp.model.invariance`); ``None``: on where that holds, a model on a CPU.
     """
 
     unnorm_key: str | None = None
@@ -50,12 +53,15 @@ class PolicyConfig:
     action_slice: str = "upstream"
     decode: str = "l1"
     lenient_unnorm_key: bool = False
+    batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
         if self.action_slice not in ("upstream", "vla_adp"):
             raise ValueError(f"action_slice must be 'upstream' or 'vla_adp', got {self.action_slice!r}")
         if self.decode not in ("l1", "discrete"):
             raise ValueError(f"decode must be 'l1' or 'discrete', got {self.decode!r}")
+        if self.batch_invariant not in (None, True, False):
+            raise ValueError(f"batch_invariant must be True, False or None, got {self.batch_invariant!r}")
 
 
 @dataclass
@@ -113,6 +119,8 @@ class Policy:
         key = resolve_unnorm_key(checkpoint.norm_stats, config.unnorm_key, config.lenient_unnorm_key)
         self.unnorm_key = key
         self.stats = checkpoint.norm_stats[key]
+        invariant = config.batch_invariant
+        self.model.set_batch_invariant(self.model.device.type == "cpu" if invariant is None else invariant)
         # Section clock of info["timing_ms"] (synchronising wall clock); the GPU latency protocol puts
         # CUDA events here (vla_adp.cost.latency.EventStopwatch, docs/latency.md).
         self.stopwatch = Stopwatch

@@ -67,7 +67,8 @@ def add_speed_args(p) -> None:
     p.add_argument("--envs", type=int, default=1,
                    help="simulator processes; one policy answers their queries in batched forwards (default 1: serial)")
     p.add_argument("--batch", type=int, default=None,
-                   help="most queries per forward with --envs (default: --envs); 1 = bit-identical to the serial runner")
+                   help="most queries per forward with --envs (default: --envs); 1 = one query per forward (batched forwards "
+                        "are bit-identical to the serial runner too at fp32 on a CPU)")
     p.add_argument("--realtime", nargs="?", const="wall", default=None, metavar="LATENCY",
                    help="the world moves while the policy thinks; LATENCY: wall (measured, the default), a fixed "
                         "time (120ms, 0.12), model (the unpruned 7B on --latency-gpu scaled by the query's FLOPs), "

@@ -13,10 +13,9 @@ runner uses, and the simulator process sets the seeds before ``env.reset`` as th
 The policy answers when every busy slot is waiting for it (lock-step), so which queries share a
 forward depends only on the episodes, never on timing: a run is reproducible for a given ``envs`` and
 ``batch``. ``batch=1`` answers the queries one at a time with :meth:`Policy.infer`: every episode is
-then bit-identical to the serial runner's. With ``batch > 1`` queries of equal prompt length share
-one forward (:func:`vla_adp.model.batched.forward_rows`), and a row may differ from its batch-1
-answer in the last bits (``benchmarks/eval_throughput.md`` measures how far and how often that
-changes an episode).
+bit-identical to the serial runner's. With ``batch > 1`` queries of equal prompt length share
+one forward (:func:`vla_adp.model.batched.forward_rows`); at fp32 on a CPU the forward is
+batch-invariant (:mod:`vla_adp.model.invariance`), so these episodes are bit-identical too.
 
 Logs are the serial runner's: query lines as they happen (episodes interleave; each line names its
 episode), one episode line when an episode ends; a rerun skips finished episodes. Videos need the

@@ -13,11 +13,10 @@ is called on its own row (a B = 1 slice, exactly what it sees in a serial run):
 
 No padding: rows of a group always have equal lengths, so no key mask is needed. Layers run through
 the model's executor (eager, CUDA graphs per shape, compiled), as in ``OpenVLAOFT.forward``; the head
-runs eagerly. Each row's output
-equals its batch-1 forward up to float rounding: batched CPU kernels can differ from batch-1 ones in
-the last bit (a GEMV for a one-row proprio projection, the scalar tail of vectorised elementwise
-kernels), see ``benchmarks/eval_throughput.md``; the parallel runner answers queries one at a time
-(``batch=1``) where bit-identical episodes are needed.
+runs eagerly. With the model batch-invariant (``model.set_batch_invariant(True)``, the Policy's
+default on a CPU; :mod:`vla_adp.model.invariance`) each row's output is bit-identical to its batch-1
+forward at fp32 on a CPU; without, it can differ in the last bits (a GEMV for a one-row proprio
+projection, the scalar tail of the SiLU kernel).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_adp.model.config import LlamaArgs
+from vla_adp.model.invariance import silu_per_row
 
 
 class RMSNorm(nn.Module):
@@ -108,9 +109,11 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
         self.up_proj = nn.Linear(args.dim, args.ffn_dim, bias=False)
         self.down_proj = nn.Linear(args.ffn_dim, args.dim, bias=False)
+        self.batch_invariant = False  # SiLU row by row (vla_adp.model.invariance)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        act = silu_per_row if self.batch_invariant else F.silu
+        return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -143,6 +146,11 @@ class LlamaDecoder(nn.Module):
             raise ValueError(f"attention implementation must be 'sdpa' or 'eager', got {impl!r}")
         for layer in self.layers:
             layer.self_attn.impl = impl
+
+    def set_batch_invariant(self, on: bool) -> None:
+        """Run the MLP's SiLU row by row in every layer (:mod:`vla_adp.model.invariance`)."""
+        for layer in self.layers:
+            layer.mlp.batch_invariant = bool(on)
 
     def rope(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         return rope_cos_sin(position_ids, self.args.head_dim, self.args.rope_theta, dtype)

@@ -28,6 +28,7 @@ from vla_adp.constants import STOP_ID
 from vla_adp.model.config import OFTArgs
 from vla_adp.model.executor import EAGER, Executor
 from vla_adp.model.heads import L1RegressionActionHead, ProprioProjector, Projector, discrete_actions
+from vla_adp.model.invariance import per_row
 from vla_adp.model.llm import LlamaDecoder
 from vla_adp.model.vision import FusedFeaturizer
 from vla_adp.pruning.base import LayerContext, Pruner
@@ -84,10 +85,18 @@ class OpenVLAOFT(nn.Module):
             L1RegressionActionHead(d, args.action_dim, args.head_hidden, args.head_blocks) if with_action_head else None
         )
         self.executor: Executor = EAGER  # how fixed-shape blocks run (eager, CUDA graphs, compiled)
+        self.batch_invariant = False  # batch-dependent stages row by row (vla_adp.model.invariance)
 
     def set_executor(self, executor: Executor | None) -> None:
         """Run vision, projector, decoder segments and head through ``executor`` (None: eagerly)."""
         self.executor = EAGER if executor is None else executor
+
+    def set_batch_invariant(self, on: bool) -> None:
+        """Run the stages whose CPU kernels depend on the batch (proprio projector, SiLU) row by row,
+        so that each row of a batched forward is bit-identical to its batch-1 forward
+        (:mod:`vla_adp.model.invariance`); batch 1 is unchanged either way."""
+        self.batch_invariant = bool(on)
+        self.language_model.set_batch_invariant(on)
 
     # -- embedding --------------------------------------------------------------------------
     def embed(self, inputs: OFTInputs, timer=NullStopwatch()) -> Embedded:
@@ -102,7 +111,9 @@ class OpenVLAOFT(nn.Module):
             if self.proprio_projector is not None:
                 if inputs.proprio is None:
                     raise ValueError("this model has a proprio projector but no proprio state was given")
-                parts.append(self.proprio_projector(inputs.proprio.to(self.dtype))[:, None])
+                proprio = inputs.proprio.to(self.dtype)  # a one-row GEMV at batch 1: per row to match
+                state = per_row(self.proprio_projector, proprio) if self.batch_invariant else self.proprio_projector(proprio)
+                parts.append(state[:, None])
             slots = tok.new_zeros(b, self.args.n_action_slots, tok.shape[-1])
             stop = llm.embed_tokens(torch.full((b, 1), STOP_ID, device=tok.device))
             hidden = torch.cat([*parts, tok[:, 1:], slots, stop], dim=1)
