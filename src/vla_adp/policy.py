@@ -172,7 +172,9 @@ class Policy:
         per = [T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]) for img in images]
         return torch.from_numpy(np.concatenate(per, axis=0))[None]
 
-    def inputs(self, obs: dict) -> tuple[OFTInputs, TokenLayout]:
+    def inputs(self, obs: dict, images: list[np.ndarray] | None = None) -> tuple[OFTInputs, TokenLayout]:
+        """Model inputs and layout of one observation (``images``: :meth:`images` of it, if already made)."""
+        images = self.images(obs) if images is None else images
         instruction = instruction_of(obs)
         ids = torch.tensor([self.tokenizer.prompt_ids(instruction)])
         proprio = None
@@ -182,7 +184,7 @@ class Policy:
                 raise ValueError(f"state must have shape ({self.platform.proprio_dim},), got {state.shape}")
             proprio = torch.from_numpy(T.normalize_proprio(state, self.stats["proprio"], self.platform.normalization))[None]
         dev = self.model.device
-        inputs = OFTInputs(self.pixels(self.images(obs)).to(dev), ids.to(dev),
+        inputs = OFTInputs(self.pixels(images).to(dev), ids.to(dev),
                            None if proprio is None else proprio.float().to(dev))
         return inputs, self.layout(ids.shape[1] - 1)
 
@@ -198,8 +200,9 @@ class Policy:
         t0 = time.perf_counter()
         timer = self.stopwatch(self.model.device)
         with timer("transforms"):
-            inputs, layout = self.inputs(obs)
-        query = self.query(s, layout, obs)
+            images = self.images(obs)
+            inputs, layout = self.inputs(obs, images)
+        query = self.query(s, layout, obs, images)
         with timer("gate"):
             hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
         out = self.model(inputs, s.pruner, hooks, self.config.action_slice, self.config.decode, timer)
@@ -240,8 +243,9 @@ class Policy:
         for i, (obs, s) in enumerate(zip(observations, sessions)):
             try:
                 with timer("transforms"):
-                    inputs, layout = self.inputs(obs)
-                query = self.query(s, layout, obs)
+                    images = self.images(obs)
+                    inputs, layout = self.inputs(obs, images)
+                query = self.query(s, layout, obs, images)
                 with timer("gate"):
                     hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
             except Exception as e:  # noqa: BLE001 - this query fails, the others go on
@@ -264,16 +268,17 @@ class Policy:
                 r["info"]["batch"] = len(done)
         return results
 
-    def query(self, s: Session, layout: TokenLayout, obs: dict) -> Query:
-        """What the pruner may know: end-effector pose now and the path since the last query."""
+    def query(self, s: Session, layout: TokenLayout, obs: dict, images: list[np.ndarray] | None = None) -> Query:
+        """What the pruner may know: end-effector pose now, the path since the last query, the images."""
         pos_slice, rot_slice = self.platform.eef_pos, self.platform.eef_rot
         state = np.asarray(obs["state"], np.float64) if "state" in obs else None
+        frames = None if images is None else tuple(images)
         if state is None or pos_slice is None:
-            return Query(s.query_index, layout)
+            return Query(s.query_index, layout, images=frames)
         pos = state[slice(*pos_slice)]
         rot = state[slice(*rot_slice)] if rot_slice else None
         path = [t[slice(*pos_slice)] for t in s.trajectory]
-        return Query(s.query_index, layout, pos, rot, path)
+        return Query(s.query_index, layout, pos, rot, path, images=frames)
 
     def _info(self, s: Session, layout: TokenLayout, out) -> dict[str, Any]:
         from vla_adp.cost.flops import llm_flops

@@ -284,6 +284,9 @@ class QueryRunner:
         self.layout = TokenLayout((a.patches_per_image,) * a.n_images, inputs.input_ids.shape[1] - 1,
                                   a.n_action_slots, int(a.use_proprio))
         self.episode_step: dict[int, int] = {}  # per pruner instance: queries it has seen (one long episode)
+        # The frames the model sees (resized, cropped): the same every query, VLA-Cache's best case.
+        self.frames = tuple(T.center_crop(T.resize_for_policy(img, a.image_size)
+                                          if img.shape[:2] != (a.image_size,) * 2 else img) for img in images)
         self._ctx: LayerContext | None = None
 
     @torch.inference_mode()
@@ -315,7 +318,7 @@ class QueryRunner:
         index = self.episode_step.get(id(pruner), 0)
         self.episode_step[id(pruner)] = index + 1
         pos = np.array([0.01 * index, 0.0, 0.0])
-        return Query(index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3))
+        return Query(index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3), images=self.frames)
 
     @torch.inference_mode()
     def scoring(self, method: str = "fused") -> dict[str, float]:
