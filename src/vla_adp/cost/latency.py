@@ -177,7 +177,9 @@ FORCE_PRUNED = {"gate": {"schedule": "static", "limit_consecutive": False}}
 # Layer indices set for the 32-layer 7B, scaled to a shallower benchmark decoder (field: least value),
 # so that the share of layers before the cut stays about the 7B's.
 REF_LAYERS = 32
-DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"k": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1}}
+DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"k": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1},
+                                            "vla_cache": {"reuse_layers": 1, "relevance_layer": 0},
+                                            "sparsevlm": {"layers": 0}}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -202,7 +204,13 @@ def depth_fields(name: str, n_layers: int | None, given: dict[str, Any]) -> dict
     from vla_adp.pruning.registry import config_class
 
     defaults = {f.name: f.default for f in dataclasses.fields(config_class(name))}
-    return {f: max(least, round(defaults[f] * n_layers / REF_LAYERS))
+
+    def scale(v: int, least: int) -> int:
+        return max(least, min(n_layers - 1, round(v * n_layers / REF_LAYERS)))
+
+    # A tuple of layers (SparseVLM's stages, VLA-Cache's reuse layers) scales element-wise, merged where equal.
+    return {f: tuple(sorted({scale(v, least) for v in defaults[f]})) if isinstance(defaults[f], tuple)
+            else scale(defaults[f], least)
             for f, least in DEPTH_FIELDS.get(name, {}).items() if f not in given}
 
 

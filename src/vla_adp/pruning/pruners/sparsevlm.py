@@ -47,6 +47,7 @@ Transfer to OpenVLA-OFT and deviations:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,7 @@ from torch import Tensor
 
 from vla_adp.cost.flops import attention_rows_flops
 from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import POSITION_MODES, Keep
+from vla_adp.pruning.keep import POSITION_MODES, Keep, apply_keep
 
 COUNTS = ("schedule", "rank")
 RECYCLE_SHARE = 0.3  # top 30 % of the deleted tokens are recycled (+1)
@@ -173,9 +174,6 @@ class SparseVLMConfig:
                 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers)
                 or list(layers) != sorted(set(layers))):
             raise ValueError(f"SparseVLMConfig.layers must be increasing ints >= 0, got {layers!r}")
-        if any(b == a + 1 for a, b in zip(layers, layers[1:])):
-            raise ValueError(f"SparseVLMConfig.layers {layers!r}: a layer right after another would be scored and cut "
-                             "before the same layer; leave at least one layer between them")
         object.__setattr__(self, "layers", tuple(layers))
         if self.count not in COUNTS:
             raise ValueError(f"SparseVLMConfig.count must be one of {COUNTS}, got {self.count!r}")
@@ -219,12 +217,10 @@ class SparseVLMPruner:
     def at_layer(self, ctx: LayerContext) -> Keep | None:
         if ctx.index == 0:
             self._pick_raters(ctx)
-        if ctx.index in self.config.layers:
-            self._score(ctx)
-            return None
-        if ctx.index - 1 in self.config.layers:
-            return self._cut(ctx)
-        return None
+        keep = self._cut(ctx) if ctx.index - 1 in self.config.layers else None
+        if ctx.index in self.config.layers:  # a stage right after another scores the sequence it just cut
+            self._score(ctx if keep is None else _after_cut(ctx, keep, self.positions))
+        return keep
 
     def _pick_raters(self, ctx: LayerContext) -> None:
         layout, n = ctx.layout, len(ctx.llm.layers)
@@ -313,10 +309,14 @@ class SparseVLMPruner:
 
 
 def _row(ctx: LayerContext, b: int) -> LayerContext:
-    import dataclasses
-
     return dataclasses.replace(ctx, hidden=ctx.hidden[b:b + 1], position_ids=ctx.position_ids[b:b + 1],
                                visual=ctx.visual[b:b + 1])
+
+
+def _after_cut(ctx: LayerContext, keep: Keep, positions: str) -> LayerContext:
+    """The same layer's context on the sequence ``keep`` leaves (the model cuts after this hook)."""
+    hidden, pos, layout = apply_keep(ctx.hidden, ctx.position_ids, ctx.layout, keep, positions)
+    return dataclasses.replace(ctx, hidden=hidden, position_ids=pos, layout=layout)
 
 
 PRUNER = SparseVLMPruner

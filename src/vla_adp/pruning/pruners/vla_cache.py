@@ -347,7 +347,8 @@ class VLACachePruner:
     def end(self, outcome: QueryOutcome) -> dict[str, Any]:
         cfg = self.config
         info = {"keep_ratio": cfg.keep_ratio, "vla_cache_static": list(self._static),
-                "vla_cache_reusable": len(self._reusable), "vla_cache_reused": max(self._counts.values(), default=0),
+                "vla_cache_reusable": len(self._reusable), "vla_cache_reusable_ids": self._reusable.tolist(),
+                "vla_cache_reused": max(self._counts.values(), default=0),
                 "vla_cache_reuse_layers": {str(k): v for k, v in self._counts.items()},
                 "reuse_attention_flops": self._reuse_flops,
                 "scoring_flops": self._probs_flops + self._reuse_flops}
