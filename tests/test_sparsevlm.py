@@ -186,3 +186,23 @@ def test_batch_rows_match_each_row_alone(deep_policy):
         one = deep_policy.model(singles[0][0], pruner, pruner.begin(Query(0, layout)))
     assert torch.equal(both.keeps[0].visual[1], one.keeps[0].visual[0])
     torch.testing.assert_close(both.actions[1], one.actions[0], atol=1e-5, rtol=1e-5)
+
+
+def test_policy_reports_original_indices_after_several_cuts(deep_policy):
+    from vla_adp.policy import Policy, PolicyConfig
+    from vla_adp.pruning.registry import build_pruner
+
+    policy = Policy(deep_policy.ckpt, PolicyConfig(), build_pruner("sparsevlm", keep=0.3, layers=[2, 6, 12]))
+    info = policy.infer(make_obs(seed=9))["info"]
+    assert [len(ix) for ix in info["kept_indices"]] == info["kept_per_view"]
+    assert all(0 <= i < 256 for ix in info["kept_indices"] for i in ix)  # camera-local, composed over 3 cuts
+    assert info["flops"] == info["flops_llm"] + info["scoring_flops"] and info["scoring_flops"] > 0
+
+
+def test_bench_scales_layer_tuples_to_a_shallower_decoder():
+    from vla_adp.cost import latency as L
+
+    assert L.depth_fields("sparsevlm", 8, {}) == {"layers": (0, 2, 4)}  # 2, 6, 15 of 32
+    assert L.depth_fields("vla_cache", 8, {}) == {"reuse_layers": (1, 2, 3), "relevance_layer": 4}
+    assert L.depth_fields("sparsevlm", 8, {"layers": [1, 3]}) == {}
+    assert L.keep_free("vla_cache") and not L.keep_free("sparsevlm")

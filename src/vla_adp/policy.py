@@ -287,7 +287,9 @@ class Policy:
         views = out.layout.views
         keep_idx = None
         if out.keeps:  # per camera, indices local to that camera's patch grid (0..P-1)
-            last = out.keeps[-1].visual[0].cpu()
+            last = out.keeps[0].visual[0].cpu()
+            for keep in out.keeps[1:]:  # a later cut indexes the tokens the earlier one left
+                last = last[keep.visual[0].cpu()]
             bounds = np.cumsum((0, *views))
             keep_idx = [(last[bounds[c]:bounds[c + 1]] - layout.view_of_visual(c).start).tolist()
                         for c in range(len(views))]

@@ -288,6 +288,9 @@ class VLACachePruner:
         if ctx.key_mask is not None:
             raise ValueError("VLA-Cache does not run on padded training batches (key_mask given)")
         n = len(ctx.llm.layers)
+        if max(self.config.reuse_layers) >= n:
+            raise ValueError(f"VLACacheConfig.reuse_layers={self.config.reuse_layers} but this decoder has layers "
+                             f"0..{n - 1}")
         if self.config.relevance_layer >= n:
             raise ValueError(f"VLACacheConfig.relevance_layer={self.config.relevance_layer} but this decoder has "
                              f"layers 0..{n - 1}")
