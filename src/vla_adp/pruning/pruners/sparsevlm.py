@@ -3,13 +3,13 @@
 Text-guided, progressive visual-token sparsification with token recycling, transferred from LLaVA
 (one image, causal decoder) to OpenVLA-OFT (several cameras, bidirectional decoder):
 
-    raters   = prompt tokens t with  mean_v softmax_t(e_v · e_t) > its mean over t          §3.1 (embeddings)
+    raters   = prompt tokens t with  mean_v softmax_t(e_v · e_t) > its mean over t          (embeddings)
     at each sparsification layer ℓ ∈ {2, 6, 15}, after layer ℓ has run on the current tokens:
-    s(v)     = mean_{t ∈ raters} mean_h A⁽ℓ⁾_{t,v}                                            §3.2
+    s(v)     = mean_{t ∈ raters} mean_h A⁽ℓ⁾_{t,v}
     k_ℓ      = keep count (see ``count``), at most V_ℓ − 1
     keep     = Top-k_ℓ(s), in position order
     recycle  = top 30 % (+1) of the deleted by s, clustered (DPC-kNN) into ⌊m/10⌋+1 tokens that
-               are the mean of their members; they join the visual tokens                    §3.4
+               are the mean of their members; they join the visual tokens
     cut before layer ℓ+1 (the kept and recycled tokens continue; recycled ones compete later)
 
 Reference code (``llava/model/language_model/modelling_sparse_llama.py``, ``LlamaDynamicvitModel.forward``;
@@ -25,7 +25,8 @@ Keep count (``count``):
   round(g^(s+1)·V) with the one g for which the layer average of the selected counts is ρ (the
   release's lists are close to geometric: 0.52 / 0.35 / 0.19 of 576; g = 0.55 gives 0.55 / 0.30 /
   0.17). Recycled tokens come on top (≈ 3 % of the deleted ones).
-* ``rank`` (paper §3.3, the first release's ``attn_postprocess_rank``): k = ⌊λ·rank(P) + β⌋ with
+* ``rank`` (the paper's rank-based "sparsification level adaptation"; the first (v1.0) release's
+  ``attn_postprocess_rank``, kept in forks of the repository such as hyiii0204/FlashVLMs): k = ⌊λ·rank(P) + β⌋ with
   P the (raters × visual) attention of that layer; λ = ``rank_scale``, β = ``rank_bias`` (that
   release's README runs 192 tokens with scale 13.5, bias 0); no sparsification where rank(P) equals
   the visual count. ``keep_ratio`` has no effect there; ``end()`` reports the achieved ratio.
@@ -66,7 +67,7 @@ CLUSTER_SIZE = 10  # ⌊m/10⌋ + 1 clusters
 
 # -- pure math -------------------------------------------------------------------------------------
 def select_raters(visual: Tensor, text: Tensor) -> Tensor:
-    """§3.1: (V, D) visual and (T, D) text embeddings -> (T,) bool, text tokens rated above the mean.
+    """Rater selection (the release's comment: "Select Text Raters, from SparseVLM 3.2"): (V, D) visual and (T, D) text embeddings -> (T,) bool, text tokens rated above the mean.
 
     Relevance of text token t: mean over visual tokens v of softmax over t of e_v·e_t (no scaling).
     """
@@ -75,14 +76,14 @@ def select_raters(visual: Tensor, text: Tensor) -> Tensor:
 
 
 def rater_scores(probs: Tensor, visual: slice) -> Tensor:
-    """§3.2: (H, R, S) attention of the rater rows -> (V,) mean over heads and raters of what each
-    visual token receives, and the (R, V) head-mean matrix P whose rank §3.3 reads."""
+    """Rater scores: (H, R, S) attention of the rater rows -> (V,) mean over heads and raters of what each
+    visual token receives, and the (R, V) head-mean matrix P whose rank the ``rank`` count reads."""
     p = probs.float().mean(dim=0)[:, visual]
     return p.mean(dim=0), p
 
 
 def rank_count(p: Tensor, scale: float, bias: float) -> int | None:
-    """§3.3: kept count ⌊scale·rank(P) + bias⌋ (at most V − 1); ``None`` when rank(P) = V (no cut)."""
+    """The rank count: kept ⌊scale·rank(P) + bias⌋ (at most V − 1); ``None`` when rank(P) = V (no cut)."""
     n, rank = p.shape[1], int(torch.linalg.matrix_rank(p.float()))
     if rank == n:
         return None
@@ -152,9 +153,9 @@ class SparseVLMConfig:
     Args:
         keep_ratio: ρ, the layer-averaged share of visual tokens (``count="schedule"``); 1.0 = unpruned.
         layers: sparsification layers ℓ (scored with layer ℓ's attention, cut before ℓ + 1).
-        count: ``schedule`` (ρ-driven geometric stages) or ``rank`` (⌊λ·rank(P) + β⌋, paper §3.3).
+        count: ``schedule`` (ρ-driven geometric stages) or ``rank`` (⌊λ·rank(P) + β⌋, the paper's rank rule).
         rank_scale, rank_bias: λ and β of the rank count.
-        recycle: recycle deleted tokens (§3.4); False = plain deletion.
+        recycle: recycle deleted tokens (token recycling); False = plain deletion.
         positions: ``contiguous`` (v1.0 release) or ``original`` position ids after each cut.
     """
 

@@ -1,20 +1,25 @@
 """VLA-Cache (Xu et al., NeurIPS 2025, arXiv 2502.02175; siyuhsu/vla-cache, OpenVLA-OFT code).
 
+The steps below are the paper's three parts (static-token selection, task-relevance filter,
+layer-adaptive reuse); they are numbered here and cite the reference code's functions (the paper's
+own equation numbers were not checked for this file).
+
 Visual tokens whose image patches did not change since the previous query are not recomputed: from
 a few decoder layers on, their query rows leave the sequence and attention reads their keys/values
 from the previous query's cache instead. Per query t (batch 1, one episode):
 
-    static_c  = patches of camera c with cos(patch_t, patch_{t-1}) >= τ, the top-k most similar     (1)
-    relevant_c = top-k_r visual tokens of camera c by the text→vision attention of layer 15 at t-1  (2)
-    reusable  = ⋃_c sorted(static_c \\ relevant_c)             (camera 0 first, position order)      (3)
-    H_ℓ       = mean_rows entropy(mean_heads A⁽ℓ⁾) at t-1;  r_ℓ = 1 − minmax(H)_ℓ, upward steps ×0.55 (4)
+    static_c  = patches of camera c with cos(patch_t, patch_{t-1}) >= τ, the top-k most similar  step 1
+    relevant_c = top-k_r visual tokens of camera c by the text→vision attention of layer 15 at t-1 step 2
+    reusable  = ⋃_c sorted(static_c \\ relevant_c)             (camera 0 first, position order)   step 3
+    H_ℓ       = mean_rows entropy(mean_heads A⁽ℓ⁾) at t-1;  r_ℓ = 1 − minmax(H)_ℓ, upward ×0.55  step 4
     at reuse layer ℓ ∈ {2, 6, 9, 11}: the first max(1, ⌊r_ℓ·|reusable|⌋) reusable tokens stop being
     computed (never fewer than at an earlier reuse layer); every later layer appends their cached
     keys/values (RoPE at their own positions) to the keys/values of the rows it computes.
+    ("The first" in the reference's order: camera 0's tokens go before camera 1's, reproduced.)
 
-(1) is ``find_static_patches`` (``experiments/robot/vla_cache_utils.py``: 14-px patches, τ = 0.996,
-top 150 of 256 per camera), (2) ``task_relevant_selection`` / ``token_attention_merge`` (top 100),
-(4) ``get_layer_mask_schedule`` (growth factor 0.55), the reuse itself the fork's
+Step 1 is ``find_static_patches`` (``experiments/robot/vla_cache_utils.py``: 14-px patches, τ = 0.996,
+top 150 of 256 per camera), step 2 ``task_relevant_selection`` / ``token_attention_merge`` (top 100),
+step 4 ``get_layer_mask_schedule`` (growth factor 0.55), the reuse itself the fork's
 ``LlamaModel.forward`` (siyuhsu/transformers, branch vla-cache-openvla-oft: ``pruning_loc = [2, 6,
 9, 11]``, rows removed with ``torch.isin(cache_position, reusable[:top_k])``, the cache updated in
 place by ``DynamicCache.update`` at the computed positions, so a token unchanged for several queries
@@ -24,15 +29,15 @@ What it saves, honestly: OpenVLA-OFT predicts a chunk in one forward, so "reusin
 that from layer ℓ on the reused tokens' *query rows* are not computed (no Q/K/V/O projection, no
 MLP, no attention row); they are still *keys*. ``seq_lens`` (and ``flops_llm``, square attention)
 count the computed rows; the attention of those rows over the appended cached keys (2·rows·R·D per
-layer, the paper convention of ``flops_llm``) and the attention weights the method reads for (2)
-and (4) are added as ``scoring_flops``. The cache holds every visual token's keys/values of every
+layer, the paper convention of ``flops_llm``) and the attention weights the method reads for steps 2
+and 4 are added as ``scoring_flops``. The cache holds every visual token's keys/values of every
 layer from the first reuse layer on (2 · layers · V · D_kv values).
 
 Mechanism here: a pruner cannot express "drop these rows but keep them as keys" with a
 :class:`~vla_adp.pruning.keep.Keep` alone, so the decoder offers *attention taps*
 (:data:`vla_adp.model.llm.AttentionTap`, installed through ``LayerContext.taps``): at layer 0 this
 pruner installs one tap per layer that records the visual rows' keys/values, appends the cached
-ones of the reused tokens, and reads the attention statistics of (2) and (4) from the same q/k (no
+ones of the reused tokens, and reads the attention statistics of steps 2 and 4 from the same q/k (no
 second projection). The cuts themselves are ordinary keeps with original positions.
 
 Deviations from the reference code:
@@ -41,7 +46,7 @@ Deviations from the reference code:
   the current frame, so it compares every frame with itself: every patch scores ≈ 1, "static" is
   just the first 150 patches by float noise, whatever moved. (Even without that, ``replay_images``
   holds every env step while the cache is from the previous query, 8 steps back.)
-* Text rows for (2): the prompt (incl. '▁') of this layout; the reference hard-codes positions
+* Text rows for step 2: the prompt (incl. '▁') of this layout; the reference hard-codes positions
   513..546 (proprio plus 33 prompt positions, whatever the prompt length).
 * An empty reusable set means no reuse (the reference passes ``None`` and fails in ``len(None)``,
   an error its evaluation loop counts as a failed episode).
@@ -92,21 +97,21 @@ def patch_similarity(previous: np.ndarray, current: np.ndarray, n_patches: int) 
 
 
 def static_patches(previous: np.ndarray, current: np.ndarray, n_patches: int, threshold: float, top_k: int) -> list[int]:
-    """Eq. (1): patches with similarity >= τ, the ``top_k`` most similar (ties: lower index first)."""
+    """Step 1: patches with similarity >= τ, the ``top_k`` most similar (ties: lower index first)."""
     sim = patch_similarity(previous, current, n_patches)
     order = sorted(np.flatnonzero(sim >= threshold).tolist(), key=lambda i: (-float(sim[i]), i))
     return order[:top_k]
 
 
 def row_entropy(probs: Tensor) -> Tensor:
-    """Eq. (4) inner part: (B, H, R, S) attention -> mean over rows of the entropy of the head-mean row."""
+    """Step 4, inner part: (B, H, R, S) attention -> mean over rows of the entropy of the head-mean row."""
     a = probs.float().mean(dim=1)
     a = torch.nan_to_num(a / (a.sum(-1, keepdim=True) + 1e-10))
     return -(a * torch.log(a + 1e-10)).sum(-1).mean()
 
 
 def reuse_schedule(entropies: Tensor, growth: float = 0.55) -> Tensor:
-    """Eq. (4): per-layer reuse proportion r = 1 − minmax(H), each upward step shrunk by ``growth``."""
+    """Step 4: per-layer reuse proportion r = 1 − minmax(H), each upward step shrunk by ``growth``."""
     h = entropies.float()
     reuse = (1.0 - (h - h.min()) / (h.max() - h.min() + 1e-10)).tolist()
     for i in range(1, len(reuse)):
@@ -140,7 +145,7 @@ class VLACacheConfig:
         relevant_top_k: tokens per camera that the text attends to most, never reused (100).
         relevance_layer: layer whose prompt→vision attention ranks the relevant tokens (15).
         reuse_layers: layers from which the reused count may grow ((2, 6, 9, 11)).
-        schedule: ``entropy`` (Eq. 4 from the previous query's attention) or ``constant`` (r = 1:
+        schedule: ``entropy`` (step 4, from the previous query's attention) or ``constant`` (r = 1:
             every reusable token from the first reuse layer on, no entropy computed).
         growth: the schedule's factor on upward steps (0.55).
     """
@@ -245,7 +250,7 @@ class VLACachePruner:
         return all(a.shape == b.shape for a, b in zip(frames, self._frames))
 
     def _select(self, memory: _Memory, views: tuple[int, ...]) -> Tensor:
-        """Eq. (1)–(3): per camera, static minus relevant, ascending visual ids, cameras in order."""
+        """Steps 1–3: per camera, static minus relevant, ascending visual ids, cameras in order."""
         cfg, out, start = self.config, [], 0
         for c, n in enumerate(views):
             static = static_patches(memory.frames[c], self._frames[c], n, cfg.similarity, cfg.static_count(n))
