@@ -206,3 +206,31 @@ def test_bench_scales_layer_tuples_to_a_shallower_decoder():
     assert L.depth_fields("vla_cache", 8, {}) == {"reuse_layers": (1, 2, 3), "relevance_layer": 4}
     assert L.depth_fields("sparsevlm", 8, {"layers": [1, 3]}) == {}
     assert L.keep_free("vla_cache") and not L.keep_free("sparsevlm")
+
+
+@pytest.mark.parametrize("bench,asset", [("metaworld_pruning", "metaworld_policy"), ("libero_pruning", "libero_policy")])
+def test_closed_loop_benchmark_rows_run_on_their_policy(bench, asset):
+    """The SparseVLM and VLA-Cache rows of the two closed-loop benchmarks fit their policy's depth."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    from vla_adp.policy import Policy, PolicyConfig
+    from vla_adp.pruning.registry import build_pruner
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        rows = [e for e in importlib.import_module(bench).entries()
+                if e.config["pruner"] in ("sparsevlm", "vla_cache")]
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    assert {e.config["pruner"] for e in rows} == {"sparsevlm", "vla_cache"}
+    base = Policy.load(root / "src" / "vla_adp" / "assets" / asset, dtype=torch.float32)
+    obs = make_obs(seed=1, size=base.model.args.image_size, state_dim=base.platform.proprio_dim)
+    for e in rows:
+        cfg = dict(e.config)
+        name, keep = cfg.pop("pruner"), cfg.pop("keep", None)
+        policy = Policy(base.ckpt, PolicyConfig(), build_pruner(name, keep=keep, **cfg))
+        info = [policy.infer(obs)["info"] for _ in range(2)][1]  # VLA-Cache reuses from the 2nd query
+        assert info["pruned"] and info["seq_lens"][-1] < info["seq_len"], e.label
