@@ -10,8 +10,10 @@ and with ADP episode by episode (exact McNemar).
 Rows (ρ = 0.3 / 0.5 / 0.7 of the 128 visual tokens, original RoPE positions for every pruner):
 baseline; ADP dynamic and static; inverse and random (ADP's gate and quotas); FastV (K = 1: the
 smallest scoring layer that exists, cut before layer 1); VLA-Pruner (the OFT fork's convention,
-``fastv_k = 0``, ``action_layer = 3``: 15 of 32 layers scaled to 6); LightVLA's selection without
-fine-tuning. Columns as in the Meta-World benchmark, one success column per suite.
+``fastv_k = 0``, ``action_layer = 3``: 15 of 32 layers scaled to 6); SparseVLM (stages after layers
+0, 1, 3: 2 / 6 / 15 of 32 scaled to 6; ρ the layer-averaged visual share); VLA-Cache (reuse from
+layers 1 and 2, relevance from layer 3; 38 static / 25 relevant of 64 per camera; entropy or constant
+schedule); LightVLA's selection without fine-tuning. Columns as in the Meta-World benchmark, one success column per suite.
 
     PYTHONPATH=src MUJOCO_GL=egl python benchmarks/libero_pruning.py --out runs/liberobench \
         --trials 10 --num-cpus 2
@@ -50,6 +52,10 @@ def entries(keeps: tuple[float, ...] = (0.3, 0.5, 0.7)) -> list[mw.Entry]:
     out += [mw.Entry(f"FastV {k}", {"pruner": "fastv", "keep": k, "k": 1}) for k in keeps]
     out += [mw.Entry(f"VLA-Pruner {k}", {"pruner": "vla_pruner", "keep": k, "fastv_k": 0, "action_layer": 3})
             for k in keeps]
+    out += [mw.Entry(f"SparseVLM {k}", {"pruner": "sparsevlm", "keep": k, "layers": [0, 1, 3], **ORIGINAL})
+            for k in keeps]
+    cache = {"pruner": "vla_cache", "reuse_layers": [1, 2], "relevance_layer": 3}
+    out += [mw.Entry("VLA-Cache", cache), mw.Entry("VLA-Cache (constant)", {**cache, "schedule": "constant"})]
     out += [mw.Entry("LightVLA (no fine-tuning)", {"pruner": "lightvla"})]
     return out
 

@@ -25,6 +25,14 @@ Configurations (matched keep ratios ρ = 0.3 / 0.5 / 0.7 of the 128 visual token
 * ``VLA-Pruner ρ``: the OFT fork's convention with ``fastv_k = 0`` (semantic attention of layer 0,
   cut before layer 1) and ``action_layer = 2`` (15 of 32 scaled to 4 layers: 1.9 → 2, a layer after
   the cut, as in the fork); window 3, γ = 0.8, first three queries unpruned.
+* ``SparseVLM ρ``: text raters, stages after layers 0, 1, 2 (2 / 6 / 15 of 32 scaled to 4 layers), ρ
+  the layer-averaged visual share (the release's budget convention), deleted tokens recycled,
+  original positions.
+* ``VLA-Cache`` / ``VLA-Cache (constant)``: unchanged, task-irrelevant tokens reuse the previous
+  query's keys/values from layer 1 (2 of 32 scaled), relevance from layer 2 (15 of 32); the
+  reference's 150 static / 100 relevant of 256 per camera scaled to 38 / 25 of 64; the entropy
+  schedule of the reference or every reusable token from layer 1 on. ρ does not apply (ρ̂ reports
+  the computed share of the last layer).
 * ``LightVLA (fine-tuned)``: the policy fine-tuned through LightVLA's selection
   (``src/vla_adp/assets/metaworld_lightvla``, see ``benchmarks/metaworld_lightvla.md``); its kept
   count is data-dependent, so the table reports the achieved ratio. ``LightVLA (no fine-tuning)``
@@ -70,6 +78,8 @@ ORIGINAL = {"positions": "original"}
 STATIC = {"gate": {"schedule": "static"}, **ORIGINAL}
 FASTV = {"k": 1}
 VLA_PRUNER = {"fastv_k": 0, "action_layer": 2}
+SPARSEVLM = {"layers": [0, 1, 2], **ORIGINAL}
+VLA_CACHE = {"reuse_layers": [1], "relevance_layer": 2}
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,9 @@ def entries(keeps: tuple[float, ...] = (0.3, 0.5, 0.7)) -> list[Entry]:
     out += [Entry(f"random {k}", {"pruner": "random", "keep": k, **ORIGINAL}) for k in (0.5, 0.3)]
     out += [Entry(f"FastV {k}", {"pruner": "fastv", "keep": k, **FASTV}) for k in keeps]
     out += [Entry(f"VLA-Pruner {k}", {"pruner": "vla_pruner", "keep": k, **VLA_PRUNER}) for k in keeps]
+    out += [Entry(f"SparseVLM {k}", {"pruner": "sparsevlm", "keep": k, **SPARSEVLM}) for k in keeps]
+    out += [Entry("VLA-Cache", {"pruner": "vla_cache", **VLA_CACHE}),
+            Entry("VLA-Cache (constant)", {"pruner": "vla_cache", **VLA_CACHE, "schedule": "constant"})]
     out += [Entry("LightVLA (fine-tuned)", {"pruner": "lightvla"}, checkpoint="lightvla"),
             Entry("LightVLA (no fine-tuning)", {"pruner": "lightvla"})]
     return out

@@ -40,6 +40,8 @@ def deep_policy(tmp_path_factory):
 
 
 def build(name: str, keep: float, **fields):
+    if name == "sparsevlm":
+        fields.setdefault("layers", (2, 6, 12))  # its last cut (after layer 15 of 32) needs a layer 16
     if name in ADP_BASED:
         fields.setdefault("gate", {"schedule": "static"})  # prune every query, so the budget is checked
     if name == "lightvla":
@@ -68,7 +70,7 @@ def expected_kept(name: str, pruner, layout_views: tuple[int, ...]) -> int:
 
 # -- registry sweep --------------------------------------------------------------------------------
 def test_every_method_is_registered():
-    assert {"adp", "random", "inverse", "fastv", "vla_pruner", "lightvla"} <= set(PRUNERS)
+    assert {"adp", "random", "inverse", "fastv", "vla_pruner", "lightvla", "vla_cache", "sparsevlm"} <= set(PRUNERS)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,9 @@ def first_episodes(deep_policy):
     return get
 
 
-@pytest.mark.parametrize("name", list(PRUNERS))
+# VLA-Cache reuses only where consecutive frames match; these episodes' frames are random, so its
+# budget is checked on repeated frames in tests/test_vla_cache.py.
+@pytest.mark.parametrize("name", [n for n in PRUNERS if n != "vla_cache"])
 def test_sweep_budget_respected_or_reported(first_episodes, name):
     policy, outs = first_episodes(name)
     pruner = policy.pruner
@@ -99,6 +103,11 @@ def test_sweep_budget_respected_or_reported(first_episodes, name):
         if name == "lightvla":  # data-dependent count: reported, not budgeted
             assert 1 <= info["kept_visual"] <= info["n_visual"]
             assert info["keep_ratio_achieved"] == pytest.approx(info["kept_visual"] / info["n_visual"])
+        elif name == "sparsevlm":  # ρ is the layer-averaged visual share (selected tokens; recycled on top)
+            n_other = info["seq_len"] - info["n_visual"]
+            shares = [(s - n_other) / info["n_visual"] for s in info["seq_lens"]]
+            recycled = sum(st["recycled"] for st in info["sparsevlm_stages"])
+            assert 0.25 - 2 / 512 <= sum(shares) / len(shares) <= 0.25 + (recycled + 2) / 512
         else:
             assert info["kept_visual"] == expected_kept(name, pruner, (256, 256))
         assert info["flops"] == info["flops_llm"] + info["scoring_flops"]  # the scorer's cost is counted

@@ -180,7 +180,9 @@ class Policy:
         per = [T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]) for img in images]
         return torch.from_numpy(np.concatenate(per, axis=0))[None]
 
-    def inputs(self, obs: dict) -> tuple[OFTInputs, TokenLayout]:
+    def inputs(self, obs: dict, images: list[np.ndarray] | None = None) -> tuple[OFTInputs, TokenLayout]:
+        """Model inputs and layout of one observation (``images``: :meth:`images` of it, if already made)."""
+        images = self.images(obs) if images is None else images
         instruction = instruction_of(obs)
         ids = torch.tensor([self.tokenizer.prompt_ids(instruction)])
         proprio = None
@@ -190,7 +192,7 @@ class Policy:
                 raise ValueError(f"state must have shape ({self.platform.proprio_dim},), got {state.shape}")
             proprio = torch.from_numpy(T.normalize_proprio(state, self.stats["proprio"], self.platform.normalization))[None]
         dev = self.model.device
-        inputs = OFTInputs(self.pixels(self.images(obs)).to(dev), ids.to(dev),
+        inputs = OFTInputs(self.pixels(images).to(dev), ids.to(dev),
                            None if proprio is None else proprio.float().to(dev))
         return inputs, self.layout(ids.shape[1] - 1)
 
@@ -206,8 +208,9 @@ class Policy:
         t0 = time.perf_counter()
         timer = self.stopwatch(self.model.device)
         with timer("transforms"):
-            inputs, layout = self.inputs(obs)
-        query = self.query(s, layout, obs)
+            images = self.images(obs)
+            inputs, layout = self.inputs(obs, images)
+        query = self.query(s, layout, obs, images)
         with timer("gate"):
             hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
         out = self.model(inputs, s.pruner, hooks, self.config.action_slice, self.config.decode, timer)
@@ -248,8 +251,9 @@ class Policy:
         for i, (obs, s) in enumerate(zip(observations, sessions)):
             try:
                 with timer("transforms"):
-                    inputs, layout = self.inputs(obs)
-                query = self.query(s, layout, obs)
+                    images = self.images(obs)
+                    inputs, layout = self.inputs(obs, images)
+                query = self.query(s, layout, obs, images)
                 with timer("gate"):
                     hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
             except Exception as e:  # noqa: BLE001 - this query fails, the others go on
@@ -272,16 +276,17 @@ class Policy:
                 r["info"]["batch"] = len(done)
         return results
 
-    def query(self, s: Session, layout: TokenLayout, obs: dict) -> Query:
-        """What the pruner may know: end-effector pose now and the path since the last query."""
+    def query(self, s: Session, layout: TokenLayout, obs: dict, images: list[np.ndarray] | None = None) -> Query:
+        """What the pruner may know: end-effector pose now, the path since the last query, the images."""
         pos_slice, rot_slice = self.platform.eef_pos, self.platform.eef_rot
         state = np.asarray(obs["state"], np.float64) if "state" in obs else None
+        frames = None if images is None else tuple(images)
         if state is None or pos_slice is None:
-            return Query(s.query_index, layout)
+            return Query(s.query_index, layout, images=frames)
         pos = state[slice(*pos_slice)]
         rot = state[slice(*rot_slice)] if rot_slice else None
         path = [t[slice(*pos_slice)] for t in s.trajectory]
-        return Query(s.query_index, layout, pos, rot, path)
+        return Query(s.query_index, layout, pos, rot, path, images=frames)
 
     def _info(self, s: Session, layout: TokenLayout, out) -> dict[str, Any]:
         from vla_adp.cost.flops import llm_flops
@@ -290,7 +295,9 @@ class Policy:
         views = out.layout.views
         keep_idx = None
         if out.keeps:  # per camera, indices local to that camera's patch grid (0..P-1)
-            last = out.keeps[-1].visual[0].cpu()
+            last = out.keeps[0].visual[0].cpu()
+            for keep in out.keeps[1:]:  # a later cut indexes the tokens the earlier one left
+                last = last[keep.visual[0].cpu()]
             bounds = np.cumsum((0, *views))
             keep_idx = [(last[bounds[c]:bounds[c + 1]] - layout.view_of_visual(c).start).tolist()
                         for c in range(len(views))]

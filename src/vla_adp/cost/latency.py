@@ -177,7 +177,9 @@ FORCE_PRUNED = {"gate": {"schedule": "static", "limit_consecutive": False}}
 # Layer indices set for the 32-layer 7B, scaled to a shallower benchmark decoder (field: least value),
 # so that the share of layers before the cut stays about the 7B's.
 REF_LAYERS = 32
-DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"k": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1}}
+DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"k": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1},
+                                            "vla_cache": {"reuse_layers": 1, "relevance_layer": 0},
+                                            "sparsevlm": {"layers": 0}}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -202,7 +204,13 @@ def depth_fields(name: str, n_layers: int | None, given: dict[str, Any]) -> dict
     from vla_adp.pruning.registry import config_class
 
     defaults = {f.name: f.default for f in dataclasses.fields(config_class(name))}
-    return {f: max(least, round(defaults[f] * n_layers / REF_LAYERS))
+
+    def scale(v: int, least: int) -> int:
+        return max(least, min(n_layers - 1, round(v * n_layers / REF_LAYERS)))
+
+    # A tuple of layers (SparseVLM's stages, VLA-Cache's reuse layers) scales element-wise, merged where equal.
+    return {f: tuple(sorted({scale(v, least) for v in defaults[f]})) if isinstance(defaults[f], tuple)
+            else scale(defaults[f], least)
             for f, least in DEPTH_FIELDS.get(name, {}).items() if f not in given}
 
 
@@ -284,6 +292,9 @@ class QueryRunner:
         self.layout = TokenLayout((a.patches_per_image,) * a.n_images, inputs.input_ids.shape[1] - 1,
                                   a.n_action_slots, int(a.use_proprio))
         self.episode_step: dict[int, int] = {}  # per pruner instance: queries it has seen (one long episode)
+        # The frames the model sees (resized, cropped): the same every query, VLA-Cache's best case.
+        self.frames = tuple(T.center_crop(T.resize_for_policy(img, a.image_size)
+                                          if img.shape[:2] != (a.image_size,) * 2 else img) for img in images)
         self._ctx: LayerContext | None = None
 
     @torch.inference_mode()
@@ -315,7 +326,7 @@ class QueryRunner:
         index = self.episode_step.get(id(pruner), 0)
         self.episode_step[id(pruner)] = index + 1
         pos = np.array([0.01 * index, 0.0, 0.0])
-        return Query(index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3))
+        return Query(index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3), images=self.frames)
 
     @torch.inference_mode()
     def scoring(self, method: str = "fused") -> dict[str, float]:

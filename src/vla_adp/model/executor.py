@@ -146,11 +146,18 @@ class Executor:
             self.stats["replays"] += 1
         return _clone(graph.output)
 
-    def run_layers(self, llm, x: Tensor, pos: Tensor, start: int, stop: int, mask: Tensor | None) -> Tensor:
+    def run_layers(self, llm, x: Tensor, pos: Tensor, start: int, stop: int, mask: Tensor | None,
+                   taps: dict | None = None) -> Tensor:
         """Decoder layers ``[start, stop)`` (:meth:`~vla_adp.model.llm.LlamaDecoder.run_layers`) through
-        :meth:`run`, padded to the length bucket when ``bucket`` > 1 (padding keys masked out)."""
+        :meth:`run`, padded to the length bucket when ``bucket`` > 1 (padding keys masked out).
+
+        A segment with an attention tap (``taps``, VLA-Cache) runs eagerly: a tap is Python with
+        data-dependent shapes that a captured graph would not call again.
+        """
         if start == stop:
             return x
+        if taps and any(start <= i < stop for i in taps):
+            return llm.run_layers(x, pos, start, stop, mask, taps)
         fn = lambda x, pos, mask: llm.run_layers(x, pos, start, stop, mask)  # noqa: E731
         n = x.shape[1]
         padded = -(-n // self.bucket) * self.bucket

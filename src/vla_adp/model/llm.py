@@ -10,7 +10,10 @@ Numerics follow HF Llama: RMSNorm in float32 with the weight applied after casti
 RoPE (Q/K weights are stored in HF's permuted layout) with cos/sin computed in float32, SDPA.
 Each layer is an entry point of its own (:meth:`LlamaDecoder.run_layers`) so that a pruner can cut
 the sequence before the LLM or between layers; :meth:`Attention.scores` gives one layer's q·kᵀ for
-the rows a scorer asks for, so that no other layer leaves SDPA.
+the rows a scorer asks for, so that no other layer leaves SDPA. An optional *attention tap* per layer
+(:data:`AttentionTap`) sees that layer's query/key/value projections and may append keys/values that
+no current row produced (VLA-Cache's reuse of the previous query's keys/values); without taps every
+layer computes exactly what it did before.
 """
 
 from __future__ import annotations
@@ -21,8 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from collections.abc import Callable
+
 from vla_adp.model.config import LlamaArgs
 from vla_adp.model.invariance import silu_per_row
+
+# (q (B, H, S, hd), k (B, Hkv, S, hd), v (B, Hkv, S, hd), key mask (B, 1, 1, S) or None), RoPE applied
+# -> the keys, values and key mask this layer's attention runs over (S' >= S keys; extra keys are
+# appended after the current rows'). Bidirectional attention has no key order, so appended keys act
+# exactly like keys at their own positions as long as their RoPE was applied at those positions.
+AttentionTap = Callable[[Tensor, Tensor, Tensor, "Tensor | None"], "tuple[Tensor, Tensor, Tensor | None]"]
 
 
 class RMSNorm(nn.Module):
@@ -75,10 +86,13 @@ class Attention(nn.Module):
         rep = self.n_heads // self.n_kv_heads
         return x if rep == 1 else x.repeat_interleave(rep, dim=1)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                tap: AttentionTap | None = None) -> Tensor:
         q = apply_rope(self._heads(self.q_proj(x), self.n_heads), cos, sin)
         k = apply_rope(self._heads(self.k_proj(x), self.n_kv_heads), cos, sin)
         v = self._heads(self.v_proj(x), self.n_kv_heads)
+        if tap is not None:  # may append keys/values no current row produced (VLA-Cache)
+            k, v, mask = tap(q, k, v, mask)
         k, v = self._expand_kv(k), self._expand_kv(v)
         # Bidirectional: no causal mask. `mask` only hides right-padding keys in batched training.
         if self.impl == "eager":
@@ -124,8 +138,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(args.dim, args.rms_eps)
         self.mlp = FeedForward(args)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None,
+                tap: AttentionTap | None = None) -> Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, tap)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -156,17 +171,19 @@ class LlamaDecoder(nn.Module):
         return rope_cos_sin(position_ids, self.args.head_dim, self.args.rope_theta, dtype)
 
     def run_layers(
-        self, x: Tensor, position_ids: Tensor, start: int, stop: int, key_mask: Tensor | None = None
+        self, x: Tensor, position_ids: Tensor, start: int, stop: int, key_mask: Tensor | None = None,
+        taps: dict[int, AttentionTap] | None = None,
     ) -> Tensor:
         """Run decoder layers ``[start, stop)`` on x (B, S, D) at integer positions (B, S).
 
         Args:
             key_mask: optional (B, S) bool, False for padding keys (batched training only).
+            taps: optional attention tap per layer index (see :data:`AttentionTap`).
         """
         cos, sin = self.rope(position_ids, x.dtype)
         mask = None if key_mask is None else key_mask[:, None, None, :]
-        for layer in self.layers[start:stop]:
-            x = layer(x, cos, sin, mask)
+        for i in range(start, stop):
+            x = self.layers[i](x, cos, sin, mask, taps.get(i) if taps else None)
         return x
 
     def forward(self, x: Tensor, position_ids: Tensor | None = None) -> Tensor:

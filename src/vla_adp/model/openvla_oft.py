@@ -170,6 +170,7 @@ class OpenVLAOFT(nn.Module):
         x, pos, layout, mask = emb.hidden, emb.position_ids, emb.layout, emb.key_mask
         keeps: list[Keep] = []
         seq_lens = [layout.length] * n
+        taps: dict = {}  # attention taps a pruner installs through LayerContext.taps (VLA-Cache)
         start = 0
         bad = sorted(h for h in hooks if not 0 <= h < n)
         if bad:
@@ -177,10 +178,10 @@ class OpenVLAOFT(nn.Module):
                              f"this decoder has layers 0..{n - 1}")
         for i in sorted(hooks):
             with timer("llm"):
-                x = self.executor.run_layers(llm, x, pos, start, i, mask)
+                x = self.executor.run_layers(llm, x, pos, start, i, mask, taps)
             start = i
             with timer("prune"):  # the pruner's scoring and selection
-                keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm, key_mask=mask))
+                keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm, key_mask=mask, taps=taps))
             if keep is not None:
                 positions = getattr(pruner, "positions", "contiguous")
                 with timer("gather"):  # the shorter sequence (shared by every pruner)
@@ -188,7 +189,7 @@ class OpenVLAOFT(nn.Module):
                 keeps.append(keep)
                 seq_lens[i:] = [layout.length] * (n - i)
         with timer("llm"):
-            x = llm.norm(self.executor.run_layers(llm, x, pos, start, n, mask))
+            x = llm.norm(self.executor.run_layers(llm, x, pos, start, n, mask, taps))
         return x, keeps, layout, seq_lens
 
     @staticmethod

@@ -31,6 +31,8 @@ class Query:
         eef_rotvec: end-effector orientation as an axis-angle vector (3,), where the state has one.
         eef_path: end-effector positions recorded after every executed step since the previous
             query (optional; only the path-length displacement needs them).
+        images: the camera images the model sees in this query, (H, W, 3) uint8 each, in view order
+            (after the policy's resize and crop); VLA-Cache compares them with the previous query's.
     """
 
     index: int
@@ -38,6 +40,7 @@ class Query:
     eef_pos: np.ndarray | None = None
     eef_rotvec: np.ndarray | None = None
     eef_path: list[np.ndarray] = field(default_factory=list)
+    images: tuple[np.ndarray, ...] | None = None
 
 
 @dataclass
@@ -51,6 +54,9 @@ class LayerContext:
         visual: (B, V, D) projector outputs of all visual tokens (VLA-Pruner's diversity features).
         llm: the decoder (its ``layers[index]`` gives the scoring projections).
         key_mask: (B, S) bool, False on right-padding tokens of a training batch; None otherwise.
+        taps: the forward's attention taps, layer index -> :data:`~vla_adp.model.llm.AttentionTap`;
+            a pruner may install taps for this and later layers (VLA-Cache's key/value reuse).
+            ``None`` where the forward offers none (the batched multi-episode path).
     """
 
     index: int
@@ -61,6 +67,7 @@ class LayerContext:
     llm: Any
     inputs: Any = None
     key_mask: Tensor | None = None
+    taps: dict | None = None
 
     @property
     def layer(self):

@@ -21,6 +21,8 @@ PRUNERS: dict[str, str] = {
     "fastv": "fastv",
     "vla_pruner": "vla_pruner",
     "lightvla": "lightvla",
+    "vla_cache": "vla_cache",
+    "sparsevlm": "sparsevlm",
 }
 
 

@@ -106,8 +106,8 @@ class FastVConfig:
         if fork:
             fork = {**FORK_DEFAULTS, **fork}
             if fork.get("use_vla_cache"):
-                raise ValueError("use_vla_cache=true selects VLA-Cache (token reuse with a KV cache), which vla-adp "
-                                 "does not implement; set it to false to run FastV")
+                raise ValueError("use_vla_cache=true selects VLA-Cache (token reuse with a KV cache), the separate "
+                                 "'vla_cache' pruner here; set it to false to run FastV")
             if not fork.get("use_fastv", True):
                 warnings.warn("use_fastv=false in a FastV config: building FastV anyway (the pruner name selects it)")
             if not fork.get("use_prefil_attention", True) and fork["fastv_attention_source"] != "last":

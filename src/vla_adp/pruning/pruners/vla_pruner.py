@@ -201,7 +201,7 @@ class VLAPrunerConfig:
         ``vla_pruner_mode``, ``vla_pruner_action_horizon``, ``vla_pruner_av_hist_w``/``av_hist_w``,
         ``vla_pruner_av_decay``/``av_decay``; ``use_*`` method switches).
 
-        ``use_vla_cache: true`` is refused (VLA-Cache is a different method, not built here); the
+        ``use_vla_cache: true`` is refused (VLA-Cache is a different method: the `vla_cache` pruner); the
         fork's VLA-Cache-mode weights and schedule flags load with a warning that they change nothing.
         """
         ours = {f.name for f in dataclasses.fields(cls)}
@@ -215,7 +215,7 @@ class VLAPrunerConfig:
             elif key == "use_vla_cache":
                 if value:
                     raise ValueError("use_vla_cache=true selects VLA-Cache (cross-step token reuse with a KV cache), "
-                                     "which vla-adp does not implement; set it to false to run VLA-Pruner")
+                                     "the separate 'vla_cache' pruner here; set it to false to run VLA-Pruner")
             elif key in ("use_vla_pruner", "use_fastv"):
                 continue  # selecting the method is the registry's job
             elif key == "fastv_attention_source":
