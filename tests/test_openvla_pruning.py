@@ -156,11 +156,6 @@ def test_inverse_keeps_the_tokens_adp_drops(folder):
     assert top.isdisjoint(low) and len(top | low) == 256
 
 
-def test_vla_pruner_oft_variant_is_refused(folder):
-    with pytest.raises(ValueError, match="action slots"):
-        OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_pruner("vla_pruner", keep=0.5))
-
-
 def test_policy_actions_follow_upstream_unnormalisation(folder):
     policy = OpenVLAPolicy.load(folder, dtype=torch.float32, config=PolicyConfig(center_crop=False))
     out = policy.infer(obs(5))

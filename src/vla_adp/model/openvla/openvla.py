@@ -21,12 +21,15 @@ projector are OpenVLA-OFT's modules (same Prismatic checkpoint keys); only the d
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from vla_adp.model.heads import Projector
+from vla_adp.model.llm import apply_rope
 from vla_adp.model.openvla.actions import tokens_to_actions
 from vla_adp.model.openvla.config import OpenVLAArgs
 from vla_adp.model.openvla.decoder import CausalLlama, KVCache
@@ -60,6 +63,50 @@ class Prefill:
     cache: KVCache
     keeps: list[Keep] = field(default_factory=list)
     seq_lens: list[int] = field(default_factory=list)  # tokens each layer ran on
+    layouts: list[PrefillLayout] = field(default_factory=list)  # the layout each layer ran on (= its cache's)
+
+
+@dataclass
+class DecodeContext:
+    """Decode step ``step`` (1 .. T-1) at layer ``index``, after the layer appended this row's key.
+
+    Args:
+        hidden: (B, 1, D) input of layer ``index`` for the token being fed (generated token ``step``).
+        position_ids: (B, 1) its RoPE position.
+        keys: (B, H_kv, S, hd) everything layer ``index`` has cached: the prefill rows it ran on
+            (``layout``), then the generated tokens, this one last.
+        layout: the prefill layout layer ``index`` ran on (pruned if a cut came before it).
+    """
+
+    step: int
+    index: int
+    hidden: Tensor
+    position_ids: Tensor
+    keys: Tensor
+    layout: PrefillLayout
+    llm: CausalLlama
+
+    def attention_probs(self) -> Tensor:
+        """Softmax attention of this row over the cached keys, as the layer computed it: (B, H, 1, S), float32."""
+        layer = self.llm.layers[self.index]
+        attn = layer.self_attn
+        cos, sin = self.llm.rope(self.position_ids, self.hidden.dtype)
+        q = apply_rope(attn._heads(attn.q_proj(layer.input_layernorm(self.hidden)), attn.n_heads), cos, sin)
+        k = attn._expand_kv(self.keys)
+        return ((q.float() @ k.float().transpose(-1, -2)) / math.sqrt(attn.head_dim)).softmax(dim=-1)
+
+
+@runtime_checkable
+class DecodeObserver(Protocol):
+    """A pruner that also reads the decode steps (VLA-Pruner's action-to-vision attention on OpenVLA).
+
+    ``decode_layers()`` names the layers to report; the model calls ``at_decode(ctx)`` for each of them
+    at every decode step. Attention-free: observing changes no output.
+    """
+
+    def decode_layers(self) -> frozenset[int]: ...
+
+    def at_decode(self, ctx: DecodeContext) -> None: ...
 
 
 @dataclass
@@ -107,6 +154,7 @@ class OpenVLA(nn.Module):
         x, visual, layout = self.embed(inputs, timer)
         pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         cache, keeps, seq_lens, start = KVCache(n), [], [layout.length] * n, 0
+        layouts = [layout] * n
         bad = sorted(h for h in hooks if not 0 <= h < n)
         if bad:
             raise ValueError(f"pruner {getattr(pruner, 'name', pruner)!r} asked for layer(s) {bad}; "
@@ -124,9 +172,10 @@ class OpenVLA(nn.Module):
                     x, pos, layout = apply_keep(x, pos, layout, keep, positions)
                 keeps.append(keep)
                 seq_lens[i:] = [layout.length] * (n - i)
+                layouts[i:] = [layout] * (n - i)
         with timer("llm"):
             x = llm.run_layers(x, pos, start, n, cache=cache)
-        return Prefill(x, pos, layout, cache, keeps, seq_lens)
+        return Prefill(x, pos, layout, cache, keeps, seq_lens, layouts)
 
     # -- decoding ---------------------------------------------------------------------------
     def forward(self, inputs: OpenVLAInputs, pruner: Pruner | None = None, hooks: frozenset[int] = frozenset(),
@@ -145,7 +194,7 @@ class OpenVLA(nn.Module):
             tokens = [step_logits[-1][:, -1].argmax(dim=-1)]
             for t in range(1, n_tokens):
                 x = llm.embed_tokens(tokens[-1][:, None])
-                h = llm.run_layers(x, next_pos + (t - 1), 0, len(llm.layers), cache=pre.cache)
+                h = self._decode_step(x, next_pos + (t - 1), pre, pruner, t)
                 step_logits.append(llm.logits(h).float())
                 tokens.append(step_logits[-1][:, -1].argmax(dim=-1))
         ids = torch.stack(tokens, dim=1)  # (B, T)
@@ -153,6 +202,18 @@ class OpenVLA(nn.Module):
         actions = torch.from_numpy(normalised)[:, None]  # (B, 1, T)
         return OpenVLAOutput(ids, torch.cat(step_logits, dim=1), actions, pre.layout, pre.keeps, pre.seq_lens,
                              cache_lens)
+
+    def _decode_step(self, x: Tensor, pos: Tensor, pre: Prefill, pruner, step: int) -> Tensor:
+        """One generated token through every layer; a :class:`DecodeObserver` sees the layers it asked for."""
+        llm, n = self.language_model, len(self.language_model.layers)
+        watch = sorted(pruner.decode_layers()) if isinstance(pruner, DecodeObserver) else []
+        start = 0
+        for i in watch:
+            x_in = llm.run_layers(x, pos, start, i, cache=pre.cache)
+            x = llm.run_layers(x_in, pos, i, i + 1, cache=pre.cache)
+            pruner.at_decode(DecodeContext(step, i, x_in, pos, pre.cache.keys[i], pre.layouts[i], llm))
+            start = i + 1
+        return llm.run_layers(x, pos, start, n, cache=pre.cache)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -40,7 +40,8 @@ class OpenVLAPolicy(Policy):
         name = getattr(pruner, "name", None)
         if name in NEEDS_ACTION_SLOTS:
             raise ValueError(f"pruner {name!r} scores the action slots of OpenVLA-OFT's prefill; OpenVLA generates "
-                             "its action tokens after the prefill, so it has none (use adp, fastv, random or inverse)")
+                             "its action tokens after the prefill, so it has none: build VLA-Pruner's OpenVLA variant "
+                             "with vla_adp.model.openvla.pruners.build_openvla_pruner('vla_pruner', ...)")
         super().__init__(checkpoint, config, pruner)
         self.n_tokens = len(self.stats["action"]["q01"])
 
