@@ -72,9 +72,9 @@ def test_keep_all_cut_is_bit_identical(ckpt, layer, positions):
     assert got.cache_lens == ref.cache_lens == [ref.layout.length] * 4
 
 
-def test_adp_keep_one_gives_bit_identical_actions(folder):
-    base = OpenVLAPolicy.load(folder, dtype=torch.float32)
-    adp = OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_pruner("adp", keep=1.0, **STATIC))
+def test_adp_keep_one_gives_bit_identical_actions(ckpt):
+    base = OpenVLAPolicy(ckpt)
+    adp = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep=1.0, **STATIC))
     for seed in range(3):
         a, b = base.infer(obs(seed)), adp.infer(obs(seed))
         np.testing.assert_array_equal(a["actions"], b["actions"])
@@ -136,10 +136,10 @@ def test_causal_attention_probs_hide_future_keys(ckpt):
 
 
 @pytest.mark.parametrize("name", ["random", "inverse", "fastv", "adp"])
-def test_pruners_run_through_the_policy(folder, name):
+def test_pruners_run_through_the_policy(ckpt, name):
     fields = STATIC if name != "fastv" else {}
-    policy = OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_pruner(name, keep=0.5, **fields))
-    base = OpenVLAPolicy.load(folder, dtype=torch.float32)
+    policy = OpenVLAPolicy(ckpt, pruner=build_pruner(name, keep=0.5, **fields))
+    base = OpenVLAPolicy(ckpt)
     out, ref = policy.infer(obs(2)), base.infer(obs(2))
     info = out["info"]
     assert out["actions"].shape == (1, 7) and np.isfinite(out["actions"]).all()
@@ -148,16 +148,16 @@ def test_pruners_run_through_the_policy(folder, name):
     assert len(info["kept_indices"][0]) == 128
 
 
-def test_inverse_keeps_the_tokens_adp_drops(folder):
-    adp = OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_pruner("adp", keep=0.5, **STATIC))
-    inv = OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_pruner("inverse", keep=0.5, **STATIC))
+def test_inverse_keeps_the_tokens_adp_drops(ckpt):
+    adp = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep=0.5, **STATIC))
+    inv = OpenVLAPolicy(ckpt, pruner=build_pruner("inverse", keep=0.5, **STATIC))
     top = set(adp.infer(obs(4))["info"]["kept_indices"][0])
     low = set(inv.infer(obs(4))["info"]["kept_indices"][0])
     assert top.isdisjoint(low) and len(top | low) == 256
 
 
-def test_policy_actions_follow_upstream_unnormalisation(folder):
-    policy = OpenVLAPolicy.load(folder, dtype=torch.float32, config=PolicyConfig(center_crop=False))
+def test_policy_actions_follow_upstream_unnormalisation(ckpt):
+    policy = OpenVLAPolicy(ckpt, PolicyConfig(center_crop=False))
     out = policy.infer(obs(5))
     stats = policy.stats["action"]
     tokens = np.array(out["info"]["action_tokens"])

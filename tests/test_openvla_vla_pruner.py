@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.test_openvla_parity import reference_llm
 from tests.test_openvla_pruning import obs
+from vla_adp.model.openvla.checkpoint import load_openvla_checkpoint
 from vla_adp.model.openvla.policy import OpenVLAPolicy
 from vla_adp.model.openvla.pruners import build_openvla_pruner
 from vla_adp.model.openvla.tiny import make_tiny_openvla_checkpoint
@@ -26,6 +27,11 @@ SETTINGS = {"k": 2, "action_layer": 3}  # the tiny decoder has 4 layers: score l
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_tiny_openvla_checkpoint(tmp_path_factory.mktemp("ovla") / "openvla-7b", seed=3, llm_layers=4)
+
+
+@pytest.fixture(scope="module")
+def ckpt(folder):
+    return load_openvla_checkpoint(folder, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +54,8 @@ def reference_attentions(policy, hf, observation):
     return out.attentions, out.sequences[:, -7:]
 
 
-def test_action_score_is_the_action_rows_attention_of_transformers(folder, eager_reference):
-    policy = OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_openvla_pruner("vla_pruner", keep=0.5,
+def test_action_score_is_the_action_rows_attention_of_transformers(ckpt, eager_reference):
+    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep=0.5,
                                                                                           **SETTINGS))
     observation = obs(7)
     out = policy.infer(observation)  # warm-up query: unpruned, observed
@@ -62,10 +68,10 @@ def test_action_score_is_the_action_rows_attention_of_transformers(folder, eager
     torch.testing.assert_close(policy.pruner._history[-1], expected, atol=ATOL, rtol=0)
 
 
-def test_warm_up_then_prune_with_fastv_and_history_candidates(folder, eager_reference):
+def test_warm_up_then_prune_with_fastv_and_history_candidates(ckpt, eager_reference):
     pruner = build_openvla_pruner("vla_pruner", keep=0.25, **SETTINGS)
-    policy = OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=pruner)
-    base = OpenVLAPolicy.load(folder, dtype=torch.float32)
+    policy = OpenVLAPolicy(ckpt, pruner=pruner)
+    base = OpenVLAPolicy(ckpt)
     for i in range(3):
         a, b = policy.infer(obs(i)), base.infer(obs(i))
         np.testing.assert_array_equal(a["actions"], b["actions"])
@@ -87,18 +93,17 @@ def test_warm_up_then_prune_with_fastv_and_history_candidates(folder, eager_refe
     assert pruner._history[-1][0, dropped].abs().max() == 0 and pruner._history[-1][0, sorted(kept)].min() > 0
 
 
-def test_reset_restores_the_episode(folder):
-    policy = OpenVLAPolicy.load(folder, dtype=torch.float32,
-                                pruner=build_openvla_pruner("vla_pruner", keep=0.25, **SETTINGS))
+def test_reset_restores_the_episode(ckpt):
+    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep=0.25, **SETTINGS))
     first = [policy.infer(obs(i))["info"]["action_tokens"] for i in range(4)]
     policy.reset()
     assert [policy.infer(obs(i))["info"]["action_tokens"] for i in range(4)] == first
 
 
-def test_keep_one_is_unpruned_and_unobserved(folder):
-    policy = OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_openvla_pruner("vla_pruner", keep=1.0,
+def test_keep_one_is_unpruned_and_unobserved(ckpt):
+    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep=1.0,
                                                                                           **SETTINGS))
-    base = OpenVLAPolicy.load(folder, dtype=torch.float32)
+    base = OpenVLAPolicy(ckpt)
     for i in range(4):
         np.testing.assert_array_equal(policy.infer(obs(i))["actions"], base.infer(obs(i))["actions"])
     assert len(policy.pruner._history) == 0
@@ -126,8 +131,8 @@ def test_refused_on_the_oft_sequence():
         pruner.at_layer(ctx)
 
 
-def test_oft_variant_is_refused_by_the_openvla_policy(folder):
+def test_oft_variant_is_refused_by_the_openvla_policy(ckpt):
     from vla_adp.pruning.registry import build_pruner
 
     with pytest.raises(ValueError, match="build_openvla_pruner"):
-        OpenVLAPolicy.load(folder, dtype=torch.float32, pruner=build_pruner("vla_pruner", keep=0.5))
+        OpenVLAPolicy(ckpt, pruner=build_pruner("vla_pruner", keep=0.5))
