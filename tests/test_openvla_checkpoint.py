@@ -172,3 +172,12 @@ def test_decode_flops_hand_computed():
     assert decode_flops(args, [10, 5], 1) == 0
     with pytest.raises(ValueError, match="one cache length per layer"):
         decode_flops(args, [10], 3)
+
+
+def test_make_tiny_cli_writes_a_loadable_openvla_folder(tmp_path, capsys):
+    from vla_adp.cli import main
+
+    assert main(["make-tiny-checkpoint", str(tmp_path / "t"), "--family", "openvla", "--llm-layers", "3"]) == 0
+    assert "config.json" in capsys.readouterr().out
+    ckpt = load_openvla_checkpoint(tmp_path / "t", dtype=torch.float32)
+    assert ckpt.args.llm.n_layers == 3 and ckpt.model.args.n_images == 1

@@ -167,3 +167,17 @@ def test_policy_actions_follow_upstream_unnormalisation(ckpt):
     lo, hi, mask = np.array(stats["q01"]), np.array(stats["q99"]), np.array(stats["mask"])
     np.testing.assert_array_equal(out["actions"][0], np.where(mask, 0.5 * (norm + 1) * (hi - lo) + lo, norm))
     assert not mask[-1] and out["actions"][0, -1] == norm[-1]  # the gripper passes through
+
+
+def test_closed_loop_episode_with_adp_one_action_per_query(ckpt):
+    """The evaluation runner drives OpenVLA as any policy: one query per step (chunk 1), the gate fed."""
+    from tests.eval_helpers import ToyEnv
+    from vla_adp.eval.runner import EpisodeSettings, run_episode
+
+    policy = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep=0.5))
+    queries = []
+    rec = run_episode(ToyEnv(success_at=6), policy, 0, EpisodeSettings("h"), queries.append)
+    assert (rec.success, rec.steps, rec.queries, rec.error) == (True, 6, 6, None)
+    assert [q.step for q in queries] == list(range(6))
+    assert any(q.pruned for q in queries) and all(q.kept_visual in (128, 256) for q in queries)
+    assert rec.flops_total < rec.flops_full_total
