@@ -181,3 +181,11 @@ def test_closed_loop_episode_with_adp_one_action_per_query(ckpt):
     assert [q.step for q in queries] == list(range(6))
     assert any(q.pruned for q in queries) and all(q.kept_visual in (128, 256) for q in queries)
     assert rec.flops_total < rec.flops_full_total
+
+
+def test_policy_refuses_the_executor_and_sizes_the_platform_from_the_statistics(ckpt):
+    policy = OpenVLAPolicy(ckpt)
+    assert (policy.platform.chunk, policy.platform.action_dim) == (1, 7)
+    policy.set_executor(None)
+    with pytest.raises(ValueError, match="runs eagerly"):
+        policy.set_executor(object())

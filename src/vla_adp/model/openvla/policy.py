@@ -12,6 +12,7 @@ and have no effect here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,13 @@ class OpenVLAPolicy(Policy):
                              "its action tokens after the prefill, so it has none: build VLA-Pruner's OpenVLA variant "
                              "with vla_adp.model.openvla.pruners.build_openvla_pruner('vla_pruner', ...)")
         super().__init__(checkpoint, config, pruner)
-        self.n_tokens = len(self.stats["action"]["q01"])
+        self.n_tokens = len(self.stats["action"]["q01"])  # upstream get_action_dim(unnorm_key)
+        self.platform = dataclasses.replace(self.platform, action_dim=self.n_tokens)
+
+    def set_executor(self, executor) -> None:
+        """Only eager execution: OFT's CUDA-graph / compile executor has no static KV cache for decoding."""
+        if executor is not None:
+            raise ValueError("OpenVLA runs eagerly; the CUDA-graph / compiled executor covers OpenVLA-OFT only")
 
     @classmethod
     def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
