@@ -181,3 +181,27 @@ def test_make_tiny_cli_writes_a_loadable_openvla_folder(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().out
     ckpt = load_openvla_checkpoint(tmp_path / "t", dtype=torch.float32)
     assert ckpt.args.llm.n_layers == 3 and ckpt.model.args.n_images == 1
+
+
+def test_decode_and_prefill_flops_equal_a_flop_counter_on_the_eager_decoder():
+    """The consistent convention counts every matmul the cached decoder runs (lm_head left out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vla_adp.cost.flops import llm_flops
+    from vla_adp.model.openvla.decoder import CausalLlama, KVCache
+
+    args = LlamaArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=172, vocab_size=32)
+    llm = CausalLlama(args).eval()
+    llm.set_attention("eager")
+    cache, length, n_tokens = KVCache(2), 37, 7
+
+    def count(fn) -> int:
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            fn()
+        return counter.get_total_flops()
+
+    prefill = count(lambda: llm.run_layers(torch.randn(1, length, 64), torch.arange(length)[None], 0, 2, cache=cache))
+    decode = sum(count(lambda: llm.run_layers(torch.randn(1, 1, 64), torch.tensor([[length + t - 1]]), 0, 2,
+                                               cache=cache)) for t in range(1, n_tokens))
+    assert prefill == llm_flops(args, [length] * 2, "consistent")
+    assert decode == decode_flops(args, [length] * 2, n_tokens, "consistent") and cache.lengths() == [43, 43]
