@@ -205,3 +205,21 @@ def test_decode_and_prefill_flops_equal_a_flop_counter_on_the_eager_decoder():
                                                cache=cache)) for t in range(1, n_tokens))
     assert prefill == llm_flops(args, [length] * 2, "consistent")
     assert decode == decode_flops(args, [length] * 2, n_tokens, "consistent") and cache.lengths() == [43, 43]
+
+
+def test_cli_predict_runs_openvla_with_vla_pruners_openvla_variant(tmp_path, capsys):
+    from vla_adp.cli import main
+
+    folder = make_tiny_openvla_checkpoint(tmp_path / "t", seed=2, llm_layers=3)
+    cfg = tmp_path / "vla_pruner.json"
+    cfg.write_text(json.dumps({"fastv_r": 0.5, "fastv_k": 1, "action_layer": 2}))
+    argv = ["predict", "--family", "openvla", "--checkpoint", str(folder), "--device", "cpu", "--pruner", "vla_pruner",
+            "--pruning-config", str(cfg), "--repeat", "4", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert np.array(out["actions"]).shape == (1, 7)
+    info = out["info"]
+    assert info["pruner"] == "vla_pruner_openvla" and info["pruned"] and info["kept_visual"] == 128
+    assert info["cache_lens"] == [info["seq_len"], info["seq_len_pruned"], info["seq_len_pruned"]]
+    assert main(["predict", "--family", "openvla", "--checkpoint", str(folder), "--platform", "libero"]) == 2
+    assert "--platform 'libero' does not apply to --family openvla" in capsys.readouterr().err

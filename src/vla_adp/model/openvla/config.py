@@ -52,6 +52,11 @@ class OpenVLAArgs:
                              f"{self.n_real_vocab} ids cannot hold {self.n_action_bins} action bins and the text")
 
     @property
+    def use_proprio(self) -> bool:
+        """OpenVLA has no proprio token (the state only reaches a pruner's gate)."""
+        return False
+
+    @property
     def n_real_vocab(self) -> int:
         """Ids the tokenizer knows; the action bins are the last ``n_action_bins`` of them."""
         return self.llm.vocab_size - self.pad_to_multiple_of
