@@ -101,7 +101,7 @@ class DecodeObserver(Protocol):
     """A pruner that also reads the decode steps (VLA-Pruner's action-to-vision attention on OpenVLA).
 
     ``decode_layers()`` names the layers to report; the model calls ``at_decode(ctx)`` for each of them
-    at every decode step. Attention-free: observing changes no output.
+    at every decode step. Read-only: observing changes no output.
     """
 
     def decode_layers(self) -> frozenset[int]: ...
