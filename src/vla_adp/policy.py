@@ -220,8 +220,7 @@ class Policy:
 
     def _finish(self, s: Session, layout: TokenLayout, out, timer) -> dict[str, Any]:
         """Un-normalised actions and ``info`` of one answered query; the session moves on."""
-        norm = out.actions[0].float().cpu().numpy()
-        actions = T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
+        actions = self.unnormalize(out)
         info = self._info(s, layout, out)
         if s.pruner is not None:
             with timer("gate"):
@@ -231,6 +230,11 @@ class Policy:
         s.query_index += 1
         s.trajectory = []
         return {"actions": actions, "info": info}
+
+    def unnormalize(self, out) -> np.ndarray:
+        """Batch row 0's normalised chunk in the environment's units (OFT: q01/q99 with its + 1e-8)."""
+        norm = out.actions[0].float().cpu().numpy()
+        return T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
 
     @torch.inference_mode()
     def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:

@@ -31,6 +31,15 @@ def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop (default: crop unless the checkpoint records otherwise)")
 
 
+FAMILIES = ("oft", "openvla")
+
+
+def add_family_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", choices=FAMILIES, default="oft",
+                   help="model family of --checkpoint: oft (OpenVLA-OFT, default) or openvla (autoregressive, "
+                        "openvla/openvla-7b's layout: one action per query, 7 greedy tokens)")
+
+
 def resolve_checkpoint_arg(args) -> None:
     """A Hub repo id in ``args.checkpoint`` becomes its cached snapshot folder (:mod:`vla_adp.model.hub`);
     folders, and names that are neither, stay as they are (the loader reports what is missing)."""
@@ -77,6 +86,10 @@ def build_pruner_from_args(args):
     """The pruner the arguments ask for, or None."""
     if not (args.pruner or args.pruning_config):
         return None
+    if getattr(args, "family", "oft") == "openvla":  # VLA-Pruner has its own OpenVLA variant
+        from vla_adp.model.openvla.pruners import build_openvla_pruner
+
+        return build_openvla_pruner(args.pruner, keep=args.keep, config_file=args.pruning_config)
     from vla_adp.pruning.registry import build_pruner
 
     return build_pruner(args.pruner, keep=args.keep, config_file=args.pruning_config)
@@ -87,4 +100,11 @@ def load_policy(args, pruner=None):
 
     cfg = PolicyConfig(unnorm_key=args.unnorm_key, center_crop=center_crop_of(args),
                        action_slice=args.action_slice)
+    if getattr(args, "family", "oft") == "openvla":
+        from vla_adp.model.openvla.policy import OpenVLAPolicy
+
+        if args.platform is not None:
+            raise ValueError(f"--platform {args.platform!r} does not apply to --family openvla (one action per query, "
+                             "its width from the dataset statistics)")
+        return OpenVLAPolicy.load(args.checkpoint, cfg, pruner, dtype=dtype_of(args), device=args.device)
     return Policy.load(args.checkpoint, cfg, pruner, platform=args.platform, dtype=dtype_of(args), device=args.device)

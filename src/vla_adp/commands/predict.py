@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_adp.commands.common import add_checkpoint_args, add_pruner_args, build_pruner_from_args, load_policy
+from vla_adp.commands.common import (add_checkpoint_args, add_family_arg, add_pruner_args, build_pruner_from_args,
+                                     load_policy)
 
 
 def add_arguments(p) -> None:
     add_checkpoint_args(p)
+    add_family_arg(p)
     add_pruner_args(p)
     p.add_argument("--obs", default=None,
                    help=".npz or .json with full_image, wrist_image, state and instruction/task_description "

@@ -1,0 +1,119 @@
+"""OpenVLA as a policy: ``infer(obs) -> {"actions", "info"}`` through :class:`vla_adp.policy.Policy`.
+
+Mirrors upstream's LIBERO path (``experiments/robot/openvla_utils.py`` ``get_vla_action`` and
+``predict_action``): one image (``full_image``), resized and optionally center-cropped as OFT's
+transforms do, the prompt ``In: What action should the robot take to {instruction.lower()}?\\nOut:``
+with BOS and the trailing '▁', greedy decoding of ``len(q01)`` action tokens with the KV cache, bin
+de-tokenisation and q01/q99 un-normalisation under the mask (no ``+ 1e-8``). No proprio token: the
+state is read only by a pruner's gate (ADP). Everything else (sessions, the pruner protocol, ``info``,
+timing) is :class:`~vla_adp.policy.Policy`'s; ``PolicyConfig.action_slice`` and ``decode`` are OFT's
+and have no effect here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_adp.constants import Platform
+from vla_adp.cost.flops import llm_flops
+from vla_adp.model.hub import is_repo_id, resolve_checkpoint
+from vla_adp.model.openvla.actions import unnormalize_actions
+from vla_adp.model.openvla.checkpoint import OpenVLACheckpoint, load_openvla_checkpoint
+from vla_adp.model.openvla.flops import decode_flops
+from vla_adp.model.openvla.layout import PrefillLayout
+from vla_adp.model.openvla.openvla import OpenVLAInputs
+from vla_adp.policy import Policy, PolicyConfig, Session, default_dtype, instruction_of
+from vla_adp.pruning.base import Pruner
+
+# Pruners whose scores need the OFT sequence's action slots in the prefill; OpenVLA has none there.
+NEEDS_ACTION_SLOTS = ("vla_pruner",)
+
+
+class OpenVLAPolicy(Policy):
+    def __init__(self, checkpoint: OpenVLACheckpoint, config: PolicyConfig = PolicyConfig(),
+                 pruner: Pruner | None = None):
+        name = getattr(pruner, "name", None)
+        if name in NEEDS_ACTION_SLOTS:
+            raise ValueError(f"pruner {name!r} scores the action slots of OpenVLA-OFT's prefill; OpenVLA generates "
+                             "its action tokens after the prefill, so it has none: build VLA-Pruner's OpenVLA variant "
+                             "with vla_adp.model.openvla.pruners.build_openvla_pruner('vla_pruner', ...)")
+        super().__init__(checkpoint, config, pruner)
+        self.n_tokens = len(self.stats["action"]["q01"])  # upstream get_action_dim(unnorm_key)
+        self.platform = dataclasses.replace(self.platform, action_dim=self.n_tokens)
+
+    def set_executor(self, executor) -> None:
+        """Only eager execution: OFT's CUDA-graph / compile executor has no static KV cache for decoding."""
+        if executor is not None:
+            raise ValueError("OpenVLA runs eagerly; the CUDA-graph / compiled executor covers OpenVLA-OFT only")
+
+    @classmethod
+    def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
+             platform: Platform | None = None, dtype: torch.dtype | None = None,
+             device: str = "cpu") -> "OpenVLAPolicy":
+        """``path``: an ``openvla/openvla-7b``-layout folder, or a Hub repo id (resolved as OFT's)."""
+        if not Path(path).exists() and is_repo_id(str(path)):
+            path = resolve_checkpoint(path)
+        dtype = default_dtype(device) if dtype is None else dtype
+        return cls(load_openvla_checkpoint(path, dtype=dtype, device=device, platform=platform), config, pruner)
+
+    # -- transforms ------------------------------------------------------------------------
+    def inputs(self, obs: dict) -> tuple[OpenVLAInputs, PrefillLayout]:
+        ids = torch.tensor([self.tokenizer.prompt_ids(instruction_of(obs))])
+        dev = self.model.device
+        inputs = OpenVLAInputs(self.pixels(self.images(obs)).to(dev), ids.to(dev))
+        return inputs, self.layout(ids.shape[1] - 1)
+
+    def layout(self, n_prompt: int) -> PrefillLayout:
+        return self.model.layout(n_prompt)
+
+    def unnormalize(self, out) -> np.ndarray:
+        """(1, action_dim): upstream's q01/q99 rule on the float64 bin centres."""
+        return unnormalize_actions(out.actions[0].cpu().numpy(), self.stats["action"])
+
+    # -- inference -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def infer(self, obs: dict, session: Session | None = None) -> dict[str, Any]:
+        """One action (1, action_dim), un-normalised, and what happened in ``info``."""
+        s = session or self.session
+        t0 = time.perf_counter()
+        timer = self.stopwatch(self.model.device)
+        with timer("transforms"):
+            inputs, layout = self.inputs(obs)
+        query = self.query(s, layout, obs)
+        with timer("gate"):
+            hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
+        out = self.model(inputs, s.pruner, hooks, self.n_tokens, timer)
+        result = self._finish(s, layout, out, timer)
+        result["info"]["action_tokens"] = out.tokens[0].tolist()
+        result["info"]["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
+        return result
+
+    @torch.inference_mode()
+    def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
+        """One :meth:`infer` per observation (upstream generates batch 1); bad observations fail alone."""
+        if len(observations) != len(sessions):
+            raise ValueError(f"{len(observations)} observations but {len(sessions)} sessions")
+        results: list[Any] = []
+        for obs, s in zip(observations, sessions):
+            try:
+                results.append(self.infer(obs, s))
+            except Exception as e:  # noqa: BLE001 - this query fails, the others go on
+                results.append(e)
+        return results
+
+    def _info(self, s: Session, layout, out) -> dict[str, Any]:
+        """OFT's ``info`` plus the cached decoding: FLOPs of the decode steps and the keys each layer held."""
+        info = super()._info(s, layout, out)
+        llm = self.model.args.llm
+        full = decode_flops(llm, [layout.length] * llm.n_layers, self.n_tokens)
+        dec = decode_flops(llm, out.cache_lens, self.n_tokens)
+        info.update(cache_lens=list(out.cache_lens), flops_decode=dec,
+                    flops_full=llm_flops(llm, [layout.length] * llm.n_layers) + full,
+                    flops_llm=info["flops_llm"] + dec, flops=info["flops_llm"] + dec)
+        return info

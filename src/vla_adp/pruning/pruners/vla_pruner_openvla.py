@@ -1,0 +1,215 @@
+"""VLA-Pruner on autoregressive OpenVLA (Liu et al., arXiv 2511.16449; MINT-SJTU/VLA-Pruner ``src/openvla``).
+
+The OpenVLA fork differs from the OpenVLA-OFT one (:mod:`vla_adp.pruning.pruners.vla_pruner`) in where
+the action score comes from: OpenVLA has no action slots in its prefill, so the fork reads the attention
+that the rows *producing* the action tokens pay to the image at layer 15 — the last prefill row ('▁',
+whose logits give action token 1) and the six cached decode rows (``predict_action`` →
+``_extract_action_modality_attentions``: heads and the seven rows averaged, pruned tokens 0).
+
+    query t:  layers 0..K-2 ─► hook: attention of layer K-1, scoring rows (s_sem) ─► layer K-1
+              ─► hook: Top-k(s_sem) ∪ Top-k(s_act), max-min diversity, cut (original positions)
+              ─► layers K..14 ─► hook: last row's attention at layer 15 ─► … ─► action token 1
+              decode steps 1..6: layer 15 reports each row's attention over its cache (DecodeObserver)
+    end:      a_t = mean over heads and the 7 rows, scattered to all 256 patches → history
+    s_act     = Σ_i γ^i a_{t-1-i} / Σ γ^i over the last w queries (newest weight 1)
+
+Reproduced from the fork (``transformers/.../modeling_llama.py`` ``fastv_forward``, ``modeling_prismatic.py``):
+FastV's layer convention here (attention of layer K−1 = 2, cut before K = 3; the OFT fork is off by
+one), ``fastv_k=3``, keep round(256·(1 − fastv_r)); scoring row ``last`` (the fork's default,
+``use_prefil_attention=False``) or ``prefill`` (mean over every prefill row of the causal attention);
+warm-up: the first w = 3 queries of an episode run unpruned and only fill the history; union of both
+top-k, then greedy max-min cosine diversity on the projector outputs (the same math as the OFT variant,
+:func:`~vla_adp.pruning.pruners.vla_pruner.relevance_then_diversity`); the kept tokens keep their
+original positions, and the layers from the cut on cache only them.
+
+Deviations: attention weights are computed only for the needed rows of the two layers (every layer
+keeps SDPA; the fork runs eager attention with ``output_attentions`` in all 32), in float32; the
+diversity distances in float32 (fork: bf16); batches keep one history per row (the fork: batch 1).
+Not registered in :data:`vla_adp.pruning.registry.PRUNERS` (whose sweep runs OpenVLA-OFT):
+:func:`vla_adp.model.openvla.pruners.build_openvla_pruner` maps ``vla_pruner`` to it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vla_adp.cost.flops import attention_rows_flops
+from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
+from vla_adp.pruning.keep import Keep
+from vla_adp.pruning.pruners.vla_pruner import MODES, _after_cut, decayed_mean, scatter_visual, select_vla_pruner
+from vla_adp.pruning.scoring import ROW_SOURCES, layer_attention_scores, score_rows
+
+# The fork's flags (src/openvla run_libero_eval.py GenerateConfig / OpenVLAConfig) -> our fields.
+FORK_FIELDS = {"fastv_k": "k", "av_hist_w": "history", "temporal_w": "history", "av_decay": "decay",
+               "temporal_gamma": "decay"}
+
+
+@dataclass(frozen=True)
+class VLAPrunerOpenVLAConfig:
+    """VLA-Pruner settings for OpenVLA (the fork's defaults).
+
+    Args:
+        keep_ratio: ρ; the image keeps round(ρ·256) tokens (1.0 = unpruned, bit for bit).
+        k: FastV's K: attention of layer K−1 gives the semantic score, tokens are dropped before layer K.
+        action_layer: layer whose action-producing rows feed the history (15).
+        history: window length w; also the warm-up (queries run unpruned until it is full).
+        decay: γ; weight γ^age, newest entry age 0.
+        attention_source: semantic rows, ``last`` (the '▁' row, fork default) or ``prefill`` (all rows).
+        mode: ``semantic_action`` (the method), ``semantic`` or ``action`` (one score's top-k alone).
+    """
+
+    keep_ratio: float = 0.5
+    k: int = 3
+    action_layer: int = 15
+    history: int = 3
+    decay: float = 0.8
+    attention_source: str = "last"
+    mode: str = "semantic_action"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.k must be an int >= 1 (layer K-1 is scored), got {self.k!r}")
+        if isinstance(self.action_layer, bool) or not isinstance(self.action_layer, int) or self.action_layer < 0:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.action_layer must be an int >= 0, got {self.action_layer!r}")
+        if isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.history must be an int >= 1, got {self.history!r}")
+        if not isinstance(self.decay, (int, float)) or not 0.0 < self.decay <= 1.0:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.decay must be in (0, 1], got {self.decay!r}")
+        if self.attention_source not in ROW_SOURCES:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.attention_source must be one of {ROW_SOURCES}, "
+                             f"got {self.attention_source!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def score_layer(self) -> int:
+        return self.k - 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VLAPrunerOpenVLAConfig":
+        """Our field names, or the fork's: ``fastv_k``, ``fastv_r`` (= 1 − ρ), ``use_prefil_attention``,
+        ``av_hist_w``/``temporal_w``, ``av_decay``/``temporal_gamma``; ``use_temporal=false`` (FastV) is refused."""
+        out: dict[str, Any] = {}
+        ours = set(cls.__dataclass_fields__)
+        for key, value in data.items():
+            if key in ours:
+                out[key] = value
+            elif key in FORK_FIELDS:
+                out.setdefault(FORK_FIELDS[key], value)
+            elif key == "fastv_r":
+                if not 0.0 <= float(value) < 1.0:
+                    raise ValueError(f"fastv_r={value!r} must be in [0, 1) (it is the share of image tokens dropped)")
+                out.setdefault("keep_ratio", 1.0 - float(value))
+            elif key == "use_prefil_attention":
+                out.setdefault("attention_source", "prefill" if value else "last")
+            elif key == "use_temporal":
+                if not value:
+                    raise ValueError("use_temporal=false runs the fork's plain FastV: use the fastv pruner")
+            elif key not in ("use_fastv",):
+                raise ValueError(f"unknown VLA-Pruner (OpenVLA) config field {key!r}; expected one of "
+                                 f"{sorted(ours | set(FORK_FIELDS) | {'fastv_r', 'use_prefil_attention', 'use_temporal'})}")
+        return cls(**out)
+
+
+class VLAPrunerOpenVLA:
+    """VLA-Pruner on OpenVLA: semantic ∪ decayed action-token attention, max-min diversity (fork ``src/openvla``)."""
+
+    name = "vla_pruner_openvla"
+    positions = "original"
+
+    def __init__(self, config: VLAPrunerOpenVLAConfig = VLAPrunerOpenVLAConfig()):
+        self.config = config
+        self.reset()
+
+    def reset(self) -> None:
+        """New episode: empty action history, so the warm-up starts again (the fork's ``reset_av_history``)."""
+        self._history: deque[Tensor] = deque(maxlen=self.config.history)
+        self._clear_query()
+
+    def _clear_query(self) -> None:
+        self._observing = self._pruning = False
+        self._semantic = self._keep = self._action_sum = None
+        self._rows, self._n_visual, self._flops = 0, 0, 0.0
+
+    # -- the Pruner protocol --------------------------------------------------------------------
+    def begin(self, query: Query) -> frozenset[int]:
+        self._clear_query()
+        cfg = self.config
+        if cfg.keep_ratio >= 1.0:
+            return frozenset()
+        self._observing = True
+        self._pruning = len(self._history) == cfg.history
+        hooks = {cfg.action_layer}
+        if self._pruning:
+            hooks |= {cfg.k} | ({cfg.score_layer} if cfg.mode != "action" else set())
+        return frozenset(hooks)
+
+    def at_layer(self, ctx: LayerContext) -> Keep | None:
+        if ctx.layout.n_action:
+            raise ValueError("vla_pruner_openvla reads OpenVLA's decode steps; this sequence has action slots "
+                             "(OpenVLA-OFT): use the vla_pruner pruner there")
+        cfg, keep = self.config, None
+        self._n_visual = ctx.visual.shape[1]
+        if self._pruning and ctx.index == cfg.score_layer and cfg.mode != "action":
+            rows = score_rows(ctx.layout, cfg.attention_source)
+            self._semantic = layer_attention_scores(ctx, rows)
+            self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+        if self._pruning and ctx.index == cfg.k:
+            keep = self._keep = self._select(ctx)
+        if ctx.index == cfg.action_layer:
+            here = ctx if keep is None else _after_cut(ctx, keep)
+            last = torch.tensor([here.layout.stop])  # the row whose logits give action token 1
+            self._add_action_row(here.attention_probs(last), here.layout)
+            self._flops += attention_rows_flops(ctx.llm.args, 1, here.layout.length)
+        return keep
+
+    def decode_layers(self) -> frozenset[int]:
+        """The model reports these layers at every decode step (``DecodeObserver``)."""
+        return frozenset({self.config.action_layer}) if self._observing else frozenset()
+
+    def at_decode(self, ctx) -> None:
+        """Decode step's row at the action layer: its attention over the cache (prefill rows first)."""
+        if ctx.index == self.config.action_layer:
+            probs = ctx.attention_probs()
+            self._add_action_row(probs, ctx.layout)
+            args = ctx.llm.args  # the keys are cached: q of one row and its logits only
+            self._flops += 2 * args.dim * args.n_heads * args.head_dim + 2 * args.n_heads * probs.shape[-1] * args.head_dim
+
+    def end(self, outcome: QueryOutcome) -> dict[str, Any]:
+        warmup = self._observing and not self._pruning
+        if self._rows:
+            self._history.append((self._action_sum / self._rows).detach())
+        info = {"keep_ratio": self.config.keep_ratio, "vla_pruner_warmup": warmup,
+                "vla_pruner_history": len(self._history), "scoring_layer": self.config.score_layer,
+                "action_layer": self.config.action_layer, "action_rows": self._rows, "scoring_flops": self._flops}
+        self._clear_query()
+        return info
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _select(self, ctx: LayerContext) -> Keep:
+        batch = ctx.hidden.shape[0]
+        if self._history[-1].shape[0] != batch:
+            raise ValueError(f"VLA-Pruner history holds batch {self._history[-1].shape[0]} but this query has "
+                             f"batch {batch}; call reset() when the batch changes")
+        cfg = self.config
+        action = decayed_mean(self._history, cfg.decay) if cfg.mode != "semantic" else None
+        return select_vla_pruner(self._semantic, action, ctx.visual, ctx.layout.views, cfg.keep_ratio, cfg.mode)
+
+    def _add_action_row(self, probs: Tensor, layout) -> None:
+        """Add one action-producing row's image attention (heads averaged), on all V patches."""
+        seen = probs[..., layout.visual].float().mean(dim=(1, 2))  # (B, visual tokens this layer cached)
+        cut = self._keep is not None and self.config.action_layer >= self.config.k
+        row = scatter_visual(seen, self._keep if cut else None, self._n_visual)
+        self._action_sum = row if self._action_sum is None else self._action_sum + row
+        self._rows += 1
+
+
+PRUNER = VLAPrunerOpenVLA
+CONFIG = VLAPrunerOpenVLAConfig
