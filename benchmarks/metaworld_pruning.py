@@ -215,7 +215,7 @@ def measure_latency(rows: list[Entry], args) -> dict[str, dict[str, float]]:
     query run interleaved (round r: every configuration once, order rotated by r; first rounds
     dropped; each round cycles through one real first observation of each task), and give medians.
     A gated configuration's latency per query *as run* is then γ·t_pruned + (1 − γ)·t_unpruned with γ
-    from its closed-loop log (:func:`vla_adp.cost.latency.expected_latency`); the gate's own cost is
+    from its closed-loop log (:func:`vla_adp.bench.latency.expected_latency`); the gate's own cost is
     inside t_pruned and ignored in unpruned queries (< 0.1 ms).
     """
     from vla_adp.policy import Policy
@@ -234,7 +234,7 @@ def measure_latency(rows: list[Entry], args) -> dict[str, dict[str, float]]:
 
 def time_cases(cases: dict, obs: list[dict], reps: int) -> dict[str, dict[str, float]]:
     """Interleaved ``Policy.infer`` timings (ms) of every case, each cycling through ``obs``."""
-    from vla_adp.cost.latency import interleave, summarize
+    from vla_adp.bench.latency import interleave, summarize
 
     counter = {k: 0 for k in cases}
 
@@ -249,7 +249,7 @@ def time_cases(cases: dict, obs: list[dict], reps: int) -> dict[str, dict[str, f
 
 
 def attach_latency(table: list[Row], lat: dict[str, dict[str, float]]) -> None:
-    from vla_adp.cost.latency import expected_latency
+    from vla_adp.bench.latency import expected_latency
 
     full = lat["unpruned"]["median"]
     for row in table:

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from vla_adp.cli import main
-from vla_adp.cost import latency as L
-from vla_adp.cost.cuda_graphs import _segments, graphed_decoder_ms
-from vla_adp.cost.expected import expected_rows, gamma_by_config, read_query_records
-from vla_adp.cost.flops import llm_flops
+from vla_adp.bench import latency as L
+from vla_adp.bench.cuda_graphs import _segments, graphed_decoder_ms
+from vla_adp.bench.expected import expected_rows, gamma_by_config, read_query_records
+from vla_adp.seam.flops import llm_flops
 from vla_adp.eval.schema import QueryRecord
-from vla_adp.pruning.select import keep_count
+from vla_adp.seam.budget import keep_count
 
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_every_stage_is_timed_and_positive(tiny_run):
 
 
 def test_pruned_queries_are_shorter_and_predicted_speedup_is_the_flops_modules(tiny_run):
-    from vla_adp.cost.bench_models import model_args
+    from vla_adp.bench.models import model_args
 
     (run,) = tiny_run["runs"]
     cases = {c["label"]: c for c in run["cases"]}
@@ -123,7 +123,7 @@ def test_scoring_rows_and_criteria_are_reported(tiny_run, capsys):
     assert set(run["scoring"]) == {"fused", "exact", "folded"}
     for s in run["scoring"].values():
         assert s["median"] > 0 and s["pct_of_unpruned_e2e"] < s["pct_of_unpruned_llm"]
-    from vla_adp.cost.bench_report import report
+    from vla_adp.bench.report import report
 
     text = report(tiny_run)
     assert "adp:scoring=folded@0.3" in text and "realises" in text and "Φ `fused`" in text
@@ -143,7 +143,7 @@ def test_loading_several_results_adds_a_between_runs_table(tiny_run, tmp_path, c
 
 
 def test_memory_probe_measures_a_query_in_a_fresh_process():
-    from vla_adp.cost.memory import cpu_query_memory
+    from vla_adp.bench.memory import cpu_query_memory
 
     spec = {"model": "tiny", "dtype": "fp32", "seed": 0, "n_prompt": 32, "threads": 1, "pruner": None,
             "keep": None, "queries": 1}
@@ -211,7 +211,7 @@ def test_layer_indices_scale_to_the_benchmark_depth_and_gated_pruners_always_pru
 
 @pytest.fixture(scope="module")
 def tiny_runner():
-    from vla_adp.cost.bench_models import build_model, synthetic_images, synthetic_inputs
+    from vla_adp.bench.models import build_model, synthetic_images, synthetic_inputs
 
     torch.manual_seed(0)
     model = build_model("tiny", torch.float32)

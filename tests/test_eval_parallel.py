@@ -19,7 +19,7 @@ import torch
 from tests.eval_helpers import HalfPruner
 from tests.conftest import make_obs
 from vla_adp.eval.job import EvalJob, run_job
-from vla_adp.pruning.keep import Keep
+from vla_adp.seam.keep import KeepSet
 from vla_adp.policy import Policy
 
 ASSET = Path(__file__).resolve().parents[1] / "src" / "vla_adp" / "assets" / "metaworld_policy"
@@ -34,8 +34,8 @@ class CountPruner(HalfPruner):
         super().__init__()
         self.k = k
 
-    def at_layer(self, ctx) -> Keep:
-        return Keep(torch.arange(self.k)[None], (self.k,) + (0,) * (len(ctx.layout.views) - 1))
+    def at_layer(self, ctx) -> KeepSet:
+        return KeepSet(torch.arange(self.k)[None], (self.k,) + (0,) * (len(ctx.layout.views) - 1))
 
 
 def test_batched_rows_match_their_serial_answers_and_split_by_kept_count(tiny_policy):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vla_adp.pruning.base import Query
+from vla_adp.seam.context import Query
 from vla_adp.pruning.config import ADPConfig, GateConfig
 from vla_adp.pruning.gate import (
     ActionAwareGate,
@@ -22,7 +22,7 @@ from vla_adp.pruning.gate import (
     net_displacement,
     path_length,
 )
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.pruning.registry import read_config_file
 
 LAYOUT = TokenLayout((256, 256), n_prompt=12, n_action=56)

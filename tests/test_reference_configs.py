@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.test_gate import LAYOUT, reference_episode
-from vla_adp.pruning.base import Query
+from vla_adp.seam.context import Query
 from vla_adp.pruning.config import ADPConfig, GateConfig
 from vla_adp.pruning.pruners.adp import ADPPruner
 from vla_adp.pruning.registry import build_pruner, read_config_file

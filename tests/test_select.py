@@ -5,7 +5,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from vla_adp.pruning.select import keep_count, select_per_view, view_quotas
+from vla_adp.pruning.select import select_per_view
+from vla_adp.seam.budget import keep_count, view_quotas
 
 
 def test_keep_counts_reference_and_paper_roundings():
@@ -58,9 +59,9 @@ def test_selection_properties(views, ratio, weights, rounding, mode, seed):
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(2, sum(views), generator=g)
     keep = select_per_view(scores, views, quotas, mode, g)
-    assert keep.visual.shape == (2, k) and keep.views == quotas
+    assert keep.visual_index.shape == (2, k) and keep.views == quotas
     for row in range(2):
-        idx = keep.visual[row]
+        idx = keep.visual_index[row]
         assert len(set(idx.tolist())) == k  # no duplicates
         start = 0
         for n, q in zip(views, quotas):
@@ -79,5 +80,5 @@ def test_selection_properties(views, ratio, weights, rounding, mode, seed):
 def test_score_order_reproduces_reference_single_view_ordering():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7]])
     keep = select_per_view(scores, (4,), (3,), "top", order="score")
-    assert keep.visual.tolist() == [[1, 3, 2]]
-    assert select_per_view(scores, (4,), (3,), "top").visual.tolist() == [[1, 2, 3]]
+    assert keep.visual_index.tolist() == [[1, 3, 2]]
+    assert select_per_view(scores, (4,), (3,), "top").visual_index.tolist() == [[1, 2, 3]]

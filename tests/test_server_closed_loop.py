@@ -34,7 +34,7 @@ N_QUERIES = 4
 
 def adp():
     # query 0 full vision, then the adjacent-extrema rule on path lengths (prunes within 4 queries)
-    return build_pruner("adp", keep=0.25, displacement="path", cold_start=1)
+    return build_pruner("adp", keep_ratio=0.25, displacement="path", cold_start=1)
 
 
 @pytest.fixture(scope="module")

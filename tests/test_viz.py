@@ -92,7 +92,7 @@ def run_log(tiny_policy, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("logs") / "run.jsonl"
     for h, (name, keep, selection) in CONFIGS.items():
-        pruner = build_pruner(name, keep=keep, selection=selection) if name else None
+        pruner = build_pruner(name, keep_ratio=keep, selection=selection) if name else None
         p = Policy(tiny_policy.ckpt, tiny_policy.config, pruner)
         identity = {"name": name, "config": dataclasses.asdict(pruner.config)} if pruner else None
         for suite, tasks in TASKS.items():

@@ -1,6 +1,7 @@
 """Policy = transforms + model + pruner: ``infer(obs) -> {"actions", "info"}`` and ``reset()``.
 
-Mirrors OpenVLA-OFT's ``get_vla_action`` (spec §2.5, §4, §5): images (``full_image`` first, then
+Mirrors OpenVLA-OFT's ``get_vla_action`` (moojink/openvla-oft ``experiments/robot/openvla_utils.py``;
+docs/reference.md §5): images (``full_image`` first, then
 every key containing "wrist" in insertion order) are resized to the model's input if needed, center
 cropped (90 % area, as the published LIBERO checkpoints were trained), normalised per vision tower;
 the prompt gets BOS and the trailing '▁'; the state is q01/q99-normalised; the predicted chunk is
@@ -23,11 +24,14 @@ import torch
 from vla_adp.model.checkpoint import Checkpoint, load_checkpoint, resolve_unnorm_key
 from vla_adp.model.executor import Executor
 from vla_adp.model.hub import is_repo_id, resolve_checkpoint
-from vla_adp.model.openvla_oft import OFTInputs
+from vla_adp.model.openvla_oft import DECODES, OFTInputs
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.model import transforms as T
-from vla_adp.pruning.base import Pruner, Query, QueryOutcome
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import Pruner, Query
+from vla_adp.seam.flops import llm_flops
+from vla_adp.seam.layout import ACTION_SLICES, TokenLayout
+from vla_adp.seam.query import begin_query, end_query, run_query
+from vla_adp.utils.machine import default_dtype
 from vla_adp.utils.timing import Stopwatch
 
 
@@ -52,10 +56,10 @@ class PolicyConfig:
     lenient_unnorm_key: bool = False
 
     def __post_init__(self) -> None:
-        if self.action_slice not in ("upstream", "vla_adp"):
-            raise ValueError(f"action_slice must be 'upstream' or 'vla_adp', got {self.action_slice!r}")
-        if self.decode not in ("l1", "discrete"):
-            raise ValueError(f"decode must be 'l1' or 'discrete', got {self.decode!r}")
+        if self.action_slice not in ACTION_SLICES:
+            raise ValueError(f"action_slice must be one of {ACTION_SLICES}, got {self.action_slice!r}")
+        if self.decode not in DECODES:
+            raise ValueError(f"decode must be one of {DECODES}, got {self.decode!r}")
 
 
 @dataclass
@@ -76,12 +80,6 @@ class Session:
             self.pruner.reset()
 
 
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """The one dtype rule of the library and the CLI: bf16 on CUDA (as the checkpoints were run),
-    fp32 elsewhere (bf16 matmuls on a CPU are slow and move actions by ~0.03)."""
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
 def instruction_of(obs: dict) -> str:
     """``instruction`` (or ``task_description``) as a str; numpy strings (``np.load``'s 0-d arrays) too."""
     value = obs.get("instruction", obs.get("task_description"))
@@ -95,7 +93,7 @@ def instruction_of(obs: dict) -> str:
 
 
 def camera_keys(obs: dict) -> list[str]:
-    """``full_image`` first, then every key containing 'wrist', in insertion order (spec §2.2)."""
+    """``full_image`` first, then every key containing 'wrist', in insertion order (docs/reference.md §5)."""
     return ["full_image", *[k for k in obs if "wrist" in k and k != "full_image"]]
 
 
@@ -114,7 +112,7 @@ class Policy:
         self.unnorm_key = key
         self.stats = checkpoint.norm_stats[key]
         # Section clock of info["timing_ms"] (synchronising wall clock); the GPU latency protocol puts
-        # CUDA events here (vla_adp.cost.latency.EventStopwatch, docs/latency.md).
+        # CUDA events here (vla_adp.bench.latency.EventStopwatch, docs/latency.md).
         self.stopwatch = Stopwatch
         self.reset()
 
@@ -122,7 +120,7 @@ class Policy:
     def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
              platform=None, dtype: torch.dtype | None = None, device: str = "cpu") -> "Policy":
         """``path``: a checkpoint folder, or a Hub repo id resolved through the Hub cache
-        (:mod:`vla_adp.model.hub`). ``dtype=None``: :func:`default_dtype` of ``device`` (the CLI's rule)."""
+        (:mod:`vla_adp.model.hub`). ``dtype=None``: :func:`~vla_adp.utils.machine.default_dtype` of ``device`` (the CLI's rule)."""
         if not Path(path).exists() and is_repo_id(str(path)):
             path = resolve_checkpoint(path)
         dtype = default_dtype(device) if dtype is None else dtype
@@ -173,6 +171,7 @@ class Policy:
         return torch.from_numpy(np.concatenate(per, axis=0))[None]
 
     def inputs(self, obs: dict) -> tuple[OFTInputs, TokenLayout]:
+        """Model inputs of one observation and their unpruned layout (built by the model)."""
         instruction = instruction_of(obs)
         ids = torch.tensor([self.tokenizer.prompt_ids(instruction)])
         proprio = None
@@ -184,11 +183,7 @@ class Policy:
         dev = self.model.device
         inputs = OFTInputs(self.pixels(self.images(obs)).to(dev), ids.to(dev),
                            None if proprio is None else proprio.float().to(dev))
-        return inputs, self.layout(ids.shape[1] - 1)
-
-    def layout(self, n_prompt: int) -> TokenLayout:
-        a = self.model.args
-        return TokenLayout((a.patches_per_image,) * a.n_images, n_prompt, a.n_action_slots, int(a.use_proprio))
+        return inputs, self.model.layout(inputs)
 
     # -- inference -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -199,22 +194,22 @@ class Policy:
         timer = self.stopwatch(self.model.device)
         with timer("transforms"):
             inputs, layout = self.inputs(obs)
-        query = self.query(s, layout, obs)
-        with timer("gate"):
-            hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
-        out = self.model(inputs, s.pruner, hooks, self.config.action_slice, self.config.decode, timer)
-        result = self._finish(s, layout, out, timer)
+        r = run_query(self.model, inputs, s.pruner, self.query(s, layout, obs), self.actions, timer,
+                      action_slice=self.config.action_slice, decode=self.config.decode)
+        result = self._finish(s, r.query.layout, r.output, r.actions, r.report)
         result["info"]["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         return result
 
-    def _finish(self, s: Session, layout: TokenLayout, out, timer) -> dict[str, Any]:
-        """Un-normalised actions and ``info`` of one answered query; the session moves on."""
-        norm = out.actions[0].float().cpu().numpy()
-        actions = T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
+    def actions(self, normalised) -> np.ndarray:
+        """Batch row 0 of the model's normalised chunk, un-normalised (what the pruner's ``end`` sees)."""
+        norm = normalised[0].float().cpu().numpy()
+        return T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
+
+    def _finish(self, s: Session, layout: TokenLayout, out, actions: np.ndarray, report: dict) -> dict[str, Any]:
+        """``info`` of one answered query (with the pruner's ``report``); the session moves on."""
         info = self._info(s, layout, out)
         if s.pruner is not None:
-            with timer("gate"):
-                info.update(s.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
+            info.update(report)
             # FLOPs of the query = decoder + the pruner's own scoring (e.g. ADP's Eq. 22 / probe pass).
             info["flops"] = info["flops_llm"] + float(info.get("scoring_flops", 0.0))
         s.query_index += 1
@@ -241,22 +236,21 @@ class Policy:
             try:
                 with timer("transforms"):
                     inputs, layout = self.inputs(obs)
-                query = self.query(s, layout, obs)
-                with timer("gate"):
-                    hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
+                query, hooks = begin_query(self.model, inputs, s.pruner, self.query(s, layout, obs), timer)
             except Exception as e:  # noqa: BLE001 - this query fails, the others go on
                 results[i] = e
                 continue
-            positions = getattr(s.pruner, "positions", "contiguous")
-            groups.setdefault((inputs.input_ids.shape[1], hooks, positions), []).append((i, inputs, layout))
+            groups.setdefault((inputs.input_ids.shape[1], hooks), []).append((i, inputs, query.layout))
         done = []
-        for (_, hooks, positions), rows in groups.items():
+        for (_, hooks), rows in groups.items():
             pruners = [sessions[i].pruner for i, _, _ in rows]
-            outs = forward_rows(self.model, stack_inputs([x for _, x, _ in rows]), pruners, hooks, positions,
+            outs = forward_rows(self.model, stack_inputs([x for _, x, _ in rows]), pruners, hooks,
                                 self.config.action_slice, self.config.decode, timer)
             done += [(i, layout, out) for (i, _, layout), out in zip(rows, outs)]
         for i, layout, out in done:
-            results[i] = self._finish(sessions[i], layout, out, timer)
+            s = sessions[i]
+            actions = self.actions(out.actions)
+            results[i] = self._finish(s, layout, out, actions, end_query(s.pruner, out, actions, timer))
         timing = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         for r in results:
             if isinstance(r, dict):
@@ -276,20 +270,18 @@ class Policy:
         return Query(s.query_index, layout, pos, rot, path)
 
     def _info(self, s: Session, layout: TokenLayout, out) -> dict[str, Any]:
-        from vla_adp.cost.flops import llm_flops
-
-        kept = [layout.n_visual] if not out.keeps else [k.k for k in out.keeps]
+        kept = [layout.n_visual] if not out.keep_sets else [k.n_kept for k in out.keep_sets]
         views = out.layout.views
         keep_idx = None
-        if out.keeps:  # per camera, indices local to that camera's patch grid (0..P-1)
-            last = out.keeps[-1].visual[0].cpu()
+        if out.keep_sets:  # per camera, indices local to that camera's patch grid (0..P-1)
+            last = out.keep_sets[-1].visual_index[0].cpu()
             bounds = np.cumsum((0, *views))
             keep_idx = [(last[bounds[c]:bounds[c + 1]] - layout.view_of_visual(c).start).tolist()
                         for c in range(len(views))]
         return {
             "query": s.query_index,
             "pruner": getattr(s.pruner, "name", None),
-            "pruned": bool(out.keeps),
+            "pruned": bool(out.keep_sets),
             "seq_len": layout.length,
             "seq_len_pruned": out.layout.length,
             "n_visual": layout.n_visual,
@@ -297,7 +289,7 @@ class Policy:
             "kept_per_view": list(views),
             "kept_indices": keep_idx,
             "seq_lens": list(out.seq_lens),  # tokens each decoder layer ran on
-            "flops_full": llm_flops(self.model.args.llm, [layout.length] * len(out.seq_lens)),
-            "flops_llm": llm_flops(self.model.args.llm, out.seq_lens),
-            "flops": llm_flops(self.model.args.llm, out.seq_lens),
+            "flops_full": llm_flops(self.model.args.llm.shape, [layout.length] * len(out.seq_lens)),
+            "flops_llm": llm_flops(self.model.args.llm.shape, out.seq_lens),
+            "flops": llm_flops(self.model.args.llm.shape, out.seq_lens),
         }

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+from vla_adp.utils.machine import DTYPES, default_dtype
+
 # Policies shipped in the package (package-data ``assets/**``): the Meta-World reference policy and
 # its LightVLA fine-tune.
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -60,9 +61,7 @@ def center_crop_of(args) -> bool:
 
 
 def dtype_of(args) -> torch.dtype:
-    """``--dtype``, else the library's rule (:func:`vla_adp.policy.default_dtype`)."""
-    from vla_adp.policy import default_dtype
-
+    """``--dtype``, else the library's rule (:func:`vla_adp.utils.machine.default_dtype`)."""
     return DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
 
 
@@ -79,7 +78,7 @@ def build_pruner_from_args(args):
         return None
     from vla_adp.pruning.registry import build_pruner
 
-    return build_pruner(args.pruner, keep=args.keep, config_file=args.pruning_config)
+    return build_pruner(args.pruner, keep_ratio=args.keep, config_file=args.pruning_config)
 
 
 def load_policy(args, pruner=None):

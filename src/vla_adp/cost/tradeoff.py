@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from vla_adp.cost.flops import adp_flops, expected_flops, libero_layout, llm_flops, pruned_length, speedup
+from vla_adp.cost.flops import adp_flops, expected_flops, libero_layout, pruned_length, speedup
 from vla_adp.model.config import LlamaArgs
-from vla_adp.pruning.select import keep_count
+from vla_adp.seam.flops import llm_flops
+from vla_adp.seam.budget import keep_count
 
 SUMS = ("exact", "rounded")
 TERA = 1e12

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vla_adp.seam.decoder import DecoderShape
+from vla_adp.seam.layout import TokenLayout
+
 # Head size of each known timm family, used when a tower's width is read from the weights.
 TIMM_HEAD_DIM = {"dinov2": 64, "siglip": 72, "vit": 64}
 
@@ -96,6 +99,11 @@ class LlamaArgs:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
+    @property
+    def shape(self) -> DecoderShape:
+        """What the FLOPs model needs (:mod:`vla_adp.seam.flops`)."""
+        return DecoderShape(self.n_layers, self.dim, self.ffn_dim, self.n_heads, self.n_kv_heads, self.head_dim)
+
 
 @dataclass(frozen=True)
 class OFTArgs:
@@ -147,6 +155,15 @@ class OFTArgs:
     @property
     def n_action_slots(self) -> int:
         return self.chunk * self.action_dim
+
+    def token_layout(self, n_prompt: int) -> TokenLayout:
+        """The unpruned sequence of a query with ``n_prompt`` prompt ids after BOS (incl. the '▁').
+
+        The one place OpenVLA-OFT's layout is built: every camera's patches after BOS, the proprio
+        token where the model has one, the prompt, ``chunk × action_dim`` slots, </s>.
+        """
+        return TokenLayout((self.patches_per_image,) * self.n_images, n_prompt, self.n_action_slots,
+                           int(self.use_proprio))
 
 
 def openvla_7b_args(n_images: int = 2) -> OFTArgs:

@@ -1,4 +1,4 @@
-"""A compact Llama-2 decoder with full bidirectional attention (spec §4).
+"""A compact Llama-2 decoder with full bidirectional attention (docs/reference.md §3).
 
 OpenVLA-OFT runs Llama-2 with *no causal mask*: its transformers fork patches the SDPA attention to
 ``is_causal=False`` (moojink/transformers-openvla-oft). This file is that decoder without the fork:
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_adp.model.config import LlamaArgs
+from vla_adp.seam.decoder import DecoderShape, Projections
 
 
 class RMSNorm(nn.Module):
@@ -127,7 +128,11 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaDecoder(nn.Module):
-    """Llama-2 without its causal mask. Parameter names follow HF's ``LlamaForCausalLM``."""
+    """Llama-2 without its causal mask. Parameter names follow HF's ``LlamaForCausalLM``.
+
+    Also the family's :class:`~vla_adp.seam.decoder.Decoder`: the per-layer accessors a pruner's
+    :class:`~vla_adp.seam.context.LayerContext` reaches it through.
+    """
 
     def __init__(self, args: LlamaArgs):
         super().__init__()
@@ -146,6 +151,26 @@ class LlamaDecoder(nn.Module):
 
     def rope(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         return rope_cos_sin(position_ids, self.args.head_dim, self.args.rope_theta, dtype)
+
+    # -- the seam's accessors (vla_adp.seam.decoder.Decoder) ---------------------------------
+    @property
+    def shape(self) -> DecoderShape:
+        return self.args.shape
+
+    def normed(self, index: int, hidden: Tensor) -> Tensor:
+        return self.layers[index].input_layernorm(hidden)
+
+    def norm_scale(self, index: int) -> tuple[Tensor, float]:
+        norm = self.layers[index].input_layernorm
+        return norm.weight, norm.eps
+
+    def projections(self, index: int) -> Projections:
+        attn = self.layers[index].self_attn
+        return Projections(attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads, attn.head_dim)
+
+    def attention_probs(self, index: int, hidden: Tensor, position_ids: Tensor, rows: Tensor) -> Tensor:
+        cos, sin = self.rope(position_ids, hidden.dtype)
+        return self.layers[index].self_attn.probs(self.normed(index, hidden), cos, sin, rows)
 
     def run_layers(
         self, x: Tensor, position_ids: Tensor, start: int, stop: int, key_mask: Tensor | None = None

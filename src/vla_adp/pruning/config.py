@@ -31,9 +31,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUNDINGS = ("round", "ceil", "floor")
-SELECTIONS = ("top", "inverse", "random")
-LAYER_MODES = ("inline", "probe")
+from vla_adp.seam.budget import ROUNDINGS, SELECTIONS
+from vla_adp.seam.flops import LAYER_MODES, SCORING_METHODS
+from vla_adp.seam.keep import POSITION_MODES
+
 RULES = ("adjacent", "mean", "ema")
 DISPLACEMENTS = ("net", "path", "fk")
 SCHEDULES = ("dynamic", "static", "periodic", "random")
@@ -181,9 +182,8 @@ class ADPConfig:
         _choice(self, "selection", SELECTIONS)
         _choice(self, "layer_mode", LAYER_MODES)
         _choice(self, "order", ("position", "score"))
-        _choice(self, "scoring", ("fused", "exact", "folded"))
-        if self.positions not in ("contiguous", "original"):
-            raise ValueError(f"ADPConfig.positions must be 'contiguous' or 'original', got {self.positions!r}")
+        _choice(self, "scoring", SCORING_METHODS)
+        _choice(self, "positions", POSITION_MODES)
 
     # -- reference JSON ------------------------------------------------------------------
     @classmethod

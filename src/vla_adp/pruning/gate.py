@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_adp.pruning.base import Query
+from vla_adp.seam.context import Query
 from vla_adp.pruning.config import GateConfig
 from vla_adp.pruning.kinematics import compose_chunk, rotvec_to_matrix
 

@@ -23,7 +23,7 @@ Reference behaviour (peers.md §2.3) and where this file differs:
   and the default; ``per_view`` keeps round(ρ·n_c) per camera like the OFT fork.
 * Attention weights. The references switch every layer to eager attention (``output_attentions``),
   which slows the whole model (VLA-Pruner #12, FastV #31). Here only the scoring rows of the one
-  scoring layer are recomputed (:meth:`~vla_adp.pruning.base.LayerContext.attention_probs`, float32);
+  scoring layer are recomputed (:meth:`~vla_adp.seam.context.LayerContext.attention_probs`, float32);
   every layer, the scoring layer included, runs SDPA. That recomputation (q for the rows, k for all
   keys, the logits) is reported as ``scoring_flops``.
 * No KV cache: OpenVLA-OFT predicts a chunk in one forward pass, so FastV's decode-time reuse and
@@ -39,11 +39,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from vla_adp.cost.flops import attention_rows_flops
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import Keep
 from vla_adp.pruning.scoring import ROW_SOURCES, layer_attention_scores, score_rows
-from vla_adp.pruning.select import BUDGETS, select_top_budget
+from vla_adp.pruning.select import select_top_budget
+from vla_adp.seam.budget import BUDGETS
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.flops import attention_rows_flops
+from vla_adp.seam.keep import KeepSet
 
 CONVENTIONS = ("fastv", "vla_pruner_oft")
 
@@ -149,7 +150,6 @@ class FastVPruner:
     """FastV: rank visual tokens by one layer's attention, drop the rest in place (original positions)."""
 
     name = "fastv"
-    positions = "original"
 
     def __init__(self, config: FastVConfig = FastVConfig()):
         self.config = config
@@ -164,16 +164,17 @@ class FastVPruner:
             return frozenset()
         return frozenset({self.config.score_layer, self.config.cut_layer})
 
-    def at_layer(self, ctx: LayerContext) -> Keep | None:
+    def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         cfg = self.config
         if ctx.index == cfg.score_layer:
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._scores = layer_attention_scores(ctx, rows)
-            self._flops = attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+            self._flops = attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
             return None
         if self._scores is None:
             raise RuntimeError(f"FastV reached its cut layer {ctx.index} without scores from layer {cfg.score_layer}")
-        return select_top_budget(self._scores, ctx.layout.views, cfg.keep_ratio, cfg.budget)
+        keep_set = select_top_budget(self._scores, ctx.layout.views, cfg.keep_ratio, cfg.budget)
+        return keep_set.with_positions("original")  # the kept tokens keep their RoPE positions
 
     def end(self, outcome: QueryOutcome) -> dict[str, Any]:
         """Settings and ``scoring_flops``: the recomputed attention rows (the policy adds it to ``flops``)."""

@@ -14,7 +14,7 @@ of the (single) torch thread instead of wall time, for shared machines. The FLOP
 sequence lengths comes from :func:`vla_adp.cost.flops.llm_flops` (both conventions).
 
 On a GPU, :class:`EventStopwatch` times the same sections with CUDA events (the GPU protocol on the
-``Policy.infer`` path, with CUDA graphs and ``torch.compile``, is :mod:`vla_adp.cost.gpu_latency`;
+``Policy.infer`` path, with CUDA graphs and ``torch.compile``, is :mod:`vla_adp.bench.gpu_latency`;
 docs/latency.md). **The GPU paths have not run on this project's machines yet (no GPU); the CPU path
 never uses them.**
 """
@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_adp.cost.flops import llm_flops
 from vla_adp.model import transforms as T
 from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.layout import TokenLayout
 from vla_adp.pruning.scoring import layer_text_vision_scores
+from vla_adp.seam.context import LayerContext, Query
+from vla_adp.seam.decoder import DecoderShape
+from vla_adp.seam.flops import llm_flops
+from vla_adp.seam.query import run_query
 from vla_adp.utils.timing import Stopwatch, sync
 
 STAGES = ("transforms", "gate", "vision", "projector", "prune", "gather", "llm", "head")
@@ -230,7 +231,7 @@ def build_case(spec: str | None, keep: float | None = None, n_layers: int | None
         label = name + (":" + ",".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
         label += f"@{keep:g}" if keep is not None else ""
         forced = FORCE_PRUNED if any(f.name == "gate" for f in dataclasses.fields(config_class(name))) else {}
-        pruner = build_pruner(name, keep=keep, **{**forced, **fields})
+        pruner = build_pruner(name, keep_ratio=keep, **{**forced, **fields})
     except (ImportError, TypeError) as e:  # not on this branch yet, or no keep_ratio field
         return Case(spec + (f"@{keep:g}" if keep is not None else ""), name, keep,
                     error=f"{type(e).__name__}: {e}", spec=spec)
@@ -280,9 +281,7 @@ class QueryRunner:
         self.model, self.inputs, self.images = model, inputs, images
         self.clock = clock
         make_timer(model.device, clock)  # fail early on a bad clock/device pair
-        a = model.args
-        self.layout = TokenLayout((a.patches_per_image,) * a.n_images, inputs.input_ids.shape[1] - 1,
-                                  a.n_action_slots, int(a.use_proprio))
+        self.layout = model.layout(inputs)
         self.episode_step: dict[int, int] = {}  # per pruner instance: queries it has seen (one long episode)
         self._ctx: LayerContext | None = None
 
@@ -296,19 +295,14 @@ class QueryRunner:
         with timer("transforms"):
             pixels = prepare_pixels(self.images, self.model.args).to(dev)
         inputs = OFTInputs(pixels, self.inputs.input_ids, self.inputs.proprio)
-        with timer("gate"):
-            hooks = pruner.begin(self._query(pruner)) if pruner is not None else frozenset()
-        out = self.model(inputs, pruner, hooks, timer=timer)
-        actions = out.actions[0].float().cpu().numpy()
-        if pruner is not None:
-            with timer("gate"):
-                pruner.end(QueryOutcome(out.layout, actions, out.keeps))
+        r = run_query(self.model, inputs, pruner, self._query(pruner), timer=timer)
+        out, actions = r.output, r.actions
         sync(dev)
         e2e = 1e3 * (clock() - t0)
         if not np.isfinite(actions).all():
             raise RuntimeError("the benchmark model produced non-finite actions")
         ms = {s: 0.0 for s in STAGES} | timer.ms() | {"e2e": e2e}
-        return QuerySample(ms, list(out.seq_lens), out.layout.n_visual, bool(out.keeps))
+        return QuerySample(ms, list(out.seq_lens), out.layout.n_visual, bool(out.keep_sets))
 
     def _query(self, pruner) -> Query:
         """The pruner's next query of its episode, with a steadily moving end effector."""
@@ -372,13 +366,13 @@ class CaseResult:
     memory: dict[str, Any] | None = None
 
 
-def case_result(case: Case, samples: list[QuerySample], llm_args) -> CaseResult:
+def case_result(case: Case, samples: list[QuerySample], shape: DecoderShape) -> CaseResult:
     """Summaries of one case's rounds; FLOPs are the median over rounds (data-dependent pruners vary)."""
     if case.error or not samples:
         return CaseResult(case.label, case.pruner_name, case.keep, error=case.error or "no samples")
     per_stage = {k: [s.ms.get(k, 0.0) for s in samples] for k in (*STAGES, "e2e")}
     per_stage["overhead"] = [sum(s.ms.get(k, 0.0) for k in OVERHEAD) for s in samples]
-    flops = {c: float(np.median([llm_flops(llm_args, s.seq_lens, c) for s in samples]))
+    flops = {c: float(np.median([llm_flops(shape, s.seq_lens, c) for s in samples]))
              for c in ("paper", "consistent")}
     mid = samples[len(samples) // 2]
     return CaseResult(case.label, case.pruner_name, case.keep, None,

@@ -1,11 +1,12 @@
-"""TokenLayout: where every kind of token sits in the multimodal sequence (spec §4).
+"""TokenLayout: where every kind of token sits in the multimodal sequence (docs/reference.md §2).
 
     | BOS | view 0 patches | view 1 patches | … | proprio | prompt … '▁' | action slots | </s> |
       0     1 ..                                                                          L-1
 
-Computed once per query from the prompt length, the camera count and the patch counts; the model
-and every pruner read spans from it instead of re-deriving offsets. After pruning the same layout
-with fewer tokens per view describes the shorter sequence (:meth:`TokenLayout.with_views`).
+The model family builds it, once per query (``OFTArgs.token_layout`` for OpenVLA-OFT, reached
+through ``model.layout(inputs)``); pruners, the keep-set gather and the FLOPs model read spans from
+it instead of re-deriving offsets. After pruning the same layout with fewer tokens per view
+describes the shorter sequence (:meth:`TokenLayout.with_views`).
 """
 
 from __future__ import annotations
@@ -50,16 +51,21 @@ class TokenLayout:
 
     @property
     def length(self) -> int:
-        return 1 + self.n_visual + self.n_proprio + self.n_prompt + self.n_action + 1
+        return self.bos.stop + self.n_visual + self.n_proprio + self.n_prompt + self.n_action + 1
 
     # -- spans -------------------------------------------------------------------------------
     @property
+    def bos(self) -> slice:
+        return slice(0, 1)
+
+    @property
     def visual(self) -> slice:
-        return slice(1, 1 + self.n_visual)
+        start = self.bos.stop
+        return slice(start, start + self.n_visual)
 
     def view(self, c: int) -> slice:
         """Sequence positions of camera ``c``'s tokens."""
-        start = 1 + sum(self.views[:c])
+        start = self.visual.start + sum(self.views[:c])
         return slice(start, start + self.views[c])
 
     def view_of_visual(self, c: int) -> slice:
@@ -87,12 +93,12 @@ class TokenLayout:
         return self.length - 1
 
     def text_positions(self) -> Tensor:
-        """BOS, prompt (incl. '▁') and the </s> stop token: ADP's scoring queries (spec §6.2)."""
-        p = self.prompt
-        return torch.tensor([0, *range(p.start, p.stop), self.stop])
+        """BOS, prompt (incl. '▁') and the </s> stop token: ADP's scoring queries (docs/reference.md §4)."""
+        b, p = self.bos, self.prompt
+        return torch.tensor([*range(b.start, b.stop), *range(p.start, p.stop), self.stop])
 
     def action_hidden(self, mode: str = "upstream") -> slice:
-        """Positions whose final hidden states feed the action head (spec §4, checklist 5).
+        """Positions whose final hidden states feed the action head (docs/reference.md §2).
 
         ``upstream``: start at the '▁' token, one before the first slot (matches OFT training).
         ``vla_adp``: the slots themselves (+1), as the reference ADP code does.
