@@ -141,5 +141,5 @@ def test_dry_run_of_the_gpu_script(tmp_path):
     assert [r["variant"] for r in result["compile"]["rows"]] == ["compile", "compile"]
     assert result["shape"]["seq_len"] == 603 and result["total_s"] > 0
     md = (tmp_path / "latency.md").read_text()
-    assert "**End to end**" in md and "Targets (issue 18)" in md and "memory-bound below ρ" in md
+    assert "**End to end**" in md and "**Targets**" in md and "memory-bound below ρ" in md
     assert G.main(["--dry-run", "--out", str(tmp_path), "--gpu", "v100"]) == 2

@@ -1,4 +1,4 @@
-"""The latency protocol on a GPU, on the path users call: ``Policy.infer`` of the full-size OFT 7B (issue 18).
+"""The latency protocol on a GPU, on the path users call: ``Policy.infer`` of the full-size OFT 7B (docs/latency.md).
 
     python -m vla_adp.bench.gpu_latency --out DIR            # the 7B on cuda (benchmarks/gpu/run.sh)
     python -m vla_adp.bench.gpu_latency --out DIR --dry-run  # tiny shapes on the CPU (the test suite)

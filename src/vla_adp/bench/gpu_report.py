@@ -1,7 +1,7 @@
 """Markdown of a GPU latency run (:mod:`vla_adp.bench.gpu_latency`; pure: JSON dict in, text out).
 
 Tables: end to end per configuration and executor next to the roofline floor; per stage against its
-floor; attention backends; ``torch.compile``; peak memory; then issue 18's targets on this run.
+floor; attention backends; ``torch.compile``; peak memory; then the targets of docs/latency.md on this run.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def report(result: dict[str, Any]) -> str:
                       *side_rows(result[name], first_call=True), ""]
     memory = result.get("memory", {"skipped": "not run (CUDA memory is measured on a GPU only)"})
     lines += ["**Peak memory**", "", *memory_rows(memory), "",
-              "**Targets (issue 18)**", "", *criteria(result), ""]
+              "**Targets**", "", *criteria(result), ""]
     return "\n".join(lines)
 
 

@@ -1,11 +1,11 @@
-"""One clock for every pruner: per-stage latency of a policy query (issue 7; style anchor 11).
+"""One clock for every pruner: per-stage latency of a policy query (docs/latency.md).
 
 A query is timed stage by stage, with the sections the model and the policy already mark:
 
     transforms (resize, crop, normalise) ─ gate (pruner.begin) ─ vision ─ projector ─
     [prune (pruner's scoring + selection) ─ gather (shorter sequence)] ─ llm ─ head ─ gate (pruner.end)
 
-and end to end (``e2e``, one clock around all of it). Discipline (environment.md "CPU timing"):
+and end to end (``e2e``, one clock around all of it). Discipline (docs/latency.md):
 configurations run *interleaved* — round r runs every configuration once, in an order rotated by r —
 so slow drifts of a shared machine hit all of them alike; warm-up rounds are dropped; results are
 medians and p90 over the rounds; speedups are ratios of medians measured in the same run, next to the

@@ -1,4 +1,4 @@
-"""Peak memory of one policy query, per configuration (issue 7).
+"""Peak memory of one policy query, per configuration.
 
 CPU: each configuration runs in a fresh interpreter (``python -m vla_adp.bench.memory SPEC``), because a process's peak resident set
 only grows. The child builds the model, runs the warm-up queries of that one configuration, resets

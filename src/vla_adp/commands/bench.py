@@ -1,4 +1,4 @@
-"""``vla-adp bench``: one honest clock for every pruner (issue 7; also issue 4's side-by-side table).
+"""``vla-adp bench``: one honest clock for every pruner (docs/latency.md).
 
 Per model × dtype, every configuration — unpruned, and each pruner at each keep ratio — runs
 interleaved on the same random-weight model and the same synthetic query of the real LIBERO shape;

@@ -1,4 +1,4 @@
-"""Roofline floors of a policy query: bytes and FLOPs per stage against a named GPU (issue 18).
+"""Roofline floors of a policy query: bytes and FLOPs per stage against a named GPU (docs/latency.md).
 
 At batch 1 a stage cannot finish faster than it takes to move its bytes or to do its arithmetic:
 

@@ -1,4 +1,4 @@
-"""Model shapes of OpenVLA-OFT (spec §1.2–§1.4, §2.1, §3).
+"""Model shapes of OpenVLA-OFT (docs/reference.md §1, §3; the published ``config.json``).
 
 The published ``config.json`` names the vision towers only by their timm ids; their geometry is
 read from the weight shapes (:func:`vla_adp.model.checkpoint.derive_args`), so a scaled-down folder in
@@ -69,7 +69,7 @@ class VisionTowerArgs:
 
     @property
     def feature_block(self) -> int:
-        """Index of the block whose output is the feature (second-to-last, spec §2.1)."""
+        """Index of the block whose output is the feature (second-to-last, docs/reference.md §1)."""
         return self.depth - 2
 
 
@@ -167,7 +167,7 @@ class OFTArgs:
 
 
 def openvla_7b_args(n_images: int = 2) -> OFTArgs:
-    """The full OpenVLA-7B-OFT shapes of spec §1.3 (LIBERO platform)."""
+    """The full OpenVLA-7B-OFT shapes (docs/reference.md §1, §3; LIBERO platform)."""
     dino = VisionTowerArgs(
         "vit_large_patch14_reg4_dinov2.lvd142m", 224, 14, 1024, 24, 16, 4096,
         reg_tokens=4, class_token=True, layer_scale=True,

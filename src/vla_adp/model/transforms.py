@@ -1,4 +1,4 @@
-"""Image, proprio and action transforms of the OpenVLA-OFT LIBERO pipeline (spec §2.4–§2.5, §5).
+"""Image, proprio and action transforms of the OpenVLA-OFT LIBERO pipeline (docs/reference.md §5; moojink/openvla-oft ``experiments/robot/openvla_utils.py``).
 
 Pure functions on numpy arrays, bit-exact with upstream's TensorFlow ops (moojink/openvla-oft
 ``experiments/robot/openvla_utils.py``: ``resize_image_for_policy``, ``center_crop_image``) without

@@ -8,7 +8,7 @@ top round(ρ·n), drop the rest in place and keep the original RoPE positions of
          │  cut before layer K: BOS | kept visual | proprio, prompt, slots, </s>   (positions kept)
     layers K..31 on L - V + k tokens
 
-Reference behaviour (peers.md §2.3) and where this file differs:
+Reference behaviour (pkunlp-icler/FastV; MINT-SJTU/VLA-Pruner ``src/openvla-oft``) and where this file differs:
 
 * Layer convention. ``convention="fastv"`` (FastV's code, VLA-Pruner's OpenVLA fork): attention of
   layer K−1, tokens dropped before layer K; the FastV paper's default is K=2. VLA-Pruner's

@@ -3,7 +3,7 @@
 Parameter-free, differentiable pruning before decoder layer 0. The sequence splits into
 BOS | V patches P | task tokens T, where T is everything after the visual tokens (proprio, prompt
 incl. '▁', the 56 zero action slots and </s>), exactly the reference's ``[1, num_patches, rest]``
-split with ``num_patches = 256 × n_images`` (peers.md §2.2):
+split with ``num_patches = 256 × n_images`` (LiAutoAD/LightVLA ``TokenPruner``):
 
     P̂ = rms(P),  T̂ = rms(T)                      RMS normalisation without weights (eps 1e-6)
     Q = rms(softmax(P̂ T̂ᵀ/√d) T̂)                   one query per patch: patches attend over the task
@@ -17,7 +17,7 @@ The pruned patches leave the sequence and the kept ones keep their original posi
 count adapts per frame (the paper reports ~78 of 512 on LIBERO after fine-tuning), so ``keep_ratio``
 has no effect: ``end()`` reports the achieved ratio instead. Without LightVLA fine-tuning the
 argmaxes of a stock OFT checkpoint are not meaningful (the maintainers: start from the per-suite OFT
-checkpoints and train 40k steps; peers.md §2.2, issue #19).
+checkpoints and train 40k steps; LiAutoAD/LightVLA issue #19).
 
 Training: ``pruner.train(True)`` and ``pruner.set_progress(step, max_steps)`` each step, then run
 the model outside ``inference_mode``; the gradient reaches the projector and the LLM both through

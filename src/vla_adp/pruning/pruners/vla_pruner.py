@@ -16,7 +16,7 @@ Dataflow of one pruned query (one model call; hooks before layers K, K+1 and 15)
        ─► hook: select, cut (original positions) ─► layers 4..14 ─► hook: q·kᵀ of the 56 action
        rows at layer 15 on the pruned sequence (a_t, scattered back to V positions) ─► layers 15..31
 
-Reference behaviour (peers.md §2.1, the OFT fork) reproduced here: ``fastv_k=3`` with the fork's
+Reference behaviour (MINT-SJTU/VLA-Pruner ``src/openvla-oft``, ``modeling_llama._vlapruner_image_indices``) reproduced here: ``fastv_k=3`` with the fork's
 off-by-one (attention of layer 3 itself, tokens dropped from layer 4 on); action layer 15;
 window w=3, γ=0.8 in the *fixed* direction (newest 1.0, then 0.8, 0.64; the released OpenVLA code
 had it reversed, issue #7); warm-up: no pruning until the window is full, i.e. the first three
