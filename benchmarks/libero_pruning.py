@@ -31,7 +31,7 @@ import torch
 import metaworld_pruning as mw  # the shared tables and statistics (same folder)
 from vla_adp.eval.job import EvalJob
 from vla_adp.eval.logs import read_logs
-from vla_adp.eval.report import cost
+from vla_adp.report.runs import cost
 from vla_adp.eval.stats import mcnemar_exact
 from vla_adp.eval.sweep import normalise, plan, run_sweep
 

@@ -61,7 +61,7 @@ import torch
 from vla_adp.commands.common import EMBEDDED_POLICY, LIGHTVLA_POLICY
 from vla_adp.eval.job import EvalJob
 from vla_adp.eval.logs import RunLog, read_logs
-from vla_adp.eval.report import cost
+from vla_adp.report.runs import cost
 from vla_adp.eval.stats import mcnemar_exact, success_rate
 from vla_adp.eval.sweep import normalise, plan, run_sweep
 

@@ -242,7 +242,7 @@ def test_log_reader_merges_and_reports_bad_lines(run_log, tmp_path):
 
 
 def test_traits_without_run_records_come_from_the_queries(run_log, tmp_path):
-    from vla_adp.viz.summary import methods, resolve_method, traits
+    from vla_adp.report.summary import methods, resolve_method, traits
 
     bare = tmp_path / "bare.jsonl"
     bare.write_text("".join(l + "\n" for l in run_log.read_text().splitlines() if json.loads(l)["kind"] != "run"))
@@ -379,7 +379,7 @@ def test_video_command_from_saved_frames(run_log, tmp_path):
 
 
 def test_timeline_from_logs(run_log, tmp_path):
-    from vla_adp.viz.timeline import episode_timeline
+    from vla_adp.report.timeline import episode_timeline
 
     log = read_logs(run_log)
     key = (cfg("adp50top", "libero_spatial"), "libero_spatial", 0, 0)
@@ -409,7 +409,7 @@ def test_timeline_from_logs(run_log, tmp_path):
 
 
 def test_tradeoff_numbers_and_plot(run_log, tmp_path):
-    from vla_adp.viz.tradeoff import tradeoff_points
+    from vla_adp.report.tradeoff import tradeoff_points
 
     log = read_logs(run_log)
     points = {p.method: p for p in tradeoff_points(log)}

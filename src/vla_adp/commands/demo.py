@@ -79,7 +79,7 @@ def clear(out: Path) -> None:
 def row(label: str, episodes, queries) -> list[str]:
     import numpy as np
 
-    from vla_adp.eval.report import cost, fmt_rate
+    from vla_adp.report.runs import cost, fmt_rate
     from vla_adp.eval.stats import success_rate
 
     c = cost(episodes)
@@ -89,7 +89,7 @@ def row(label: str, episodes, queries) -> list[str]:
 
 
 def side_by_side(log, hashes: dict[str, str]) -> str:
-    from vla_adp.eval.report import _table
+    from vla_adp.report.runs import _table
 
     body = []
     for label, h in hashes.items():
@@ -100,7 +100,7 @@ def side_by_side(log, hashes: dict[str, str]) -> str:
 
 def pictures(log, adp_hash: str, first, out: Path) -> tuple[Path | None, Path]:
     """The overlay video and the gate timeline of ADP's first episode."""
-    from vla_adp.viz.timeline import episode_timeline, plot_timeline
+    from vla_adp.report.timeline import episode_timeline, plot_timeline
 
     key = (adp_hash, "metaworld", first.tasks[0], 0)
     ep = log.episodes[key]
