@@ -47,7 +47,7 @@ def entries(keeps: tuple[float, ...] = (0.3, 0.5, 0.7)) -> list[mw.Entry]:
     out += [mw.Entry(f"ADP static {k}", {"pruner": "adp", "keep": k, **STATIC}) for k in keeps]
     out += [mw.Entry(f"inverse {k}", {"pruner": "inverse", "keep": k, **ORIGINAL}) for k in keeps]
     out += [mw.Entry(f"random {k}", {"pruner": "random", "keep": k, **ORIGINAL}) for k in keeps]
-    out += [mw.Entry(f"FastV {k}", {"pruner": "fastv", "keep": k, "k": 1}) for k in keeps]
+    out += [mw.Entry(f"FastV {k}", {"pruner": "fastv", "keep": k, "layer": 1}) for k in keeps]
     out += [mw.Entry(f"VLA-Pruner {k}", {"pruner": "vla_pruner", "keep": k, "fastv_k": 0, "action_layer": 3})
             for k in keeps]
     out += [mw.Entry("LightVLA (no fine-tuning)", {"pruner": "lightvla"})]

@@ -68,7 +68,7 @@ from vla_adp.eval.sweep import normalise, plan, run_sweep
 SUITE = "metaworld"
 ORIGINAL = {"positions": "original"}
 STATIC = {"gate": {"schedule": "static"}, **ORIGINAL}
-FASTV = {"k": 1}
+FASTV = {"layer": 1}
 VLA_PRUNER = {"fastv_k": 0, "action_layer": 2}
 
 

@@ -106,7 +106,7 @@ def test_pruned_queries_are_shorter_and_predicted_speedup_is_the_flops_modules(t
     for keep in (0.3, 0.7):
         k = keep_count(512, keep, "round")
         assert cases[f"adp@{keep:g}"]["seq_lens"] == [603 - 512 + k] * 2  # ADP cuts before layer 0
-        assert cases[f"fastv:k=1@{keep:g}"]["seq_lens"] == [603, 603 - 512 + k]  # FastV after layer 0 (K scaled)
+        assert cases[f"fastv:layer=1@{keep:g}"]["seq_lens"] == [603, 603 - 512 + k]  # FastV after layer 0 (K scaled)
     for label, case in cases.items():
         if label == "none":
             continue
@@ -198,13 +198,13 @@ def test_unavailable_pruner_is_reported_not_raised(monkeypatch):
 
 
 def test_layer_indices_scale_to_the_benchmark_depth_and_gated_pruners_always_prune():
-    assert L.depth_fields("fastv", 8, {}) == {"k": 1}
+    assert L.depth_fields("fastv", 8, {}) == {"layer": 1}
     assert L.depth_fields("vla_pruner", 8, {}) == {"fastv_k": 1, "action_layer": 4}  # 3 and 15 of 32
     assert L.depth_fields("vla_pruner", 8, {"fastv_k": 2}) == {"action_layer": 4}  # the user's value wins
     assert L.depth_fields("fastv", 32, {}) == {}
     assert L.keep_free("lightvla") and not L.keep_free("adp")
     cases = L.build_cases(["lightvla", "fastv"], [0.3, 0.5], n_layers=8)
-    assert [c.label for c in cases] == ["none", "lightvla", "fastv:k=1@0.3", "fastv:k=1@0.5"]
+    assert [c.label for c in cases] == ["none", "lightvla", "fastv:layer=1@0.3", "fastv:layer=1@0.5"]
     for name in ("adp", "random", "inverse"):
         assert L.build_case(name, 0.3).pruner.config.gate.schedule == "static"
 
@@ -219,10 +219,10 @@ def tiny_runner():
 
 
 def test_a_case_that_fails_at_run_time_is_reported_not_fatal(tiny_runner):
-    cases = [L.build_case(None), L.build_case("fastv:k=2", 0.5)]  # the tiny decoder has layers 0..1
+    cases = [L.build_case(None), L.build_case("fastv:layer=2", 0.5)]  # the tiny decoder has layers 0..1
     L.probe_cases(cases, tiny_runner)
     assert cases[0].error is None
-    assert "layer" in cases[1].error and cases[1].label == "fastv:k=2@0.5"
+    assert "layer" in cases[1].error and cases[1].label == "fastv:layer=2@0.5"
 
 
 def test_query_runner_on_a_real_pruner_records_kept_tokens(tiny_runner):

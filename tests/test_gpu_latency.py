@@ -41,7 +41,7 @@ def _actions(policy, pruner, executor, obs):
         policy.set_executor(None)
 
 
-@pytest.mark.parametrize("spec, fields", [(None, {}), ("adp", STATIC), ("fastv", {"k": 1}), ("lightvla", {})])
+@pytest.mark.parametrize("spec, fields", [(None, {}), ("adp", STATIC), ("fastv", {"layer": 1}), ("lightvla", {})])
 def test_graph_executor_matches_eager_on_policy_infer(policy, spec, fields):
     obs = _obs(policy)
     make = (lambda: None) if spec is None else (lambda: build_pruner(spec, keep_ratio=None if spec == "lightvla" else 0.3, **fields))

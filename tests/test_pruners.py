@@ -170,7 +170,7 @@ def deep_inputs(deep_policy):
 @pytest.mark.parametrize("convention,k", [("fastv", 2), ("vla_pruner_oft", 3)])
 def test_fastv_keeps_the_hand_computed_attention_top_k(deep_policy, deep_inputs, source, convention, k):
     model, (inputs, layout) = deep_policy.model, deep_inputs
-    pruner = fastv.FastVPruner(fastv.FastVConfig(keep_ratio=0.3, k=k, convention=convention, attention_source=source))
+    pruner = fastv.FastVPruner(fastv.FastVConfig(keep_ratio=0.3, layer=k, convention=convention, attention_source=source))
     score_layer = k - 1 if convention == "fastv" else k
     with torch.no_grad():
         out = model(inputs, pruner, pruner.begin(Query(0, layout)))
@@ -197,11 +197,11 @@ def test_fastv_per_view_budget_and_config_errors(deep_policy, deep_inputs):
         out = model(inputs, pruner, pruner.begin(Query(0, layout)))
     assert out.keep_sets[0].views == (keep_count(256, 0.3),) * 2
     cfg = fastv.FastVConfig.from_dict({"fastv_k": 3, "fastv_r": 0.75, "fastv_attention_source": "prefill"})
-    assert (cfg.k, cfg.keep_ratio, cfg.attention_source) == (3, 0.25, "prefill")
+    assert (cfg.layer, cfg.keep_ratio, cfg.attention_source) == (3, 0.25, "prefill")
     with pytest.raises(ValueError, match="'middle'"):
         fastv.FastVConfig(attention_source="middle")
-    with pytest.raises(ValueError, match="k must be an int >= 1"):
-        fastv.FastVConfig(k=0)
+    with pytest.raises(ValueError, match="layer must be an int >= 1"):
+        fastv.FastVConfig(layer=0)
     with pytest.raises(ValueError, match="unknown FastV config field 'fastv_q'"):
         fastv.FastVConfig.from_dict({"fastv_q": 1})
 
@@ -555,7 +555,7 @@ def test_cli_pruners_lists_methods_and_parameters(capsys):
 
     main(["pruners", "--json", "fastv", "vla_pruner", "lightvla"])
     table = json.loads(capsys.readouterr().out)
-    assert table["fastv"]["parameters"]["k"] == 2
+    assert table["fastv"]["parameters"]["layer"] == 2
     assert table["vla_pruner"]["parameters"] == {"keep_ratio": 0.5, "fastv_k": 3, "action_layer": 15, "history": 3,
                                                  "decay": 0.8, "attention_source": "prefill",
                                                  "mode": "semantic_action", "action_horizon": 0, "action_dim": 7}
@@ -591,13 +591,13 @@ FORK_SCRIPT_FLAGS = {  # VLA-Pruner OFT fork's evaluation flag set (its scripts 
 
 def test_fastv_fork_flags_select_the_forks_convention_and_budget(deep_policy, deep_inputs):
     cfg = fastv.FastVConfig.from_dict({"fastv_k": 3, "fastv_r": 0.75})
-    fork = fastv.FastVConfig(keep_ratio=0.25, k=3, convention="vla_pruner_oft", attention_source="prefill",
+    fork = fastv.FastVConfig(keep_ratio=0.25, layer=3, convention="vla_pruner_oft", attention_source="prefill",
                              budget="per_view")
     assert cfg == fork and (cfg.score_layer, cfg.cut_layer) == (3, 4)
     assert fastv.FastVConfig.from_dict({"use_fastv": True}) == dataclasses.replace(fork, keep_ratio=0.5)
     assert fastv.FastVConfig.from_dict({"fastv_attention_source": "last"}).attention_source == "last"
     assert fastv.FastVConfig.from_dict({"fastv_attention_source": "anything"}).attention_source == "prefill"
-    assert fastv.FastVConfig.from_dict({"k": 2, "keep_ratio": 0.5}) == fastv.FastVConfig()  # our names: FastV's own
+    assert fastv.FastVConfig.from_dict({"layer": 2, "keep_ratio": 0.5}) == fastv.FastVConfig()  # our names: FastV's own
     model, (inputs, layout) = deep_policy.model, deep_inputs
     pruner = build_pruner("fastv", fastv_k=3, fastv_r=0.75)
     with torch.no_grad():

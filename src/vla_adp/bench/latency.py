@@ -178,7 +178,7 @@ FORCE_PRUNED = {"gate": {"schedule": "static", "limit_consecutive": False}}
 # Layer indices set for the 32-layer 7B, scaled to a shallower benchmark decoder (field: least value),
 # so that the share of layers before the cut stays about the 7B's.
 REF_LAYERS = 32
-DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"k": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1}}
+DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"layer": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1}}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:

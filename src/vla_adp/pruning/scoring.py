@@ -117,7 +117,7 @@ def score_rows(layout: TokenLayout, source: str) -> Tensor:
     OpenVLA-OFT fork averages them.
     """
     if source == "last":
-        return torch.tensor([layout.stop])
+        return torch.tensor([layout.last])
     if source == "prefill":
         return torch.arange(layout.action.start)
     raise ValueError(f"attention source must be one of {ROW_SOURCES}, got {source!r}")

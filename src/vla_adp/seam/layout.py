@@ -21,27 +21,36 @@ ACTION_SLICES = ("upstream", "vla_adp")
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Spans of one query's token sequence.
+    """Spans of one query's token sequence, in this order: BOS, the cameras' visual tokens, proprio,
+    prompt, action slots, stop token.
 
     Args:
-        views: visual tokens of each camera, in sequence order (image 0 = third-person view).
+        views: visual tokens of each camera, in sequence order (image 0 = third-person view); a
+            camera that is absent has 0.
         n_prompt: prompt ids after BOS, including the trailing '▁' (the reference's NUM_PROMPT_TOKENS).
-        n_action: action slots (chunk × action_dim).
+        n_action: action slots (chunk × action_dim); 0 where the actions are decoded elsewhere (a
+            flow-matching expert's suffix).
         n_proprio: 1 with a proprio token, else 0.
+        n_bos: 1 with a BOS token before the visual tokens (OpenVLA), 0 where the sequence starts
+            with the images (PaliGemma's prefix, whose BOS opens the prompt).
+        n_stop: 1 with a closing </s> token (OpenVLA-OFT), else 0.
     """
 
     views: tuple[int, ...]
     n_prompt: int
     n_action: int
     n_proprio: int = 1
+    n_bos: int = 1
+    n_stop: int = 1
 
     def __post_init__(self) -> None:
         if not self.views or any(v < 0 for v in self.views):
             raise ValueError(f"views must be non-negative token counts, got {self.views!r}")
-        if self.n_prompt < 1 or self.n_action < 1 or self.n_proprio not in (0, 1):
+        if (self.n_prompt < 1 or self.n_action < 0 or self.n_proprio not in (0, 1) or self.n_bos not in (0, 1)
+                or self.n_stop not in (0, 1)):
             raise ValueError(
-                f"bad layout: n_prompt={self.n_prompt!r} (>=1), n_action={self.n_action!r} (>=1), "
-                f"n_proprio={self.n_proprio!r} (0 or 1)"
+                f"bad layout: n_prompt={self.n_prompt!r} (>=1), n_action={self.n_action!r} (>=0), "
+                f"n_proprio={self.n_proprio!r}, n_bos={self.n_bos!r}, n_stop={self.n_stop!r} (each 0 or 1)"
             )
 
     # -- sizes -------------------------------------------------------------------------------
@@ -51,12 +60,12 @@ class TokenLayout:
 
     @property
     def length(self) -> int:
-        return self.bos.stop + self.n_visual + self.n_proprio + self.n_prompt + self.n_action + 1
+        return self.n_bos + self.n_visual + self.n_proprio + self.n_prompt + self.n_action + self.n_stop
 
     # -- spans -------------------------------------------------------------------------------
     @property
     def bos(self) -> slice:
-        return slice(0, 1)
+        return slice(0, self.n_bos)
 
     @property
     def visual(self) -> slice:
@@ -90,12 +99,20 @@ class TokenLayout:
 
     @property
     def stop(self) -> int:
+        """Position of the </s> stop token."""
+        if not self.n_stop:
+            raise ValueError("this layout has no stop token (n_stop=0)")
+        return self.length - 1
+
+    @property
+    def last(self) -> int:
+        """Position of the final token (the stop token where there is one)."""
         return self.length - 1
 
     def text_positions(self) -> Tensor:
         """BOS, prompt (incl. '▁') and the </s> stop token: ADP's scoring queries (docs/reference.md §4)."""
         b, p = self.bos, self.prompt
-        return torch.tensor([*range(b.start, b.stop), *range(p.start, p.stop), self.stop])
+        return torch.tensor([*range(b.start, b.stop), *range(p.start, p.stop), *([self.stop] if self.n_stop else [])])
 
     def action_hidden(self, mode: str = "upstream") -> slice:
         """Positions whose final hidden states feed the action head (docs/reference.md §2).
