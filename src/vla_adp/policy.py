@@ -157,18 +157,10 @@ class Policy:
         if len(keys) < n or any(k not in obs for k in keys[:1]):
             raise ValueError(f"observation needs {n} images (full_image + wrist keys), found keys {keys}")
         size = self.model.args.image_size
-        out = []
-        for key in keys[:n]:
-            img = T.check_image(np.asarray(obs[key]), key)
-            if img.shape[:2] != (size, size):
-                img = T.resize_for_policy(img, size)
-            out.append(T.center_crop(img) if self.center_crop else img)
-        return out
+        return [T.policy_image(T.check_image(np.asarray(obs[key]), key), size, self.center_crop) for key in keys[:n]]
 
     def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
-        towers = self.model.args.towers
-        per = [T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]) for img in images]
-        return torch.from_numpy(np.concatenate(per, axis=0))[None]
+        return T.pixel_batch(images, self.model.args.towers)
 
     def inputs(self, obs: dict) -> tuple[OFTInputs, TokenLayout]:
         """Model inputs of one observation and their unpruned layout (built by the model)."""
@@ -219,7 +211,7 @@ class Policy:
     @torch.inference_mode()
     def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
         """:meth:`infer` for many episodes at once: one forward per group of queries that share a
-        prompt length, hook layers and position mode (:func:`vla_adp.model.batched.forward_rows`);
+        prompt length and hook layers (:func:`vla_adp.model.batched.forward_rows`);
         each query runs its own session's pruner. Returns one ``infer`` result per observation, or
         the exception its input raised (bad observations fail alone). ``info["timing_ms"]`` holds
         the whole batch's stages and ``info["batch"]`` its size.

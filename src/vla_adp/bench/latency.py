@@ -263,17 +263,6 @@ def probe_cases(cases: list[Case], runner: "QueryRunner") -> None:
                 case.error = f"{type(e).__name__}: {e}"
 
 
-def prepare_pixels(images: list[np.ndarray], args, center_crop: bool = True) -> torch.Tensor:
-    """The policy's image path (:meth:`vla_adp.policy.Policy.images` / ``pixels``): resize, crop, normalise."""
-    towers = args.towers
-    out = []
-    for img in images:
-        img = T.resize_for_policy(img, args.image_size) if img.shape[:2] != (args.image_size,) * 2 else img
-        img = T.center_crop(img) if center_crop else img
-        out.append(T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]))
-    return torch.from_numpy(np.concatenate(out, axis=0))[None]
-
-
 class QueryRunner:
     """Runs timed queries of one model on one fixed observation, for any pruner."""
 
@@ -293,7 +282,8 @@ class QueryRunner:
         sync(dev)
         t0 = clock()
         with timer("transforms"):
-            pixels = prepare_pixels(self.images, self.model.args).to(dev)
+            a = self.model.args
+            pixels = T.pixel_batch([T.policy_image(img, a.image_size) for img in self.images], a.towers).to(dev)
         inputs = OFTInputs(pixels, self.inputs.input_ids, self.inputs.proprio)
         r = run_query(self.model, inputs, pruner, self._query(pruner), timer=timer)
         out, actions = r.output, r.actions

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from vla_adp.seam.layout import ACTION_SLICES
 from vla_adp.utils.machine import DTYPES, default_dtype
 
 # Policies shipped in the package (package-data ``assets/**``): the Meta-World reference policy and
@@ -27,7 +28,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--unnorm-key", default=None, help="dataset key in dataset_statistics.json (e.g. libero_spatial)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu")
-    p.add_argument("--action-slice", choices=["upstream", "vla_adp"], default="upstream",
+    p.add_argument("--action-slice", choices=ACTION_SLICES, default="upstream",
                    help="upstream = OFT training (default); vla_adp = the reference ADP code's +1 shift")
     p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop (default: crop unless the checkpoint records otherwise)")
 

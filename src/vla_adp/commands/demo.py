@@ -24,6 +24,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from vla_adp.seam.keep import POSITION_MODES
+
 DEFAULT_TASKS = ("button-press-topdown", "drawer-open", "window-close")
 LOG_NAME, VIDEO_DIR, TIMELINE_NAME = "demo.jsonl", "videos", "gate_timeline.png"
 
@@ -35,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="Meta-World tasks of the metaworld suite")
     p.add_argument("--episodes", type=int, default=4, help="episodes per task (held-out goals 0..N-1)")
     p.add_argument("--keep", type=float, default=0.5, help="ADP keep ratio ρ")
-    p.add_argument("--positions", choices=["original", "contiguous"], default="original",
+    p.add_argument("--positions", choices=POSITION_MODES, default="original",
                    help="RoPE positions after the cut: original (what the small policy tolerates) or contiguous "
                         "(the reference ADP code; costs this 4-layer policy most of its success, see "
                         "benchmarks/metaworld_pruning.md)")
