@@ -24,13 +24,12 @@ from typing import Any
 
 import torch
 
-from vla_adp.utils.files import read_json
-from vla_adp.utils.machine import DTYPES
 from vla_adp.bench import latency as L
 from vla_adp.bench.models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
 from vla_adp.bench.report import between_runs, report
-
-SCORING_METHODS = ("fused", "exact", "folded")
+from vla_adp.seam.flops import SCORING_METHODS
+from vla_adp.utils.files import read_json
+from vla_adp.utils.machine import DTYPES
 
 
 def add_arguments(p) -> None:
