@@ -1,4 +1,4 @@
-"""Closed-loop pruning benchmark of the LIBERO reference policy (issue 20; ADP paper Tables 1 and 4).
+"""Closed-loop pruning benchmark of the LIBERO reference policy (ADP paper Tables 1 and 4).
 
 The same rows, runner and statistics as ``benchmarks/metaworld_pruning.py`` (whose helpers this script
 reuses), on LIBERO-Object and LIBERO-Spatial with the official initial states: episode ``e`` of a task

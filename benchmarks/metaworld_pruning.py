@@ -1,4 +1,4 @@
-"""Closed-loop pruning benchmark of the Meta-World reference policy (issue 6; ADP paper Tables 1 and 4).
+"""Closed-loop pruning benchmark of the Meta-World reference policy (ADP paper Tables 1 and 4).
 
 Every configuration runs through the shared evaluation runner (``vla_adp.eval.sweep.plan`` /
 ``run_sweep`` → ``run_job`` → ``Policy.infer``/``reset()``, JSONL logs, resumable) on the five tasks

@@ -1,4 +1,4 @@
-"""The GPU latency protocol (issue 18) on the CPU: the executor hook on the real Policy.infer path, and
+"""The GPU latency protocol on the CPU: the executor hook on the real Policy.infer path, and
 the benchmark script's dry run, so that neither rots between GPU runs.
 
 CUDA graphs cannot be captured here: :class:`RerunCapture` stands in for the capture (the graph

@@ -10,7 +10,7 @@ from vla_adp.seam.budget import keep_count, view_quotas
 
 
 def test_keep_counts_reference_and_paper_roundings():
-    # Reference code (banker's rounding, spec §6.2): 0.75→384, 0.5→256, 0.35→179, 0.25→128.
+    # Reference code (banker's rounding, docs/reference.md §4): 0.75→384, 0.5→256, 0.35→179, 0.25→128.
     assert [keep_count(512, r) for r in (0.75, 0.5, 0.35, 0.25)] == [384, 256, 179, 128]
     # Paper Tables 5–9 (ceil): 154, 205, 256, 308, 359; Eq. 10 (floor): 153, 204, 256, 307, 358.
     assert [keep_count(512, r, "ceil") for r in (0.3, 0.4, 0.5, 0.6, 0.7)] == [154, 205, 256, 308, 359]
@@ -20,7 +20,7 @@ def test_keep_counts_reference_and_paper_roundings():
 
 
 def test_reference_split_examples():
-    assert view_quotas(384, (256, 256), (0.4, 0.6)) == (154, 230)  # spec §6.2, ratio 0.75
+    assert view_quotas(384, (256, 256), (0.4, 0.6)) == (154, 230)  # docs/reference.md §4, ratio 0.75
     assert view_quotas(256, (256, 256), (0.4, 0.6)) == (102, 154)
     assert view_quotas(154, (256, 256), (0.4, 0.6)) == (62, 92)
     assert view_quotas(10, (256, 256), None) == (5, 5)

@@ -1,4 +1,4 @@
-"""Pictures, videos and tables of what was pruned and when (issue 9).
+"""Pictures, videos and tables of what was pruned and when.
 
 The logs are real: the tiny policy with the ADP pruner (its gate driven by a scripted end-effector
 path) runs on a few observations per episode and the records are written with the schema classes.
