@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--json", default=None)
     p.add_argument("--query-s-cpu", type=float, default=19.0,
-                   help="7B OFT query on this CPU (environment.md: ~19 s for the 7B LLM alone)")
+                   help="7B OFT query on this CPU (~19 s for the 7B LLM alone on the project's 2-core machine)")
     p.add_argument("--query-s-gpu", type=float, default=0.077,
                    help="7B OFT query on a GPU (ADP paper Table 2: 76.9 ms on an RTX 4090)")
     p.add_argument("--render-s-gpu", type=float, default=0.002,

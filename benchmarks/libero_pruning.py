@@ -1,4 +1,4 @@
-"""Closed-loop pruning benchmark of the LIBERO reference policy (issue 20; ADP paper Tables 1 and 4).
+"""Closed-loop pruning benchmark of the LIBERO reference policy (ADP paper Tables 1 and 4).
 
 The same rows, runner and statistics as ``benchmarks/metaworld_pruning.py`` (whose helpers this script
 reuses), on LIBERO-Object and LIBERO-Spatial with the official initial states: episode ``e`` of a task
@@ -33,7 +33,7 @@ import torch
 import metaworld_pruning as mw  # the shared tables and statistics (same folder)
 from vla_adp.eval.job import EvalJob
 from vla_adp.eval.logs import read_logs
-from vla_adp.eval.report import cost
+from vla_adp.report.runs import cost
 from vla_adp.eval.stats import mcnemar_exact
 from vla_adp.eval.sweep import normalise, plan, run_sweep
 
@@ -49,7 +49,7 @@ def entries(keeps: tuple[float, ...] = (0.3, 0.5, 0.7)) -> list[mw.Entry]:
     out += [mw.Entry(f"ADP static {k}", {"pruner": "adp", "keep": k, **STATIC}) for k in keeps]
     out += [mw.Entry(f"inverse {k}", {"pruner": "inverse", "keep": k, **ORIGINAL}) for k in keeps]
     out += [mw.Entry(f"random {k}", {"pruner": "random", "keep": k, **ORIGINAL}) for k in keeps]
-    out += [mw.Entry(f"FastV {k}", {"pruner": "fastv", "keep": k, "k": 1}) for k in keeps]
+    out += [mw.Entry(f"FastV {k}", {"pruner": "fastv", "keep": k, "layer": 1}) for k in keeps]
     out += [mw.Entry(f"VLA-Pruner {k}", {"pruner": "vla_pruner", "keep": k, "fastv_k": 0, "action_layer": 3})
             for k in keeps]
     out += [mw.Entry(f"SparseVLM {k}", {"pruner": "sparsevlm", "keep": k, "layers": [0, 1, 3], **ORIGINAL})

@@ -1,5 +1,5 @@
 """Does ADP's layer-0 text→vision score see the instruction on the LIBERO reference policy?
-(issue 20, item 4; the Meta-World version is ``benchmarks/metaworld_score_probe.py``.)
+(the Meta-World version is ``benchmarks/metaworld_score_probe.py``.)
 
 For the first observation of official initial states of every task of LIBERO-Object and
 LIBERO-Spatial, the policy with each pruner forced to prune (static schedule, original positions)

@@ -1,4 +1,4 @@
-"""Closed-loop pruning benchmark of the Meta-World reference policy (issue 6; ADP paper Tables 1 and 4).
+"""Closed-loop pruning benchmark of the Meta-World reference policy (ADP paper Tables 1 and 4).
 
 Every configuration runs through the shared evaluation runner (``vla_adp.eval.sweep.plan`` /
 ``run_sweep`` → ``run_job`` → ``Policy.infer``/``reset()``, JSONL logs, resumable) on the five tasks
@@ -69,14 +69,14 @@ import torch
 from vla_adp.commands.common import EMBEDDED_POLICY, LIGHTVLA_POLICY
 from vla_adp.eval.job import EvalJob
 from vla_adp.eval.logs import RunLog, read_logs
-from vla_adp.eval.report import cost
+from vla_adp.report.runs import cost
 from vla_adp.eval.stats import mcnemar_exact, success_rate
 from vla_adp.eval.sweep import normalise, plan, run_sweep
 
 SUITE = "metaworld"
 ORIGINAL = {"positions": "original"}
 STATIC = {"gate": {"schedule": "static"}, **ORIGINAL}
-FASTV = {"k": 1}
+FASTV = {"layer": 1}
 VLA_PRUNER = {"fastv_k": 0, "action_layer": 2}
 SPARSEVLM = {"layers": [0, 1, 2], **ORIGINAL}
 VLA_CACHE = {"reuse_layers": [1], "relevance_layer": 2}
@@ -228,7 +228,7 @@ def measure_latency(rows: list[Entry], args) -> dict[str, dict[str, float]]:
     query run interleaved (round r: every configuration once, order rotated by r; first rounds
     dropped; each round cycles through one real first observation of each task), and give medians.
     A gated configuration's latency per query *as run* is then γ·t_pruned + (1 − γ)·t_unpruned with γ
-    from its closed-loop log (:func:`vla_adp.cost.latency.expected_latency`); the gate's own cost is
+    from its closed-loop log (:func:`vla_adp.bench.latency.expected_latency`); the gate's own cost is
     inside t_pruned and ignored in unpruned queries (< 0.1 ms).
     """
     from vla_adp.policy import Policy
@@ -247,7 +247,7 @@ def measure_latency(rows: list[Entry], args) -> dict[str, dict[str, float]]:
 
 def time_cases(cases: dict, obs: list[dict], reps: int) -> dict[str, dict[str, float]]:
     """Interleaved ``Policy.infer`` timings (ms) of every case, each cycling through ``obs``."""
-    from vla_adp.cost.latency import interleave, summarize
+    from vla_adp.bench.latency import interleave, summarize
 
     counter = {k: 0 for k in cases}
 
@@ -262,7 +262,7 @@ def time_cases(cases: dict, obs: list[dict], reps: int) -> dict[str, dict[str, f
 
 
 def attach_latency(table: list[Row], lat: dict[str, dict[str, float]]) -> None:
-    from vla_adp.cost.latency import expected_latency
+    from vla_adp.bench.latency import expected_latency
 
     full = lat["unpruned"]["median"]
     for row in table:

@@ -40,7 +40,7 @@ from vla_adp.eval.stats import success_rate
 CONFIGS = {
     "unpruned": {},
     "ADP dyn 0.5": {"pruner": "adp", "keep": 0.5, "pruner_fields": {"positions": "original"}},
-    "FastV 0.5": {"pruner": "fastv", "keep": 0.5, "pruner_fields": {"k": 1}},
+    "FastV 0.5": {"pruner": "fastv", "keep": 0.5, "pruner_fields": {"layer": 1}},
     "VLA-Pruner 0.5": {"pruner": "vla_pruner", "keep": 0.5, "pruner_fields": {"fastv_k": 0, "action_layer": 2}},
 }
 LATENCIES = {  # column -> EvalJob.realtime

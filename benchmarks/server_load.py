@@ -139,7 +139,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or make_tiny_checkpoint(f"{tmp}/openvla-7b-oft-finetuned-libero-spatial")
-        pruner = build_pruner(args.pruner, keep=args.keep) if args.pruner else None
+        pruner = build_pruner(args.pruner, keep_ratio=args.keep) if args.pruner else None
         policy = Policy.load(ckpt, pruner=pruner, dtype=torch.float32, device=args.device)
         a = policy.model.args
         obs = [observation(s, a.image_size, a.n_images, policy.platform.proprio_dim) for s in range(8)]

@@ -98,7 +98,7 @@ def run_vla_eval(args, ckpt: Path, out: Path) -> tuple[dict[int, dict], list]:
             return out
 
     cfg = PolicyConfig(center_crop=center_crop_of(argparse.Namespace(no_center_crop=False, checkpoint=ckpt)))
-    policy = Policy.load(ckpt, cfg, build_pruner(args.pruner, keep=args.keep), dtype=torch.float32)
+    policy = Policy.load(ckpt, cfg, build_pruner(args.pruner, keep_ratio=args.keep), dtype=torch.float32)
     server = Logged(policy)
     config = {"benchmarks": [{
         "benchmark": "vla_eval.benchmarks.libero.benchmark:LIBEROBenchmark", "mode": "sync",

@@ -80,7 +80,7 @@ def query_record(info: dict, h: str, suite: str, task_id: int, task: str, step: 
 def run(args) -> None:
     torch.set_num_threads(1)
     out = Path(args.out)
-    pruner = build_pruner("adp", keep=args.keep, config_file=args.pruning_config)
+    pruner = build_pruner("adp", keep_ratio=args.keep, config_file=args.pruning_config)
     policy = Policy.load(args.checkpoint, PolicyConfig(), pruner, dtype=torch.float32)
     env, obs, task = make_env(args.suite, args.task_id)
     h = f"demo-adp-{args.keep:g}"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from vla_adp.envs.base import StepResult
-from vla_adp.pruning.keep import Keep
+from vla_adp.seam.keep import KeepSet
 
 
 class ToyEnv:
@@ -73,7 +73,6 @@ class HalfPruner:
     """Keeps the first half of each camera's visual tokens at layer 0, every query."""
 
     name = "half"
-    positions = "contiguous"
 
     def __init__(self, config: HalfConfig = HalfConfig()):
         self.config = config
@@ -87,14 +86,14 @@ class HalfPruner:
         self.paths.append(len(query.eef_path))
         return frozenset({0})
 
-    def at_layer(self, ctx) -> Keep:
+    def at_layer(self, ctx) -> KeepSet:
         idx, views, start = [], [], 0
         for v in ctx.layout.views:
             k = max(1, int(v * self.config.keep_ratio))
             idx.append(torch.arange(start, start + k))
             views.append(k)
             start += v
-        return Keep(torch.cat(idx)[None].to(ctx.hidden.device), tuple(views))
+        return KeepSet(torch.cat(idx)[None].to(ctx.hidden.device), tuple(views))
 
     def end(self, outcome) -> dict:
         return {"gate_state": 1, "displacement": 0.25, "half_marker": [1, 2]}

@@ -12,7 +12,7 @@ from vla_adp.pruning.config import ADPConfig, GateConfig
 from vla_adp.pruning.pruners.adp import ADPPruner
 from vla_adp.pruning.registry import build_pruner
 from vla_adp.pruning.scoring import text_vision_scores
-from vla_adp.pruning.select import keep_count
+from vla_adp.seam.budget import keep_count
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_pruned_query_equals_hand_built_shorter_sequence(tiny_policy):
         h = emb.hidden
         short = torch.cat([h[:, :1], h[:, 1 + vis], h[:, layout.visual.stop:]], dim=1)
         ref = model.action_head(model.language_model(short)[:, layout.with_views((62, 92)).action_hidden()])
-    assert k == 154 and out.keeps[0].visual[0].tolist() == vis.tolist()
+    assert k == 154 and out.keep_sets[0].visual_index[0].tolist() == vis.tolist()
     torch.testing.assert_close(out.actions, ref, atol=1e-6, rtol=0)
 
 
@@ -99,14 +99,14 @@ def test_inverse_and_random_selection(tiny_policy):
         pruner = ADPPruner(ADPConfig(keep_ratio=0.5, split=None, selection=sel, gate=GateConfig(schedule="static")))
         with torch.no_grad():
             out = model(inputs, pruner, frozenset({0}))
-        kept[sel] = set(out.keeps[0].visual[0].tolist())
+        kept[sel] = set(out.keep_sets[0].visual_index[0].tolist())
     assert not kept["top"] & kept["inverse"]  # 128 of 256 per view: most and least relevant are disjoint
     assert len(kept["random"]) == 256
     # Random selection is reproducible per episode (re-seeded by reset) and depends on the seed.
     def random_keep(seed):
         p = ADPPruner(ADPConfig(keep_ratio=0.5, selection="random", seed=seed, gate=GateConfig(schedule="static")))
         with torch.no_grad():
-            return model(inputs, p, frozenset({0})).keeps[0].visual[0].tolist()
+            return model(inputs, p, frozenset({0})).keep_sets[0].visual_index[0].tolist()
     assert random_keep(1) == random_keep(1) != random_keep(2)
 
 
@@ -127,7 +127,7 @@ def test_probe_mode_reproduces_the_reference_extra_pass(tiny_policy):
         phi = text_vision_scores(layer.input_layernorm(h), layer.self_attn.q_proj, layer.self_attn.k_proj,
                                  4, 4, probe_layout, "exact")[0]
     expect = torch.cat([phi[:256].topk(102).indices.sort().values, phi[256:].topk(154).indices.sort().values + 256])
-    assert out.keeps[0].visual[0].tolist() == expect.tolist()
+    assert out.keep_sets[0].visual_index[0].tolist() == expect.tolist()
     assert out.seq_lens == [layout.length - 256] * 2  # both layers on the short sequence
     inline = ADPPruner(ADPConfig(keep_ratio=0.5, layer=1, gate=GateConfig(schedule="static")))
     with torch.no_grad():
@@ -136,7 +136,7 @@ def test_probe_mode_reproduces_the_reference_extra_pass(tiny_policy):
 
 
 def _query(layout):
-    from vla_adp.pruning.base import Query
+    from vla_adp.seam.context import Query
 
     return Query(0, layout, np.zeros(3))
 
@@ -150,7 +150,7 @@ def test_reference_json_config_drives_the_same_pruner(tmp_path):
     assert pruner.config.keep_ratio == ref["qk_keep_ratio"] and pruner.config.split == tuple(ref["qk_keep_split"])
     assert pruner.config.gate.rule == "adjacent" and pruner.config.gate.window == ref["adjacent_extrema_window"]
     with pytest.warns(UserWarning):
-        assert build_pruner("adp", keep=0.3, config_file=cfg_file).config.keep_ratio == 0.3
+        assert build_pruner("adp", keep_ratio=0.3, config_file=cfg_file).config.keep_ratio == 0.3
 
 
 def test_reset_restores_first_episode_behaviour(tiny_policy):

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from vla_adp.cli import main
-from vla_adp.cost import latency as L
-from vla_adp.cost.cuda_graphs import _segments, graphed_decoder_ms
-from vla_adp.cost.expected import expected_rows, gamma_by_config, read_query_records
-from vla_adp.cost.flops import llm_flops
+from vla_adp.bench import latency as L
+from vla_adp.bench.cuda_graphs import _segments, graphed_decoder_ms
+from vla_adp.bench.expected import expected_rows, gamma_by_config, read_query_records
+from vla_adp.seam.flops import llm_flops
 from vla_adp.eval.schema import QueryRecord
-from vla_adp.pruning.select import keep_count
+from vla_adp.seam.budget import keep_count
 
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_every_stage_is_timed_and_positive(tiny_run):
 
 
 def test_pruned_queries_are_shorter_and_predicted_speedup_is_the_flops_modules(tiny_run):
-    from vla_adp.cost.bench_models import model_args
+    from vla_adp.bench.models import model_args
 
     (run,) = tiny_run["runs"]
     cases = {c["label"]: c for c in run["cases"]}
@@ -106,7 +106,7 @@ def test_pruned_queries_are_shorter_and_predicted_speedup_is_the_flops_modules(t
     for keep in (0.3, 0.7):
         k = keep_count(512, keep, "round")
         assert cases[f"adp@{keep:g}"]["seq_lens"] == [603 - 512 + k] * 2  # ADP cuts before layer 0
-        assert cases[f"fastv:k=1@{keep:g}"]["seq_lens"] == [603, 603 - 512 + k]  # FastV after layer 0 (K scaled)
+        assert cases[f"fastv:layer=1@{keep:g}"]["seq_lens"] == [603, 603 - 512 + k]  # FastV after layer 0 (K scaled)
     for label, case in cases.items():
         if label == "none":
             continue
@@ -123,7 +123,7 @@ def test_scoring_rows_and_criteria_are_reported(tiny_run, capsys):
     assert set(run["scoring"]) == {"fused", "exact", "folded"}
     for s in run["scoring"].values():
         assert s["median"] > 0 and s["pct_of_unpruned_e2e"] < s["pct_of_unpruned_llm"]
-    from vla_adp.cost.bench_report import report
+    from vla_adp.bench.report import report
 
     text = report(tiny_run)
     assert "adp:scoring=folded@0.3" in text and "realises" in text and "Φ `fused`" in text
@@ -143,7 +143,7 @@ def test_loading_several_results_adds_a_between_runs_table(tiny_run, tmp_path, c
 
 
 def test_memory_probe_measures_a_query_in_a_fresh_process():
-    from vla_adp.cost.memory import cpu_query_memory
+    from vla_adp.bench.memory import cpu_query_memory
 
     spec = {"model": "tiny", "dtype": "fp32", "seed": 0, "n_prompt": 32, "threads": 1, "pruner": None,
             "keep": None, "queries": 1}
@@ -198,20 +198,20 @@ def test_unavailable_pruner_is_reported_not_raised(monkeypatch):
 
 
 def test_layer_indices_scale_to_the_benchmark_depth_and_gated_pruners_always_prune():
-    assert L.depth_fields("fastv", 8, {}) == {"k": 1}
+    assert L.depth_fields("fastv", 8, {}) == {"layer": 1}
     assert L.depth_fields("vla_pruner", 8, {}) == {"fastv_k": 1, "action_layer": 4}  # 3 and 15 of 32
     assert L.depth_fields("vla_pruner", 8, {"fastv_k": 2}) == {"action_layer": 4}  # the user's value wins
     assert L.depth_fields("fastv", 32, {}) == {}
     assert L.keep_free("lightvla") and not L.keep_free("adp")
     cases = L.build_cases(["lightvla", "fastv"], [0.3, 0.5], n_layers=8)
-    assert [c.label for c in cases] == ["none", "lightvla", "fastv:k=1@0.3", "fastv:k=1@0.5"]
+    assert [c.label for c in cases] == ["none", "lightvla", "fastv:layer=1@0.3", "fastv:layer=1@0.5"]
     for name in ("adp", "random", "inverse"):
         assert L.build_case(name, 0.3).pruner.config.gate.schedule == "static"
 
 
 @pytest.fixture(scope="module")
 def tiny_runner():
-    from vla_adp.cost.bench_models import build_model, synthetic_images, synthetic_inputs
+    from vla_adp.bench.models import build_model, synthetic_images, synthetic_inputs
 
     torch.manual_seed(0)
     model = build_model("tiny", torch.float32)
@@ -219,10 +219,10 @@ def tiny_runner():
 
 
 def test_a_case_that_fails_at_run_time_is_reported_not_fatal(tiny_runner):
-    cases = [L.build_case(None), L.build_case("fastv:k=2", 0.5)]  # the tiny decoder has layers 0..1
+    cases = [L.build_case(None), L.build_case("fastv:layer=2", 0.5)]  # the tiny decoder has layers 0..1
     L.probe_cases(cases, tiny_runner)
     assert cases[0].error is None
-    assert "layer" in cases[1].error and cases[1].label == "fastv:k=2@0.5"
+    assert "layer" in cases[1].error and cases[1].label == "fastv:layer=2@0.5"
 
 
 def test_query_runner_on_a_real_pruner_records_kept_tokens(tiny_runner):

@@ -21,10 +21,10 @@ from tests.eval_helpers import HalfPruner
 from tests.conftest import make_obs
 from vla_adp.eval.job import EvalJob, run_job
 from vla_adp.model.batched import forward_rows, stack_inputs
+from vla_adp.policy import Policy, PolicyConfig
 from vla_adp.pruning.config import ADPConfig, GateConfig
 from vla_adp.pruning.pruners.adp import ADPPruner
-from vla_adp.pruning.keep import Keep
-from vla_adp.policy import Policy, PolicyConfig
+from vla_adp.seam.keep import KeepSet
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "vla_adp" / "assets"
 ASSET = ASSETS / "metaworld_policy"
@@ -39,8 +39,8 @@ class CountPruner(HalfPruner):
         super().__init__()
         self.k = k
 
-    def at_layer(self, ctx) -> Keep:
-        return Keep(torch.arange(self.k)[None], (self.k,) + (0,) * (len(ctx.layout.views) - 1))
+    def at_layer(self, ctx) -> KeepSet:
+        return KeepSet(torch.arange(self.k)[None], (self.k,) + (0,) * (len(ctx.layout.views) - 1))
 
 
 def test_batched_rows_match_their_serial_answers_and_split_by_kept_count(tiny_policy):

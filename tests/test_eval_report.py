@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vla_adp.cli import main
-from vla_adp.eval import report
+from vla_adp.report import runs as report
 from vla_adp.eval.logs import LogWriter, config_hash, read_logs
 from vla_adp.eval.schema import EpisodeRecord, RunRecord
 from vla_adp.eval.stats import mcnemar_exact, wilson

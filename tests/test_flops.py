@@ -11,16 +11,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vla_adp.cli import main
 from vla_adp.cost.flops import (
-    adp_flops, episode_flops, episode_savings, expected_flops, gamma_from_records, layer_flops, libero_layout,
-    llm_flops, pruned_length, query_scoring_flops, scoring_flops, speedup,
+    adp_flops, episode_flops, episode_savings, expected_flops, gamma_from_records, libero_layout, pruned_length, speedup,
 )
+from vla_adp.seam.flops import layer_flops, llm_flops, query_scoring_flops, scoring_flops
 from vla_adp.cost.tradeoff import trade_off_table
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 from vla_adp.model.config import LlamaArgs
 from vla_adp.model.llm import LlamaDecoder
-from vla_adp.pruning.keep import Keep
+from vla_adp.seam.keep import KeepSet
 from vla_adp.pruning.scoring import text_vision_scores
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.layout import TokenLayout
 
 from .conftest import make_obs
 
@@ -272,7 +272,6 @@ class HalfVisualPruner:
     """Test pruner: keeps the first half of every view before layer ``layer`` (no scoring matmuls)."""
 
     name = "half"
-    positions = "contiguous"
 
     def __init__(self, layer: int):
         self.layer = layer
@@ -283,11 +282,11 @@ class HalfVisualPruner:
     def begin(self, query) -> frozenset[int]:
         return frozenset({self.layer})
 
-    def at_layer(self, ctx) -> Keep:
+    def at_layer(self, ctx) -> KeepSet:
         views = tuple(v // 2 for v in ctx.layout.views)
         starts = [ctx.layout.view_of_visual(c).start for c in range(len(views))]
         idx = torch.cat([torch.arange(a, a + k) for a, k in zip(starts, views)])
-        return Keep(idx[None], views)
+        return KeepSet(idx[None], views)
 
     def end(self, outcome) -> dict:
         return {}

@@ -1,5 +1,5 @@
 """The action-aware gate: hand-computed sequences per rule and edge case, the ablation schedules, and
-parity with an independent port of the reference controller (spec §6.3) over random trajectories."""
+parity with an independent port of the reference controller (docs/reference.md §4) over random trajectories."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vla_adp.pruning.base import Query
+from vla_adp.seam.context import Query
 from vla_adp.pruning.config import ADPConfig, GateConfig
 from vla_adp.pruning.gate import (
     ActionAwareGate,
@@ -22,7 +22,7 @@ from vla_adp.pruning.gate import (
     net_displacement,
     path_length,
 )
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.pruning.registry import read_config_file
 
 LAYOUT = TokenLayout((256, 256), n_prompt=12, n_action=56)
@@ -277,7 +277,7 @@ def test_reference_configs_load(name, keep):
 
 # -- parity with the reference controller -----------------------------------------------------
 class ReferencePort:
-    """Independent port of the reference's per-episode controller (spec §6.3), reading reference field names.
+    """Independent port of the reference's per-episode controller (chen7086/VLA-ADP ``run_libero_eval_prune_v2.py``), reading reference field names.
 
     ``observe`` records a pose (the first one of a closed window opens the next); ``close`` computes the
     window displacement and decides the state of the next query.

@@ -1,4 +1,4 @@
-"""The GPU latency protocol (issue 18) on the CPU: the executor hook on the real Policy.infer path, and
+"""The GPU latency protocol on the CPU: the executor hook on the real Policy.infer path, and
 the benchmark script's dry run, so that neither rots between GPU runs.
 
 CUDA graphs cannot be captured here: :class:`RerunCapture` stands in for the capture (the graph
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from vla_adp.cost import gpu_latency as G
+from vla_adp.bench import gpu_latency as G
 from vla_adp.model.executor import CudaGraphCapture, Executor, RerunCapture, pad_sequence
 from vla_adp.policy import Policy, Session
 from vla_adp.pruning.registry import build_pruner
@@ -41,10 +41,10 @@ def _actions(policy, pruner, executor, obs):
         policy.set_executor(None)
 
 
-@pytest.mark.parametrize("spec, fields", [(None, {}), ("adp", STATIC), ("fastv", {"k": 1}), ("lightvla", {})])
+@pytest.mark.parametrize("spec, fields", [(None, {}), ("adp", STATIC), ("fastv", {"layer": 1}), ("lightvla", {})])
 def test_graph_executor_matches_eager_on_policy_infer(policy, spec, fields):
     obs = _obs(policy)
-    make = (lambda: None) if spec is None else (lambda: build_pruner(spec, keep=None if spec == "lightvla" else 0.3, **fields))
+    make = (lambda: None) if spec is None else (lambda: build_pruner(spec, keep_ratio=None if spec == "lightvla" else 0.3, **fields))
     eager = _actions(policy, make(), Executor(), obs)
     ex = Executor(graphs=True, capture=RerunCapture())
     first = _actions(policy, make(), ex, obs)
@@ -61,9 +61,9 @@ def test_each_kept_length_gets_its_own_graph_and_buckets_share_one(policy):
     exact, bucketed = Executor(graphs=True, capture=RerunCapture()), Executor(graphs=True, bucket=128, capture=RerunCapture())
     outs = {}
     for keep in (0.3, 0.31):  # 154 and 159 kept: two decoder lengths
-        eager = _actions(policy, build_pruner("adp", keep=keep, **STATIC), Executor(), obs)
+        eager = _actions(policy, build_pruner("adp", keep_ratio=keep, **STATIC), Executor(), obs)
         for ex in (exact, bucketed):
-            out = _actions(policy, build_pruner("adp", keep=keep, **STATIC), ex, obs)
+            out = _actions(policy, build_pruner("adp", keep_ratio=keep, **STATIC), ex, obs)
             np.testing.assert_allclose(out["actions"], eager["actions"], rtol=1e-4, atol=1e-5)
             outs[keep] = out
     llm_keys = lambda ex: {k for k in ex._graphs if k[0][0] == "llm"}  # noqa: E731
@@ -114,14 +114,14 @@ def test_gate_trace_stream_drives_the_action_aware_gate(policy):
     trace = json.loads(open(G.TRACE).read())
     assert trace["expert_success"] and trace["steps"] >= 64
     stream = G.Stream([_obs(policy)["full_image"]] * 2, "open the drawer", 8, trace["positions"])
-    session = Session(build_pruner("adp", keep=0.3))  # the default, dynamic gate
+    session = Session(build_pruner("adp", keep_ratio=0.3))  # the default, dynamic gate
     pruned = [policy.infer(stream.next(policy, session), session)["info"]["pruned"] for _ in range(14)]
     assert stream.episodes == 1  # the 93-step trace gives 12 queries, then the episode starts over
     assert not any(pruned[:3]) and 0 < sum(pruned) < len(pruned)  # cold start, then the gate decides
 
 
 def test_dry_run_of_the_gpu_script(tmp_path):
-    """``python -m vla_adp.cost.gpu_latency --dry-run``: every section on tiny shapes, JSON + markdown."""
+    """``python -m vla_adp.bench.gpu_latency --dry-run``: every section on tiny shapes, JSON + markdown."""
     assert G.main(["--dry-run", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "latency.json").read_text())
     rows = result["main"]["rows"]
@@ -141,5 +141,5 @@ def test_dry_run_of_the_gpu_script(tmp_path):
     assert [r["variant"] for r in result["compile"]["rows"]] == ["compile", "compile"]
     assert result["shape"]["seq_len"] == 603 and result["total_s"] > 0
     md = (tmp_path / "latency.md").read_text()
-    assert "**End to end**" in md and "Targets (issue 18)" in md and "memory-bound below ρ" in md
+    assert "**End to end**" in md and "**Targets**" in md and "memory-bound below ρ" in md
     assert G.main(["--dry-run", "--out", str(tmp_path), "--gpu", "v100"]) == 2

@@ -6,7 +6,7 @@ import torch
 
 from vla_adp.model.config import openvla_7b_args
 from vla_adp.model.openvla_oft import OpenVLAOFT
-from vla_adp.pruning.keep import Keep, keep_all
+from vla_adp.seam.keep import KeepSet, keep_all
 
 
 class FixedKeep:
@@ -19,10 +19,10 @@ class FixedKeep:
 
     def at_layer(self, ctx):
         if self.visual is None:
-            return keep_all(ctx.layout, ctx.hidden.shape[0])
+            return keep_all(ctx.layout, ctx.hidden.shape[0]).with_positions(self.positions)
         views = tuple(int(((self.visual >= s.start) & (self.visual < s.stop)).sum())
                       for s in (ctx.layout.view_of_visual(c) for c in range(len(ctx.layout.views))))
-        return Keep(self.visual[None], views)
+        return KeepSet(self.visual[None], views, positions=self.positions)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_keep_everything_is_bit_identical(model_and_inputs, layer):
         plain = model(inputs)
         kept = model(inputs, FixedKeep(layer), frozenset({layer}))
     assert torch.equal(plain.actions, kept.actions)
-    assert kept.keeps and kept.keeps[0].k == 512
+    assert kept.keep_sets and kept.keep_sets[0].n_kept == 512
 
 
 def test_pruned_forward_equals_hand_built_shorter_sequence(model_and_inputs):

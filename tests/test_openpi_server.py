@@ -52,7 +52,7 @@ def as_openpi(obs):
 
 @pytest.fixture(scope="module")
 def policy(tiny_ckpt):
-    return Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep=0.25, displacement="path"), dtype=torch.float32)
+    return Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep_ratio=0.25, displacement="path"), dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
@@ -415,7 +415,7 @@ def test_cli_serves_an_openpi_client(tiny_ckpt, tmp_path):
             assert remote.get_server_metadata()["pruner"] == "adp"
             got = remote.infer({"image": obs["full_image"], "wrist": obs["wrist_image"], "state": obs["state"],
                                 "prompt": obs["instruction"]})
-        local = Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep=0.5), dtype=torch.float32)
+        local = Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep_ratio=0.5), dtype=torch.float32)
         np.testing.assert_array_equal(got["actions"], local.infer(obs)["actions"])
     finally:
         proc.send_signal(signal.SIGINT)

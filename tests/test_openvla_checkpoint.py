@@ -187,7 +187,7 @@ def test_decode_and_prefill_flops_equal_a_flop_counter_on_the_eager_decoder():
     """The consistent convention counts every matmul the cached decoder runs (lm_head left out)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vla_adp.cost.flops import llm_flops
+    from vla_adp.seam.flops import llm_flops
     from vla_adp.model.openvla.decoder import CausalLlama, KVCache
 
     args = LlamaArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=172, vocab_size=32)

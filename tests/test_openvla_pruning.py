@@ -14,7 +14,7 @@ from vla_adp.model.openvla.policy import OpenVLAPolicy
 from vla_adp.model.openvla.tiny import make_tiny_openvla_checkpoint
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.policy import PolicyConfig
-from vla_adp.pruning.keep import keep_all
+from vla_adp.seam.keep import keep_all
 from vla_adp.pruning.registry import build_pruner
 
 ATOL = 1e-5
@@ -74,7 +74,7 @@ def test_keep_all_cut_is_bit_identical(ckpt, layer, positions):
 
 def test_adp_keep_one_gives_bit_identical_actions(ckpt):
     base = OpenVLAPolicy(ckpt)
-    adp = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep=1.0, **STATIC))
+    adp = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep_ratio=1.0, **STATIC))
     for seed in range(3):
         a, b = base.infer(obs(seed)), adp.infer(obs(seed))
         np.testing.assert_array_equal(a["actions"], b["actions"])
@@ -85,34 +85,34 @@ def test_adp_keep_one_gives_bit_identical_actions(ckpt):
 def test_adp_prefill_cut_equals_transformers_on_the_pruned_sequence(ckpt, folder):
     """ADP at layer 0 (contiguous positions) = generating from [BOS | kept patches | prompt] unpruned:
     the reference is transformers' generate on that shorter sequence, so the cache held only kept keys."""
-    pruner = build_pruner("adp", keep=0.25, **STATIC)
+    pruner = build_pruner("adp", keep_ratio=0.25, **STATIC)
     x = inputs(ckpt, seed=1, instruction="push the red button down")
     layout = ckpt.model.layout(x.input_ids.shape[1] - 1)
-    from vla_adp.pruning.base import Query
+    from vla_adp.seam.context import Query
 
     hooks = pruner.begin(Query(0, layout))
     with torch.no_grad():
         out = ckpt.model(x, pruner, hooks)
         hf = reference_llm(folder)
         patches = ckpt.model.projector(ckpt.model.vision_backbone(x.pixels))
-        kept = patches[:, out.keeps[0].visual[0]]
+        kept = patches[:, out.keep_sets[0].visual_index[0]]
         tok = hf.get_input_embeddings()(x.input_ids)
         ref = hf.generate(inputs_embeds=torch.cat([tok[:, :1], kept, tok[:, 1:]], dim=1), max_new_tokens=7,
                           do_sample=False, output_logits=True, return_dict_in_generate=True,
                           pad_token_id=ckpt.args.n_real_vocab, eos_token_id=None)
         unpruned = ckpt.model(x)
     k = 64  # round(0.25 · 256)
-    assert out.keeps[0].k == k and out.cache_lens == [1 + k + layout.n_prompt] * 4
+    assert out.keep_sets[0].n_kept == k and out.cache_lens == [1 + k + layout.n_prompt] * 4
     assert torch.equal(out.tokens, ref.sequences[:, -7:])
     torch.testing.assert_close(out.logits, torch.stack(ref.logits, dim=1), atol=ATOL, rtol=0)
     assert not torch.equal(out.logits, unpruned.logits)
 
 
 def test_fastv_caches_full_keys_before_the_cut_and_kept_keys_after(ckpt):
-    pruner = build_pruner("fastv", keep=0.5, k=2)
+    pruner = build_pruner("fastv", keep_ratio=0.5, k=2)
     x = inputs(ckpt)
     layout = ckpt.model.layout(x.input_ids.shape[1] - 1)
-    from vla_adp.pruning.base import Query
+    from vla_adp.seam.context import Query
 
     with torch.no_grad():
         out = ckpt.model(x, pruner, pruner.begin(Query(0, layout)))
@@ -138,7 +138,7 @@ def test_causal_attention_probs_hide_future_keys(ckpt):
 @pytest.mark.parametrize("name", ["random", "inverse", "fastv", "adp"])
 def test_pruners_run_through_the_policy(ckpt, name):
     fields = STATIC if name != "fastv" else {}
-    policy = OpenVLAPolicy(ckpt, pruner=build_pruner(name, keep=0.5, **fields))
+    policy = OpenVLAPolicy(ckpt, pruner=build_pruner(name, keep_ratio=0.5, **fields))
     base = OpenVLAPolicy(ckpt)
     out, ref = policy.infer(obs(2)), base.infer(obs(2))
     info = out["info"]
@@ -149,8 +149,8 @@ def test_pruners_run_through_the_policy(ckpt, name):
 
 
 def test_inverse_keeps_the_tokens_adp_drops(ckpt):
-    adp = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep=0.5, **STATIC))
-    inv = OpenVLAPolicy(ckpt, pruner=build_pruner("inverse", keep=0.5, **STATIC))
+    adp = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep_ratio=0.5, **STATIC))
+    inv = OpenVLAPolicy(ckpt, pruner=build_pruner("inverse", keep_ratio=0.5, **STATIC))
     top = set(adp.infer(obs(4))["info"]["kept_indices"][0])
     low = set(inv.infer(obs(4))["info"]["kept_indices"][0])
     assert top.isdisjoint(low) and len(top | low) == 256
@@ -174,7 +174,7 @@ def test_closed_loop_episode_with_adp_one_action_per_query(ckpt):
     from tests.eval_helpers import ToyEnv
     from vla_adp.eval.runner import EpisodeSettings, run_episode
 
-    policy = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep=0.5))
+    policy = OpenVLAPolicy(ckpt, pruner=build_pruner("adp", keep_ratio=0.5))
     queries = []
     rec = run_episode(ToyEnv(success_at=6), policy, 0, EpisodeSettings("h"), queries.append)
     assert (rec.success, rec.steps, rec.queries, rec.error) == (True, 6, 6, None)

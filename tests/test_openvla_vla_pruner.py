@@ -15,8 +15,8 @@ from vla_adp.model.openvla.checkpoint import load_openvla_checkpoint
 from vla_adp.model.openvla.policy import OpenVLAPolicy
 from vla_adp.model.openvla.pruners import build_openvla_pruner
 from vla_adp.model.openvla.tiny import make_tiny_openvla_checkpoint
-from vla_adp.pruning.base import LayerContext
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import LayerContext
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.pruning.pruners.fastv import FastVPruner
 from vla_adp.pruning.pruners.vla_pruner_openvla import VLAPrunerOpenVLA
 
@@ -55,7 +55,7 @@ def reference_attentions(policy, hf, observation):
 
 
 def test_action_score_is_the_action_rows_attention_of_transformers(ckpt, eager_reference):
-    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep=0.5,
+    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep_ratio=0.5,
                                                                                           **SETTINGS))
     observation = obs(7)
     out = policy.infer(observation)  # warm-up query: unpruned, observed
@@ -69,7 +69,7 @@ def test_action_score_is_the_action_rows_attention_of_transformers(ckpt, eager_r
 
 
 def test_warm_up_then_prune_with_fastv_and_history_candidates(ckpt, eager_reference):
-    pruner = build_openvla_pruner("vla_pruner", keep=0.25, **SETTINGS)
+    pruner = build_openvla_pruner("vla_pruner", keep_ratio=0.25, **SETTINGS)
     policy = OpenVLAPolicy(ckpt, pruner=pruner)
     base = OpenVLAPolicy(ckpt)
     for i in range(3):
@@ -94,14 +94,14 @@ def test_warm_up_then_prune_with_fastv_and_history_candidates(ckpt, eager_refere
 
 
 def test_reset_restores_the_episode(ckpt):
-    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep=0.25, **SETTINGS))
+    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep_ratio=0.25, **SETTINGS))
     first = [policy.infer(obs(i))["info"]["action_tokens"] for i in range(4)]
     policy.reset()
     assert [policy.infer(obs(i))["info"]["action_tokens"] for i in range(4)] == first
 
 
 def test_keep_one_is_unpruned_and_unobserved(ckpt):
-    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep=1.0,
+    policy = OpenVLAPolicy(ckpt, pruner=build_openvla_pruner("vla_pruner", keep_ratio=1.0,
                                                                                           **SETTINGS))
     base = OpenVLAPolicy(ckpt)
     for i in range(4):
@@ -113,7 +113,7 @@ def test_builder_maps_names_and_fork_flags():
     p = build_openvla_pruner("vla_pruner", fastv_r=0.75, use_prefil_attention=True, av_hist_w=2)
     assert isinstance(p, VLAPrunerOpenVLA)
     assert (p.config.keep_ratio, p.config.attention_source, p.config.history, p.config.k) == (0.25, "prefill", 2, 3)
-    assert isinstance(build_openvla_pruner("fastv", keep=0.5), FastVPruner)
+    assert isinstance(build_openvla_pruner("fastv", keep_ratio=0.5), FastVPruner)
     with pytest.raises(ValueError, match="LightVLA trains its selection"):
         build_openvla_pruner("lightvla")
     with pytest.raises(ValueError, match="use the fastv pruner"):
@@ -135,4 +135,4 @@ def test_oft_variant_is_refused_by_the_openvla_policy(ckpt):
     from vla_adp.pruning.registry import build_pruner
 
     with pytest.raises(ValueError, match="build_openvla_pruner"):
-        OpenVLAPolicy(ckpt, pruner=build_pruner("vla_pruner", keep=0.5))
+        OpenVLAPolicy(ckpt, pruner=build_pruner("vla_pruner", keep_ratio=0.5))

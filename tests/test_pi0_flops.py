@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vla_adp.cli import main
-from vla_adp.cost.pi0_flops import (parameter_counts, pi0_flops, pruned_prefix_lens)
+from vla_adp.model.pi0.flops import (parameter_counts, pi0_flops, pruned_prefix_lens)
 from vla_adp.model.pi0 import Pi0Inputs, Pi0Model, published_args, tiny_args
 from vla_adp.model.pi0.pi0 import PrefixContext
 

@@ -11,7 +11,8 @@ from tests.conftest import make_obs
 from vla_adp.commands import eval as eval_cmd
 from vla_adp.commands import predict as predict_cmd
 from vla_adp.commands.common import dtype_of
-from vla_adp.policy import Policy, default_dtype
+from vla_adp.policy import Policy
+from vla_adp.utils.machine import default_dtype
 
 
 def parse(module, argv):

@@ -19,12 +19,13 @@ import torch
 from tests.conftest import make_obs
 from vla_adp.model.openvla_oft import OFTInputs
 from vla_adp.policy import Policy, PolicyConfig
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import Keep
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.keep import KeepSet
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.pruning.pruners import fastv, lightvla, vla_pruner
 from vla_adp.pruning.registry import PRUNERS, build_pruner
-from vla_adp.pruning.select import keep_count, view_counts
+from vla_adp.pruning.select import view_counts
+from vla_adp.seam.budget import keep_count
 
 N_QUERIES = 4  # VLA-Pruner's 3-query warm-up plus one pruned query
 ADP_BASED = ("adp", "random", "inverse")
@@ -46,8 +47,8 @@ def build(name: str, keep: float, **fields):
         fields.setdefault("gate", {"schedule": "static"})  # prune every query, so the budget is checked
     if name == "lightvla":
         with pytest.warns(UserWarning, match="ignores keep_ratio"):
-            return build_pruner(name, keep=keep, **fields)
-    return build_pruner(name, keep=keep, **fields)
+            return build_pruner(name, keep_ratio=keep, **fields)
+    return build_pruner(name, keep_ratio=keep, **fields)
 
 
 def run_episode(policy: Policy, n: int = N_QUERIES) -> list[dict]:
@@ -178,7 +179,7 @@ def deep_inputs(deep_policy):
 @pytest.mark.parametrize("convention,k", [("fastv", 2), ("vla_pruner_oft", 3)])
 def test_fastv_keeps_the_hand_computed_attention_top_k(deep_policy, deep_inputs, source, convention, k):
     model, (inputs, layout) = deep_policy.model, deep_inputs
-    pruner = fastv.FastVPruner(fastv.FastVConfig(keep_ratio=0.3, k=k, convention=convention, attention_source=source))
+    pruner = fastv.FastVPruner(fastv.FastVConfig(keep_ratio=0.3, layer=k, convention=convention, attention_source=source))
     score_layer = k - 1 if convention == "fastv" else k
     with torch.no_grad():
         out = model(inputs, pruner, pruner.begin(Query(0, layout)))
@@ -187,7 +188,7 @@ def test_fastv_keeps_the_hand_computed_attention_top_k(deep_policy, deep_inputs,
         rows = [layout.stop] if source == "last" else list(range(layout.action.start))
         hand = hand_attention_row_scores(model.language_model.layers[score_layer], model.args.llm, x, rows,
                                          slice(1, 513))
-    kept = out.keeps[0].visual[0]
+    kept = out.keep_sets[0].visual_index[0]
     assert kept.numel() == keep_count(512, 0.3)
     dropped = torch.ones(512, dtype=torch.bool)
     dropped[kept] = False
@@ -203,13 +204,13 @@ def test_fastv_per_view_budget_and_config_errors(deep_policy, deep_inputs):
     pruner = fastv.FastVPruner(fastv.FastVConfig(keep_ratio=0.3, budget="per_view"))
     with torch.no_grad():
         out = model(inputs, pruner, pruner.begin(Query(0, layout)))
-    assert out.keeps[0].views == (keep_count(256, 0.3),) * 2
+    assert out.keep_sets[0].views == (keep_count(256, 0.3),) * 2
     cfg = fastv.FastVConfig.from_dict({"fastv_k": 3, "fastv_r": 0.75, "fastv_attention_source": "prefill"})
-    assert (cfg.k, cfg.keep_ratio, cfg.attention_source) == (3, 0.25, "prefill")
+    assert (cfg.layer, cfg.keep_ratio, cfg.attention_source) == (3, 0.25, "prefill")
     with pytest.raises(ValueError, match="'middle'"):
         fastv.FastVConfig(attention_source="middle")
-    with pytest.raises(ValueError, match="k must be an int >= 1"):
-        fastv.FastVConfig(k=0)
+    with pytest.raises(ValueError, match="layer must be an int >= 1"):
+        fastv.FastVConfig(layer=0)
     with pytest.raises(ValueError, match="unknown FastV config field 'fastv_q'"):
         fastv.FastVConfig.from_dict({"fastv_q": 1})
 
@@ -225,7 +226,7 @@ def test_fastv_batch_rows_are_cut_independently(deep_policy):
         both = model(batch, pruner, pruner.begin(Query(0, layout)))
         each = [model(i, pruner, pruner.begin(Query(0, layout))) for i, _ in singles]
     for row, single in enumerate(each):
-        assert torch.equal(both.keeps[0].visual[row], single.keeps[0].visual[0])
+        assert torch.equal(both.keep_sets[0].visual_index[row], single.keep_sets[0].visual_index[0])
         torch.testing.assert_close(both.actions[row], single.actions[0], atol=1e-5, rtol=1e-5)
 
 
@@ -301,10 +302,10 @@ def test_vla_pruner_selection_uses_the_decayed_history_and_scatters_zeros(deep_p
         action = vla_pruner.decayed_mean(history, 0.8)
         expected = vla_pruner.select_vla_pruner(semantic, action, emb.visual, layout.views, 0.25)
     per_camera = info["kept_indices"]  # local to each camera's 256-patch grid
-    assert per_camera[0] + [i + 256 for i in per_camera[1]] == expected.visual[0].tolist()
+    assert per_camera[0] + [i + 256 for i in per_camera[1]] == expected.visual_index[0].tolist()
     newest = pruner._history[-1][0]
     kept = torch.zeros(512, dtype=torch.bool)
-    kept[expected.visual[0]] = True
+    kept[expected.visual_index[0]] = True
     assert (newest[~kept] == 0).all() and (newest[kept] > 0).all()  # pruned tokens score 0 next time
     assert 0 < newest.sum().item() <= 1  # a share of the action slots' attention mass
 
@@ -374,8 +375,8 @@ def test_vla_pruner_batch_rows_keep_their_own_history(deep_policy):
         for q, inputs in enumerate(inputs_per_query):
             with torch.no_grad():
                 out = model(inputs, pruner, pruner.begin(Query(q, layout)))
-            pruner.end(QueryOutcome(out.layout, out.actions.numpy(), out.keeps))
-            keeps.append(out.keeps)
+            pruner.end(QueryOutcome(out.layout, out.actions.numpy(), out.keep_sets))
+            keeps.append(out.keep_sets)
         return keeps
 
     pruner = vla_pruner.VLAPrunerPruner(vla_pruner.VLAPrunerConfig(keep_ratio=0.25))
@@ -385,7 +386,7 @@ def test_vla_pruner_batch_rows_keep_their_own_history(deep_policy):
     alone = [run(pruner, [i for i, _ in ep]) for ep in episodes]
     assert together[3] and not together[2]
     for row in range(2):
-        assert torch.equal(together[3][0].visual[row], alone[row][3][0].visual[0])
+        assert torch.equal(together[3][0].visual_index[row], alone[row][3][0].visual_index[0])
 
 
 # -- LightVLA --------------------------------------------------------------------------------------
@@ -417,7 +418,7 @@ def constructed_context(patches: torch.Tensor, task_token: torch.Tensor) -> Laye
     layout = TokenLayout(views=(2, 2), n_prompt=1, n_action=1, n_proprio=0)
     hidden = torch.cat([torch.zeros(1, 1, 4), patches[None], task_token.expand(1, 3, 4)], dim=1)
     pos = torch.arange(layout.length)[None]
-    return LayerContext(0, hidden, pos, layout, patches[None], llm=None)
+    return LayerContext(0, hidden, pos, layout, patches[None], decoder=None)
 
 
 def test_lightvla_union_of_argmax_on_a_constructed_example():
@@ -427,7 +428,7 @@ def test_lightvla_union_of_argmax_on_a_constructed_example():
     t = torch.tensor([0.0, 0.0, 2.0, 0.1])
     pruner = lightvla.LightVLAPruner()
     keep = pruner.at_layer(constructed_context(patches, t))
-    assert keep.visual.tolist() == [[2]] and keep.views == (0, 1)
+    assert keep.visual_index.tolist() == [[2]] and keep.views == (0, 1)
     info = pruner.end(QueryOutcome(None, np.zeros((1, 1)), [keep]))
     assert info["keep_ratio_achieved"] == 0.25 and info["lightvla_distinct"] == 1
 
@@ -444,11 +445,11 @@ def test_lightvla_inference_batch_fails_clearly_training_batch_works(tiny_policy
     pruner.set_progress(10, 10)  # no noise: the training path picks the clean argmaxes
     with torch.no_grad():
         out = tiny_policy.model(batch, pruner, pruner.begin(Query(0, layout)))
-    assert out.keeps[0].visual.shape == (2, 512) and out.layout.n_visual == 512
+    assert out.keep_sets[0].visual_index.shape == (2, 512) and out.layout.n_visual == 512
     with torch.no_grad():
         emb = tiny_policy.model.embed(batch)
         clean = lightvla.lightvla_scores(emb.hidden[:, layout.visual], emb.hidden[:, layout.visual.stop:])
-    assert torch.equal(out.keeps[0].visual, clean.argmax(-1))
+    assert torch.equal(out.keep_sets[0].visual_index, clean.argmax(-1))
 
 
 def test_lightvla_noise_schedule_decays_linearly():
@@ -487,7 +488,7 @@ def test_lightvla_training_passes_gradients_to_the_policy(tiny_policy):
                  "proprio_projector.fc1.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
-    assert out.keeps[0].tokens is not None and out.keeps[0].tokens.requires_grad
+    assert out.keep_sets[0].tokens is not None and out.keep_sets[0].tokens.requires_grad
 
 
 def test_lightvla_training_in_a_padded_batch_matches_each_sample_alone(tiny_policy):
@@ -498,18 +499,18 @@ def test_lightvla_training_in_a_padded_batch_matches_each_sample_alone(tiny_poli
         both = tiny_policy.model(batch, pruner, pruner.begin(Query(0, singles[0][1])), action_slice="vla_adp")
         alone = [tiny_policy.model(x, pruner, pruner.begin(Query(0, lx)), action_slice="vla_adp") for x, lx in singles]
     for row, single in enumerate(alone):
-        assert torch.equal(both.keeps[0].visual[row], single.keeps[0].visual[0])
+        assert torch.equal(both.keep_sets[0].visual_index[row], single.keep_sets[0].visual_index[0])
         torch.testing.assert_close(both.hidden[row], single.hidden[0], atol=1e-5, rtol=1e-5)
 
 
 class EveryOther:
     """A contiguous-position cut before layer 0 (ADP's position mode) keeping even visual tokens."""
 
-    name, positions = "every_other", "contiguous"
+    name = "every_other"
 
     def at_layer(self, ctx):
         visual = torch.arange(0, ctx.layout.n_visual, 2).expand(ctx.hidden.shape[0], -1)
-        return Keep(visual, tuple(n // 2 for n in ctx.layout.views))
+        return KeepSet(visual, tuple(n // 2 for n in ctx.layout.views))
 
 
 def padded_pair(policy):
@@ -536,7 +537,7 @@ def test_scoring_flops_match_a_flop_counter(tiny_policy):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vla_adp.cost.flops import attention_rows_flops, lightvla_flops
+    from vla_adp.seam.flops import attention_rows_flops, lightvla_flops
 
     inputs, layout = tiny_policy.inputs(make_obs(seed=4))
     llm = tiny_policy.model.language_model
@@ -563,7 +564,7 @@ def test_cli_pruners_lists_methods_and_parameters(capsys):
 
     main(["pruners", "--json", "fastv", "vla_pruner", "lightvla"])
     table = json.loads(capsys.readouterr().out)
-    assert table["fastv"]["parameters"]["k"] == 2
+    assert table["fastv"]["parameters"]["layer"] == 2
     assert table["vla_pruner"]["parameters"] == {"keep_ratio": 0.5, "fastv_k": 3, "action_layer": 15, "history": 3,
                                                  "decay": 0.8, "attention_source": "prefill",
                                                  "mode": "semantic_action", "action_horizon": 0, "action_dim": 7}
@@ -599,13 +600,13 @@ FORK_SCRIPT_FLAGS = {  # VLA-Pruner OFT fork's evaluation flag set (its scripts 
 
 def test_fastv_fork_flags_select_the_forks_convention_and_budget(deep_policy, deep_inputs):
     cfg = fastv.FastVConfig.from_dict({"fastv_k": 3, "fastv_r": 0.75})
-    fork = fastv.FastVConfig(keep_ratio=0.25, k=3, convention="vla_pruner_oft", attention_source="prefill",
+    fork = fastv.FastVConfig(keep_ratio=0.25, layer=3, convention="vla_pruner_oft", attention_source="prefill",
                              budget="per_view")
     assert cfg == fork and (cfg.score_layer, cfg.cut_layer) == (3, 4)
     assert fastv.FastVConfig.from_dict({"use_fastv": True}) == dataclasses.replace(fork, keep_ratio=0.5)
     assert fastv.FastVConfig.from_dict({"fastv_attention_source": "last"}).attention_source == "last"
     assert fastv.FastVConfig.from_dict({"fastv_attention_source": "anything"}).attention_source == "prefill"
-    assert fastv.FastVConfig.from_dict({"k": 2, "keep_ratio": 0.5}) == fastv.FastVConfig()  # our names: FastV's own
+    assert fastv.FastVConfig.from_dict({"layer": 2, "keep_ratio": 0.5}) == fastv.FastVConfig()  # our names: FastV's own
     model, (inputs, layout) = deep_policy.model, deep_inputs
     pruner = build_pruner("fastv", fastv_k=3, fastv_r=0.75)
     with torch.no_grad():
@@ -616,7 +617,7 @@ def test_fastv_fork_flags_select_the_forks_convention_and_budget(deep_policy, de
                                          list(range(layout.action.start)), slice(1, 513))
     k = keep_count(256, 0.25)
     want = sorted(hand[:256].topk(k).indices.tolist() + (hand[256:].topk(k).indices + 256).tolist())
-    assert out.keeps[0].visual[0].tolist() == want and out.keeps[0].views == (k, k)
+    assert out.keep_sets[0].visual_index[0].tolist() == want and out.keep_sets[0].views == (k, k)
     with pytest.warns(UserWarning, match="do not change the fork's FastV"):
         fastv.FastVConfig.from_dict(FORK_SCRIPT_FLAGS)
     with pytest.raises(ValueError, match="use_vla_cache=true selects VLA-Cache"):

@@ -1,4 +1,4 @@
-"""Roofline floors (issue 18): the arithmetic against values worked out by hand from the 7B's shapes."""
+"""Roofline floors: the arithmetic against values worked out by hand from the 7B's shapes."""
 
 import pytest
 

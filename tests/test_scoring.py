@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.pruning.scoring import entropy, folded_text_vision_scores, participation_ratio, text_vision_scores
 
 
@@ -54,7 +54,7 @@ def test_folded_scores_match_hand_computation_from_normed_and_raw_input(layer_an
             ref = hand_scores(layer, hidden, layout)
             from_normed = text_vision_scores(norm(hidden), attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads,
                                              layout, "folded")
-            from_raw = folded_text_vision_scores(hidden, norm, attn.q_proj, attn.k_proj, attn.n_heads,
+            from_raw = folded_text_vision_scores(hidden, norm, norm.weight, norm.eps, attn.q_proj, attn.k_proj, attn.n_heads,
                                                  attn.n_kv_heads, layout)
         finally:
             norm.weight.div_(torch.linspace(0.5, 1.5, norm.weight.numel()))

@@ -5,11 +5,12 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from vla_adp.pruning.select import keep_count, select_per_view, view_quotas
+from vla_adp.pruning.select import select_per_view
+from vla_adp.seam.budget import keep_count, view_quotas
 
 
 def test_keep_counts_reference_and_paper_roundings():
-    # Reference code (banker's rounding, spec §6.2): 0.75→384, 0.5→256, 0.35→179, 0.25→128.
+    # Reference code (banker's rounding, docs/reference.md §4): 0.75→384, 0.5→256, 0.35→179, 0.25→128.
     assert [keep_count(512, r) for r in (0.75, 0.5, 0.35, 0.25)] == [384, 256, 179, 128]
     # Paper Tables 5–9 (ceil): 154, 205, 256, 308, 359; Eq. 10 (floor): 153, 204, 256, 307, 358.
     assert [keep_count(512, r, "ceil") for r in (0.3, 0.4, 0.5, 0.6, 0.7)] == [154, 205, 256, 308, 359]
@@ -19,7 +20,7 @@ def test_keep_counts_reference_and_paper_roundings():
 
 
 def test_reference_split_examples():
-    assert view_quotas(384, (256, 256), (0.4, 0.6)) == (154, 230)  # spec §6.2, ratio 0.75
+    assert view_quotas(384, (256, 256), (0.4, 0.6)) == (154, 230)  # docs/reference.md §4, ratio 0.75
     assert view_quotas(256, (256, 256), (0.4, 0.6)) == (102, 154)
     assert view_quotas(154, (256, 256), (0.4, 0.6)) == (62, 92)
     assert view_quotas(10, (256, 256), None) == (5, 5)
@@ -58,9 +59,9 @@ def test_selection_properties(views, ratio, weights, rounding, mode, seed):
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(2, sum(views), generator=g)
     keep = select_per_view(scores, views, quotas, mode, g)
-    assert keep.visual.shape == (2, k) and keep.views == quotas
+    assert keep.visual_index.shape == (2, k) and keep.views == quotas
     for row in range(2):
-        idx = keep.visual[row]
+        idx = keep.visual_index[row]
         assert len(set(idx.tolist())) == k  # no duplicates
         start = 0
         for n, q in zip(views, quotas):
@@ -79,5 +80,5 @@ def test_selection_properties(views, ratio, weights, rounding, mode, seed):
 def test_score_order_reproduces_reference_single_view_ordering():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.7]])
     keep = select_per_view(scores, (4,), (3,), "top", order="score")
-    assert keep.visual.tolist() == [[1, 3, 2]]
-    assert select_per_view(scores, (4,), (3,), "top").visual.tolist() == [[1, 2, 3]]
+    assert keep.visual_index.tolist() == [[1, 3, 2]]
+    assert select_per_view(scores, (4,), (3,), "top").visual_index.tolist() == [[1, 2, 3]]

@@ -50,7 +50,7 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def policy(tiny_ckpt):
-    return Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep=0.25, displacement="path"), dtype=torch.float32)
+    return Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep_ratio=0.25, displacement="path"), dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

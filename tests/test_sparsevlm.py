@@ -12,7 +12,7 @@ import torch
 from tests.conftest import make_obs
 from tests.test_pruners import hand_attention_row_scores
 from vla_adp.model.openvla_oft import OFTInputs
-from vla_adp.pruning.base import Query, QueryOutcome
+from vla_adp.seam.context import Query, QueryOutcome
 from vla_adp.pruning.pruners import sparsevlm as sv
 
 
@@ -103,7 +103,7 @@ def forward(policy, pruner, obs):
 
 
 def finish(pruner, out) -> dict:
-    return pruner.end(QueryOutcome(out.layout, out.actions[0].numpy(), out.keeps))
+    return pruner.end(QueryOutcome(out.layout, out.actions[0].numpy(), out.keep_sets))
 
 
 def test_first_stage_keeps_the_hand_rater_top_k_and_recycles_cluster_means(deep_policy):
@@ -124,12 +124,12 @@ def test_first_stage_keeps_the_hand_rater_top_k_and_recycles_cluster_means(deep_
         x3 = llm.run_layers(emb.hidden, emb.position_ids, 0, 3)[0, layout.visual]
     g = sv.schedule_factor([3, 7, 13], 16, 0.4)
     k = round(g * 512)
-    keep = out.keeps[0]
+    keep = out.keep_sets[0]
     kept = set(hand.topk(k).indices.tolist())
     deleted = [i for i in range(512) if i not in kept]
     m, n_clusters = sv.recycle_count(len(deleted))
-    assert keep.k == k + n_clusters and sum(keep.views) == keep.k
-    got = keep.visual[0].tolist()
+    assert keep.n_kept == k + n_clusters and sum(keep.views) == keep.n_kept
+    got = keep.visual_index[0].tolist()
     assert kept <= set(got)
     # recycled tokens: DPC-kNN means over the m most relevant deleted tokens (numpy transcription)
     cand = sorted(deleted, key=lambda i: -float(hand[i]))[:m]
@@ -169,7 +169,7 @@ def test_adjacent_stages_and_original_positions_run(deep_policy):
     pruner = sv.SparseVLMPruner(sv.SparseVLMConfig(keep_ratio=0.5, layers=(1, 2, 3), positions="original"))
     _, layout, out = forward(deep_policy, pruner, obs)
     info = finish(pruner, out)
-    assert [st["layer"] for st in info["sparsevlm_stages"]] == [1, 2, 3] and len(out.keeps) == 3
+    assert [st["layer"] for st in info["sparsevlm_stages"]] == [1, 2, 3] and len(out.keep_sets) == 3
     assert out.seq_lens[1] == layout.length and out.seq_lens[2] < out.seq_lens[1]
     with pytest.raises(ValueError, match="has layers 0..15"):
         forward(deep_policy, sv.SparseVLMPruner(sv.SparseVLMConfig(layers=(2, 6, 15))), obs)
@@ -184,7 +184,7 @@ def test_batch_rows_match_each_row_alone(deep_policy):
     with torch.no_grad():
         both = deep_policy.model(batch, pruner, pruner.begin(Query(0, layout)))
         one = deep_policy.model(singles[0][0], pruner, pruner.begin(Query(0, layout)))
-    assert torch.equal(both.keeps[0].visual[1], one.keeps[0].visual[0])
+    assert torch.equal(both.keep_sets[0].visual_index[1], one.keep_sets[0].visual_index[0])
     torch.testing.assert_close(both.actions[1], one.actions[0], atol=1e-5, rtol=1e-5)
 
 
@@ -192,7 +192,7 @@ def test_policy_reports_original_indices_after_several_cuts(deep_policy):
     from vla_adp.policy import Policy, PolicyConfig
     from vla_adp.pruning.registry import build_pruner
 
-    policy = Policy(deep_policy.ckpt, PolicyConfig(), build_pruner("sparsevlm", keep=0.3, layers=[2, 6, 12]))
+    policy = Policy(deep_policy.ckpt, PolicyConfig(), build_pruner("sparsevlm", keep_ratio=0.3, layers=[2, 6, 12]))
     info = policy.infer(make_obs(seed=9))["info"]
     assert [len(ix) for ix in info["kept_indices"]] == info["kept_per_view"]
     assert all(0 <= i < 256 for ix in info["kept_indices"] for i in ix)  # camera-local, composed over 3 cuts
@@ -231,6 +231,6 @@ def test_closed_loop_benchmark_rows_run_on_their_policy(bench, asset):
     for e in rows:
         cfg = dict(e.config)
         name, keep = cfg.pop("pruner"), cfg.pop("keep", None)
-        policy = Policy(base.ckpt, PolicyConfig(), build_pruner(name, keep=keep, **cfg))
+        policy = Policy(base.ckpt, PolicyConfig(), build_pruner(name, keep_ratio=keep, **cfg))
         info = [policy.infer(obs)["info"] for _ in range(2)][1]  # VLA-Cache reuses from the 2nd query
         assert info["pruned"] and info["seq_lens"][-1] < info["seq_len"], e.label

@@ -1,4 +1,4 @@
-"""Image/proprio/action transforms (spec §2.5, §5) against independent references."""
+"""Image/proprio/action transforms (docs/reference.md §5) against independent references."""
 
 import numpy as np
 import pytest

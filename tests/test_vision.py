@@ -1,4 +1,4 @@
-"""Fused featurizer against timm's own intermediate-layer API (spec §2.1–§2.2)."""
+"""Fused featurizer against timm's own intermediate-layer API (docs/reference.md §1)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Pictures, videos and tables of what was pruned and when (issue 9).
+"""Pictures, videos and tables of what was pruned and when.
 
 The logs are real: the tiny policy with the ADP pruner (its gate driven by a scripted end-effector
 path) runs on a few observations per episode and the records are written with the schema classes.
@@ -92,7 +92,7 @@ def run_log(tiny_policy, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("logs") / "run.jsonl"
     for h, (name, keep, selection) in CONFIGS.items():
-        pruner = build_pruner(name, keep=keep, selection=selection) if name else None
+        pruner = build_pruner(name, keep_ratio=keep, selection=selection) if name else None
         p = Policy(tiny_policy.ckpt, tiny_policy.config, pruner)
         identity = {"name": name, "config": dataclasses.asdict(pruner.config)} if pruner else None
         for suite, tasks in TASKS.items():
@@ -242,7 +242,7 @@ def test_log_reader_merges_and_reports_bad_lines(run_log, tmp_path):
 
 
 def test_traits_without_run_records_come_from_the_queries(run_log, tmp_path):
-    from vla_adp.viz.summary import methods, resolve_method, traits
+    from vla_adp.report.summary import methods, resolve_method, traits
 
     bare = tmp_path / "bare.jsonl"
     bare.write_text("".join(l + "\n" for l in run_log.read_text().splitlines() if json.loads(l)["kind"] != "run"))
@@ -379,7 +379,7 @@ def test_video_command_from_saved_frames(run_log, tmp_path):
 
 
 def test_timeline_from_logs(run_log, tmp_path):
-    from vla_adp.viz.timeline import episode_timeline
+    from vla_adp.report.timeline import episode_timeline
 
     log = read_logs(run_log)
     key = (cfg("adp50top", "libero_spatial"), "libero_spatial", 0, 0)
@@ -409,7 +409,7 @@ def test_timeline_from_logs(run_log, tmp_path):
 
 
 def test_tradeoff_numbers_and_plot(run_log, tmp_path):
-    from vla_adp.viz.tradeoff import tradeoff_points
+    from vla_adp.report.tradeoff import tradeoff_points
 
     log = read_logs(run_log)
     points = {p.method: p for p in tradeoff_points(log)}

@@ -16,8 +16,8 @@ import torch
 
 from tests.conftest import make_obs
 from vla_adp.model.llm import apply_rope
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.pruning.pruners import vla_cache as vc
 
 
@@ -38,7 +38,7 @@ def run_query(policy, pruner, obs, index):
     with torch.no_grad():
         hooks = pruner.begin(Query(index, layout, images=tuple(images)))
         out = policy.model(inputs, pruner, hooks)
-    info = pruner.end(QueryOutcome(out.layout, out.actions[0].numpy(), out.keeps))
+    info = pruner.end(QueryOutcome(out.layout, out.actions[0].numpy(), out.keep_sets))
     return out, info
 
 
@@ -104,7 +104,7 @@ def test_identical_queries_reuse_keys_values_and_give_the_unpruned_actions(deep_
         plain = deep_policy.model(inputs).actions
     pruner = vc.VLACachePruner()
     first, info0 = run_query(deep_policy, pruner, obs, 0)
-    assert not first.keeps and info0["vla_cache_reusable"] == 0  # nothing to compare with yet
+    assert not first.keep_sets and info0["vla_cache_reusable"] == 0  # nothing to compare with yet
     for i in (1, 2):
         out, info = run_query(deep_policy, pruner, obs, i)
         torch.testing.assert_close(out.actions, plain, atol=2e-6, rtol=1e-5)  # reused K/V == recomputed
@@ -195,7 +195,7 @@ def test_previous_frame_is_copied_not_aliased(deep_policy):
     with torch.no_grad():
         pruner.begin(Query(0, layout, images=tuple(images)))
         out = deep_policy.model(inputs, pruner, frozenset({0}))
-    pruner.end(QueryOutcome(out.layout, out.actions[0].numpy(), out.keeps))
+    pruner.end(QueryOutcome(out.layout, out.actions[0].numpy(), out.keep_sets))
     images[0][:14, :42] = 255 - images[0][:14, :42]  # the same buffer, three patches of camera 0 changed
     pruner.begin(Query(1, layout, images=tuple(images)))
     assert [int((pruner._reusable < 256).sum()), int((pruner._reusable >= 256).sum())] == [253, 256]
@@ -210,7 +210,7 @@ def test_reset_forgets_the_previous_query_and_keep_ratio_bounds_the_static_set(d
     assert info["vla_cache_static"] == [64, 64]  # round((1 − 0.75)·256) per camera
     pruner.reset()
     out, info = run_query(deep_policy, pruner, obs, 0)
-    assert not out.keeps and info["vla_cache_reused"] == 0
+    assert not out.keep_sets and info["vla_cache_reused"] == 0
 
 
 def test_missing_images_or_batched_path_fail_clearly(deep_policy):

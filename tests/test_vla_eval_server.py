@@ -26,7 +26,7 @@ from vla_adp.serve.vla_eval_server import VlaAdpModelServer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def policy(tiny_ckpt):
-    return Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep=0.25, displacement="path"), dtype=torch.float32)
+    return Policy.load(tiny_ckpt, pruner=build_pruner("adp", keep_ratio=0.25, displacement="path"), dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

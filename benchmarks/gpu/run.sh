@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU latency protocol (issue 18, docs/latency.md) on a bare GPU machine, in one call.
 #
-#   bash benchmarks/gpu/run.sh OUT_DIR [extra args of python -m vla_adp.cost.gpu_latency]
+#   bash benchmarks/gpu/run.sh OUT_DIR [extra args of python -m vla_adp.bench.gpu_latency]
 #
 # Needs PyTorch (CUDA), timm, transformers, safetensors, sentencepiece and pillow already installed; no
 # network. Installs this checkout without dependencies (falls back to PYTHONPATH=src), records the
@@ -31,7 +31,7 @@ print("python", platform.python_version(), "torch", torch.__version__, "cuda", t
 PYEOF
 cat "$OUT/env.txt"
 
-timeout -k 10 470 "$PY" -m vla_adp.cost.gpu_latency --out "$OUT" "$@" 2>&1 | tee -a "$OUT/run.log"
+timeout -k 10 470 "$PY" -m vla_adp.bench.gpu_latency --out "$OUT" "$@" 2>&1 | tee -a "$OUT/run.log"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 124 ] && echo "stopped at 470 s: latency.md holds the sections that finished" | tee -a "$OUT/run.log"
 exit "$rc"

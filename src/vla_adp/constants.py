@@ -1,4 +1,4 @@
-"""Platform constants and token ids of OpenVLA-OFT (spec §1.6, §3.1).
+"""Platform constants and token ids of OpenVLA-OFT (docs/reference.md §2; moojink/openvla-oft ``prismatic/vla/constants.py``).
 
 The reference picks the platform row by substring-matching the whole command line
 (`prismatic/vla/constants.py`); here a platform is an explicit, named value.

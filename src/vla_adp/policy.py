@@ -1,6 +1,7 @@
 """Policy = transforms + model + pruner: ``infer(obs) -> {"actions", "info"}`` and ``reset()``.
 
-Mirrors OpenVLA-OFT's ``get_vla_action`` (spec §2.5, §4, §5): images (``full_image`` first, then
+Mirrors OpenVLA-OFT's ``get_vla_action`` (moojink/openvla-oft ``experiments/robot/openvla_utils.py``;
+docs/reference.md §5): images (``full_image`` first, then
 every key containing "wrist" in insertion order) are resized to the model's input if needed, center
 cropped (90 % area, as the published LIBERO checkpoints were trained), normalised per vision tower;
 the prompt gets BOS and the trailing '▁'; the state is q01/q99-normalised; the predicted chunk is
@@ -23,11 +24,14 @@ import torch
 from vla_adp.model.checkpoint import Checkpoint, load_checkpoint, resolve_unnorm_key
 from vla_adp.model.executor import Executor
 from vla_adp.model.hub import is_repo_id, resolve_checkpoint
-from vla_adp.model.openvla_oft import OFTInputs
+from vla_adp.model.openvla_oft import DECODES, OFTInputs
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.model import transforms as T
-from vla_adp.pruning.base import Pruner, Query, QueryOutcome
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import Pruner, Query
+from vla_adp.seam.flops import llm_flops
+from vla_adp.seam.layout import ACTION_SLICES, TokenLayout
+from vla_adp.seam.query import begin_query, end_query, run_query
+from vla_adp.utils.machine import default_dtype
 from vla_adp.utils.timing import Stopwatch
 
 
@@ -56,10 +60,10 @@ class PolicyConfig:
     batch_invariant: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.action_slice not in ("upstream", "vla_adp"):
-            raise ValueError(f"action_slice must be 'upstream' or 'vla_adp', got {self.action_slice!r}")
-        if self.decode not in ("l1", "discrete"):
-            raise ValueError(f"decode must be 'l1' or 'discrete', got {self.decode!r}")
+        if self.action_slice not in ACTION_SLICES:
+            raise ValueError(f"action_slice must be one of {ACTION_SLICES}, got {self.action_slice!r}")
+        if self.decode not in DECODES:
+            raise ValueError(f"decode must be one of {DECODES}, got {self.decode!r}")
         if self.batch_invariant not in (None, True, False):
             raise ValueError(f"batch_invariant must be True, False or None, got {self.batch_invariant!r}")
 
@@ -82,12 +86,6 @@ class Session:
             self.pruner.reset()
 
 
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """The one dtype rule of the library and the CLI: bf16 on CUDA (as the checkpoints were run),
-    fp32 elsewhere (bf16 matmuls on a CPU are slow and move actions by ~0.03)."""
-    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-
-
 def instruction_of(obs: dict) -> str:
     """``instruction`` (or ``task_description``) as a str; numpy strings (``np.load``'s 0-d arrays) too."""
     value = obs.get("instruction", obs.get("task_description"))
@@ -101,7 +99,7 @@ def instruction_of(obs: dict) -> str:
 
 
 def camera_keys(obs: dict) -> list[str]:
-    """``full_image`` first, then every key containing 'wrist', in insertion order (spec §2.2)."""
+    """``full_image`` first, then every key containing 'wrist', in insertion order (docs/reference.md §5)."""
     return ["full_image", *[k for k in obs if "wrist" in k and k != "full_image"]]
 
 
@@ -122,7 +120,7 @@ class Policy:
         invariant = config.batch_invariant
         self.model.set_batch_invariant(self.model.device.type == "cpu" if invariant is None else invariant)
         # Section clock of info["timing_ms"] (synchronising wall clock); the GPU latency protocol puts
-        # CUDA events here (vla_adp.cost.latency.EventStopwatch, docs/latency.md).
+        # CUDA events here (vla_adp.bench.latency.EventStopwatch, docs/latency.md).
         self.stopwatch = Stopwatch
         self.reset()
 
@@ -130,7 +128,7 @@ class Policy:
     def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
              platform=None, dtype: torch.dtype | None = None, device: str = "cpu") -> "Policy":
         """``path``: a checkpoint folder, or a Hub repo id resolved through the Hub cache
-        (:mod:`vla_adp.model.hub`). ``dtype=None``: :func:`default_dtype` of ``device`` (the CLI's rule)."""
+        (:mod:`vla_adp.model.hub`). ``dtype=None``: :func:`~vla_adp.utils.machine.default_dtype` of ``device`` (the CLI's rule)."""
         if not Path(path).exists() and is_repo_id(str(path)):
             path = resolve_checkpoint(path)
         dtype = default_dtype(device) if dtype is None else dtype
@@ -167,21 +165,14 @@ class Policy:
         if len(keys) < n or any(k not in obs for k in keys[:1]):
             raise ValueError(f"observation needs {n} images (full_image + wrist keys), found keys {keys}")
         size = self.model.args.image_size
-        out = []
-        for key in keys[:n]:
-            img = T.check_image(np.asarray(obs[key]), key)
-            if img.shape[:2] != (size, size):
-                img = T.resize_for_policy(img, size)
-            out.append(T.center_crop(img) if self.center_crop else img)
-        return out
+        return [T.policy_image(T.check_image(np.asarray(obs[key]), key), size, self.center_crop) for key in keys[:n]]
 
     def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
-        towers = self.model.args.towers
-        per = [T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]) for img in images]
-        return torch.from_numpy(np.concatenate(per, axis=0))[None]
+        return T.pixel_batch(images, self.model.args.towers)
 
     def inputs(self, obs: dict, images: list[np.ndarray] | None = None) -> tuple[OFTInputs, TokenLayout]:
-        """Model inputs and layout of one observation (``images``: :meth:`images` of it, if already made)."""
+        """Model inputs of one observation and their unpruned layout (built by the model);
+        ``images``: :meth:`images` of it, if already made."""
         images = self.images(obs) if images is None else images
         instruction = instruction_of(obs)
         ids = torch.tensor([self.tokenizer.prompt_ids(instruction)])
@@ -194,11 +185,7 @@ class Policy:
         dev = self.model.device
         inputs = OFTInputs(self.pixels(images).to(dev), ids.to(dev),
                            None if proprio is None else proprio.float().to(dev))
-        return inputs, self.layout(ids.shape[1] - 1)
-
-    def layout(self, n_prompt: int) -> TokenLayout:
-        a = self.model.args
-        return TokenLayout((a.patches_per_image,) * a.n_images, n_prompt, a.n_action_slots, int(a.use_proprio))
+        return inputs, self.model.layout(inputs)
 
     # -- inference -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -210,36 +197,33 @@ class Policy:
         with timer("transforms"):
             images = self.images(obs)
             inputs, layout = self.inputs(obs, images)
-        query = self.query(s, layout, obs, images)
-        with timer("gate"):
-            hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
-        out = self.model(inputs, s.pruner, hooks, self.config.action_slice, self.config.decode, timer)
-        result = self._finish(s, layout, out, timer)
+        r = run_query(self.model, inputs, s.pruner, self.query(s, layout, obs, images), self.actions, timer,
+                      action_slice=self.config.action_slice, decode=self.config.decode)
+        result = self._finish(s, r.query.layout, r.output, r.actions, r.report)
         result["info"]["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         return result
 
-    def _finish(self, s: Session, layout: TokenLayout, out, timer) -> dict[str, Any]:
-        """Un-normalised actions and ``info`` of one answered query; the session moves on."""
-        actions = self.unnormalize(out)
+    def actions(self, normalised) -> np.ndarray:
+        """Batch row 0 of the model's normalised chunk in the environment's units (OFT: q01/q99 with
+        its + 1e-8); what the pruner's ``end`` sees. Families with another rule override it."""
+        norm = normalised[0].float().cpu().numpy()
+        return T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
+
+    def _finish(self, s: Session, layout: TokenLayout, out, actions: np.ndarray, report: dict) -> dict[str, Any]:
+        """``info`` of one answered query (with the pruner's ``report``); the session moves on."""
         info = self._info(s, layout, out)
         if s.pruner is not None:
-            with timer("gate"):
-                info.update(s.pruner.end(QueryOutcome(out.layout, actions, out.keeps)))
+            info.update(report)
             # FLOPs of the query = decoder + the pruner's own scoring (e.g. ADP's Eq. 22 / probe pass).
             info["flops"] = info["flops_llm"] + float(info.get("scoring_flops", 0.0))
         s.query_index += 1
         s.trajectory = []
         return {"actions": actions, "info": info}
 
-    def unnormalize(self, out) -> np.ndarray:
-        """Batch row 0's normalised chunk in the environment's units (OFT: q01/q99 with its + 1e-8)."""
-        norm = out.actions[0].float().cpu().numpy()
-        return T.unnormalize_actions(norm, self.stats["action"], self.platform.normalization)
-
     @torch.inference_mode()
     def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
         """:meth:`infer` for many episodes at once: one forward per group of queries that share a
-        prompt length, hook layers and position mode (:func:`vla_adp.model.batched.forward_rows`);
+        prompt length and hook layers (:func:`vla_adp.model.batched.forward_rows`);
         each query runs its own session's pruner. Returns one ``infer`` result per observation, or
         the exception its input raised (bad observations fail alone). ``info["timing_ms"]`` holds
         the whole batch's stages and ``info["batch"]`` its size.
@@ -257,22 +241,21 @@ class Policy:
                 with timer("transforms"):
                     images = self.images(obs)
                     inputs, layout = self.inputs(obs, images)
-                query = self.query(s, layout, obs, images)
-                with timer("gate"):
-                    hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
+                query, hooks = begin_query(self.model, inputs, s.pruner, self.query(s, layout, obs, images), timer)
             except Exception as e:  # noqa: BLE001 - this query fails, the others go on
                 results[i] = e
                 continue
-            positions = getattr(s.pruner, "positions", "contiguous")
-            groups.setdefault((inputs.input_ids.shape[1], hooks, positions), []).append((i, inputs, layout))
+            groups.setdefault((inputs.input_ids.shape[1], hooks), []).append((i, inputs, query.layout))
         done = []
-        for (_, hooks, positions), rows in groups.items():
+        for (_, hooks), rows in groups.items():
             pruners = [sessions[i].pruner for i, _, _ in rows]
-            outs = forward_rows(self.model, stack_inputs([x for _, x, _ in rows]), pruners, hooks, positions,
+            outs = forward_rows(self.model, stack_inputs([x for _, x, _ in rows]), pruners, hooks,
                                 self.config.action_slice, self.config.decode, timer)
             done += [(i, layout, out) for (i, _, layout), out in zip(rows, outs)]
         for i, layout, out in done:
-            results[i] = self._finish(sessions[i], layout, out, timer)
+            s = sessions[i]
+            actions = self.actions(out.actions)
+            results[i] = self._finish(s, layout, out, actions, end_query(s.pruner, out, actions, timer))
         timing = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         for r in results:
             if isinstance(r, dict):
@@ -293,22 +276,20 @@ class Policy:
         return Query(s.query_index, layout, pos, rot, path, images=frames)
 
     def _info(self, s: Session, layout: TokenLayout, out) -> dict[str, Any]:
-        from vla_adp.cost.flops import llm_flops
-
-        kept = [layout.n_visual] if not out.keeps else [k.k for k in out.keeps]
+        kept = [layout.n_visual] if not out.keep_sets else [k.n_kept for k in out.keep_sets]
         views = out.layout.views
         keep_idx = None
-        if out.keeps:  # per camera, indices local to that camera's patch grid (0..P-1)
-            last = out.keeps[0].visual[0].cpu()
-            for keep in out.keeps[1:]:  # a later cut indexes the tokens the earlier one left
-                last = last[keep.visual[0].cpu()]
+        if out.keep_sets:  # per camera, indices local to that camera's patch grid (0..P-1)
+            last = out.keep_sets[0].visual_index[0].cpu()
+            for keep_set in out.keep_sets[1:]:  # a later cut indexes the tokens the earlier one left
+                last = last[keep_set.visual_index[0].cpu()]
             bounds = np.cumsum((0, *views))
             keep_idx = [(last[bounds[c]:bounds[c + 1]] - layout.view_of_visual(c).start).tolist()
                         for c in range(len(views))]
         return {
             "query": s.query_index,
             "pruner": getattr(s.pruner, "name", None),
-            "pruned": bool(out.keeps),
+            "pruned": bool(out.keep_sets),
             "seq_len": layout.length,
             "seq_len_pruned": out.layout.length,
             "n_visual": layout.n_visual,
@@ -316,7 +297,7 @@ class Policy:
             "kept_per_view": list(views),
             "kept_indices": keep_idx,
             "seq_lens": list(out.seq_lens),  # tokens each decoder layer ran on
-            "flops_full": llm_flops(self.model.args.llm, [layout.length] * len(out.seq_lens)),
-            "flops_llm": llm_flops(self.model.args.llm, out.seq_lens),
-            "flops": llm_flops(self.model.args.llm, out.seq_lens),
+            "flops_full": llm_flops(self.model.args.llm.shape, [layout.length] * len(out.seq_lens)),
+            "flops_llm": llm_flops(self.model.args.llm.shape, out.seq_lens),
+            "flops": llm_flops(self.model.args.llm.shape, out.seq_lens),
         }

@@ -1,13 +1,13 @@
-"""``vla-adp bench``: one honest clock for every pruner (issue 7; also issue 4's side-by-side table).
+"""``vla-adp bench``: one honest clock for every pruner (docs/latency.md).
 
 Per model × dtype, every configuration — unpruned, and each pruner at each keep ratio — runs
 interleaved on the same random-weight model and the same synthetic query of the real LIBERO shape;
-see :mod:`vla_adp.cost.latency` for the protocol and :mod:`vla_adp.cost.bench_models` for the models.
+see :mod:`vla_adp.bench.latency` for the protocol and :mod:`vla_adp.bench.models` for the models.
 
     vla-adp bench --model tiny scaled --pruners all adp:scoring=folded --reps 20 --markdown
     vla-adp bench --load bench.json --logs runs/libero_adp.jsonl       # expected per-episode speedup
     vla-adp bench --predict --gpu h100-sxm h200 a100 rtx4090           # roofline floors, no measurement
-    python -m vla_adp.cost.gpu_latency --out DIR                        # the GPU protocol (docs/latency.md)
+    python -m vla_adp.bench.gpu_latency --out DIR                        # the GPU protocol (docs/latency.md)
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from typing import Any
 
 import torch
 
+from vla_adp.bench import latency as L
+from vla_adp.bench.models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
+from vla_adp.bench.report import between_runs, report
+from vla_adp.seam.flops import SCORING_METHODS
 from vla_adp.utils.files import read_json
-from vla_adp.commands.common import DTYPES
-from vla_adp.cost import latency as L
-from vla_adp.cost.bench_models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
-from vla_adp.cost.bench_report import between_runs, report
-
-SCORING_METHODS = ("fused", "exact", "folded")
+from vla_adp.utils.machine import DTYPES
 
 
 def add_arguments(p) -> None:
@@ -104,14 +103,14 @@ def measure_run(model_name: str, dtype: str, args, log=print) -> dict[str, Any]:
     tasks |= {f"phi:{m}": (lambda m=m: runner.scoring(m)) for m in args.scoring}
     log(f"[bench] {model_name} {dtype} {device}: {len(tasks)} tasks × ({args.warmup} + {args.reps}) rounds")
     samples = L.interleave(tasks, args.reps, args.warmup, lambda r, n: log(f"[bench]   round {r}/{n}"))
-    results = [L.case_result(c, samples.get(c.label, []), model.args.llm) for c in cases]
+    results = [L.case_result(c, samples.get(c.label, []), model.args.llm.shape) for c in cases]
     run = _run_header(model_name, dtype, device, model, runner, args)
     run["cases"] = _with_speedups(results)
     run["scoring"] = _scoring(samples, results[0], args.scoring, model.args.llm, runner.layout)
     if not args.no_memory:
         _add_memory(run, model_name, dtype, cases, runner, args, log)
     if args.cuda_graphs:
-        from vla_adp.cost.cuda_graphs import graphed_decoder_ms
+        from vla_adp.bench.cuda_graphs import graphed_decoder_ms
 
         run["graphs"] = {c["label"]: asdict(graphed_decoder_ms(model.language_model, c["seq_lens"]))
                          for c in run["cases"] if not c.get("error")}
@@ -144,7 +143,7 @@ def _with_speedups(results: list[L.CaseResult]) -> list[dict[str, Any]]:
 
 def _scoring(samples: dict, base: L.CaseResult, methods, llm_args, layout) -> dict[str, Any]:
     """Φ alone per method: measured share of the unpruned query and LLM, next to its FLOPs share."""
-    from vla_adp.cost.flops import scoring_flops
+    from vla_adp.seam.flops import scoring_flops
 
     out = {}
     for m in methods:
@@ -158,7 +157,7 @@ def _scoring(samples: dict, base: L.CaseResult, methods, llm_args, layout) -> di
 
 
 def _add_memory(run, model_name, dtype, cases, runner, args, log) -> None:
-    from vla_adp.cost.memory import cpu_query_memory, cuda_query_memory
+    from vla_adp.bench.memory import cpu_query_memory, cuda_query_memory
 
     for case, row in zip(cases, run["cases"]):
         if case.error:
@@ -199,7 +198,7 @@ def _log(msg: str) -> None:
 
 def run(args) -> int:
     if args.predict:
-        from vla_adp.cost.gpu_report import prediction_report
+        from vla_adp.bench.gpu_report import prediction_report
 
         if not 0.0 < args.derate <= 1.0:
             raise ValueError(f"--derate must be in (0, 1], got {args.derate!r}")
@@ -242,7 +241,7 @@ def _measure(args) -> dict[str, Any]:
 
 
 def _expected(result: dict, logs: list[str]) -> list[dict[str, Any]]:
-    from vla_adp.cost.expected import expected_rows, read_query_records
+    from vla_adp.bench.expected import expected_rows, read_query_records
 
     out = []
     for log in logs:
@@ -254,7 +253,7 @@ def _expected(result: dict, logs: list[str]) -> list[dict[str, Any]]:
 
 
 def _short(result: dict) -> str:
-    from vla_adp.cost.bench_report import criteria, expected_table, side_by_side
+    from vla_adp.bench.report import criteria, expected_table, side_by_side
 
     lines = []
     for run in result["runs"]:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+from vla_adp.seam.layout import ACTION_SLICES
+from vla_adp.utils.machine import DTYPES, default_dtype
+
 # Policies shipped in the package (package-data ``assets/**``): the Meta-World reference policy and
 # its LightVLA fine-tune.
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -26,7 +28,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--unnorm-key", default=None, help="dataset key in dataset_statistics.json (e.g. libero_spatial)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu")
-    p.add_argument("--action-slice", choices=["upstream", "vla_adp"], default="upstream",
+    p.add_argument("--action-slice", choices=ACTION_SLICES, default="upstream",
                    help="upstream = OFT training (default); vla_adp = the reference ADP code's +1 shift")
     p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop (default: crop unless the checkpoint records otherwise)")
 
@@ -69,9 +71,7 @@ def center_crop_of(args) -> bool:
 
 
 def dtype_of(args) -> torch.dtype:
-    """``--dtype``, else the library's rule (:func:`vla_adp.policy.default_dtype`)."""
-    from vla_adp.policy import default_dtype
-
+    """``--dtype``, else the library's rule (:func:`vla_adp.utils.machine.default_dtype`)."""
     return DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
 
 
@@ -89,10 +89,10 @@ def build_pruner_from_args(args):
     if getattr(args, "family", "oft") == "openvla":  # VLA-Pruner has its own OpenVLA variant
         from vla_adp.model.openvla.pruners import build_openvla_pruner
 
-        return build_openvla_pruner(args.pruner, keep=args.keep, config_file=args.pruning_config)
+        return build_openvla_pruner(args.pruner, keep_ratio=args.keep, config_file=args.pruning_config)
     from vla_adp.pruning.registry import build_pruner
 
-    return build_pruner(args.pruner, keep=args.keep, config_file=args.pruning_config)
+    return build_pruner(args.pruner, keep_ratio=args.keep, config_file=args.pruning_config)
 
 
 def load_policy(args, pruner=None):

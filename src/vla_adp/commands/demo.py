@@ -24,6 +24,8 @@ import dataclasses
 import time
 from pathlib import Path
 
+from vla_adp.seam.keep import POSITION_MODES
+
 DEFAULT_TASKS = ("button-press-topdown", "drawer-open", "window-close")
 LOG_NAME, VIDEO_DIR, TIMELINE_NAME = "demo.jsonl", "videos", "gate_timeline.png"
 
@@ -35,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="Meta-World tasks of the metaworld suite")
     p.add_argument("--episodes", type=int, default=4, help="episodes per task (held-out goals 0..N-1)")
     p.add_argument("--keep", type=float, default=0.5, help="ADP keep ratio ρ")
-    p.add_argument("--positions", choices=["original", "contiguous"], default="original",
+    p.add_argument("--positions", choices=POSITION_MODES, default="original",
                    help="RoPE positions after the cut: original (what the small policy tolerates) or contiguous "
                         "(the reference ADP code; costs this 4-layer policy most of its success, see "
                         "benchmarks/metaworld_pruning.md)")
@@ -79,7 +81,7 @@ def clear(out: Path) -> None:
 def row(label: str, episodes, queries) -> list[str]:
     import numpy as np
 
-    from vla_adp.eval.report import cost, fmt_rate
+    from vla_adp.report.runs import cost, fmt_rate
     from vla_adp.eval.stats import success_rate
 
     c = cost(episodes)
@@ -89,7 +91,7 @@ def row(label: str, episodes, queries) -> list[str]:
 
 
 def side_by_side(log, hashes: dict[str, str]) -> str:
-    from vla_adp.eval.report import _table
+    from vla_adp.report.runs import _table
 
     body = []
     for label, h in hashes.items():
@@ -100,7 +102,7 @@ def side_by_side(log, hashes: dict[str, str]) -> str:
 
 def pictures(log, adp_hash: str, first, out: Path) -> tuple[Path | None, Path]:
     """The overlay video and the gate timeline of ADP's first episode."""
-    from vla_adp.viz.timeline import episode_timeline, plot_timeline
+    from vla_adp.report.timeline import episode_timeline, plot_timeline
 
     key = (adp_hash, "metaworld", first.tasks[0], 0)
     ep = log.episodes[key]

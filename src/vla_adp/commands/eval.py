@@ -143,7 +143,7 @@ def job_settings(args) -> dict:
     """EvalJob fields shared by ``eval`` and ``sweep`` (checkpoint, episodes, protocol, loading, recording)."""
     import torch
 
-    from vla_adp.policy import default_dtype
+    from vla_adp.utils.machine import default_dtype
 
     trials = trials_of(args)
     if trials < 1 or args.first_trial < 0:

@@ -4,16 +4,17 @@ Defaults reproduce the printed tables; ``--convention consistent`` counts QKᵀ 
 MAC each (= a FlopCounterMode count), ``--mode inline`` prices our in-place cut instead of the
 reference's extra probe pass, and ``--gamma-from LOG.jsonl`` takes γ from a run's query records (read as the report reads them).
 ``--family pi05`` (or ``pi0``) prints the flow-matching family's stage table instead
-(:mod:`vla_adp.cost.pi0_flops`): SigLIP, prefix, action expert × denoising steps, per keep ratio.
+(:mod:`vla_adp.model.pi0.flops`): SigLIP, prefix, action expert × denoising steps, per keep ratio.
 """
 
 from __future__ import annotations
 
 import json
 
-from vla_adp.cost.flops import CONVENTIONS, MODES, gamma_from_records
+from vla_adp.cost.flops import gamma_from_records
+from vla_adp.seam.flops import CONVENTIONS, LAYER_MODES
 from vla_adp.cost.tradeoff import SUMS, format_table, trade_off_table
-from vla_adp.pruning.select import ROUNDINGS
+from vla_adp.seam.budget import ROUNDINGS
 
 
 def add_arguments(p) -> None:
@@ -32,7 +33,7 @@ def add_arguments(p) -> None:
                    help="kept visual tokens r(rho*512): ceil (paper tables, default), round (reference code), floor (Eq. 10)")
     p.add_argument("--convention", choices=CONVENTIONS, default="paper",
                    help="paper: 2S^2D attention (tables, default); consistent: 4S^2D (= FlopCounterMode)")
-    p.add_argument("--mode", choices=MODES, default="probe",
+    p.add_argument("--mode", choices=LAYER_MODES, default="probe",
                    help="probe: extra pass through l layers (reference, tables, default); inline: cut before layer l")
     p.add_argument("--text-tokens", type=int, default=32, help="prompt tokens incl. the trailing '▁' (32 gives S=603)")
     p.add_argument("--sums", choices=SUMS, default="exact",
@@ -49,7 +50,7 @@ def measured_gamma(path: str) -> float:
 
 def run(args) -> int:
     if args.family != "oft":
-        from vla_adp.cost.pi0_flops import run_table
+        from vla_adp.model.pi0.flops import run_table
 
         # one cut layer: the first of --layers (0 by default)
         return run_table(args.family, args.keep, args.layers[0], args.json, args.cameras, args.prompt_tokens)

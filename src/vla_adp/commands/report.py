@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from vla_adp.eval import report
+    from vla_adp.report import runs as report
     from vla_adp.eval.logs import read_logs
 
     logs = read_logs(args.logs)

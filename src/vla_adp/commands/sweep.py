@@ -46,7 +46,7 @@ def template_job(args):
 
 
 def run(args) -> int:
-    from vla_adp.eval import report
+    from vla_adp.report import runs as report
     from vla_adp.eval.logs import read_logs
     from vla_adp.eval.sweep import plan, read_grid, run_sweep
 

@@ -80,7 +80,7 @@ def _pipeline(args, frame: np.ndarray) -> ImagePipeline:
 
 def _configs(log, args) -> set[str] | None:
     """Config hashes of the method ``--config`` names (``None`` = all)."""
-    from vla_adp.viz.summary import methods, resolve_method
+    from vla_adp.report.summary import methods, resolve_method
 
     return methods(log)[resolve_method(log, args.config)] if args.config else None
 
@@ -207,7 +207,7 @@ def _timeline_args(p) -> None:
 
 def run_timeline(args) -> int:
     from vla_adp.eval.logs import episode_keys, read_logs
-    from vla_adp.viz.timeline import episode_timeline, plot_timeline, timelines
+    from vla_adp.report.timeline import episode_timeline, plot_timeline, timelines
 
     log = read_logs(args.log)
     select = dict(suite=args.suite, task_id=args.task_id, episode=args.episode)
@@ -232,8 +232,8 @@ def _tradeoff_args(p) -> None:
 
 def run_tradeoff(args) -> int:
     from vla_adp.eval.logs import read_logs
-    from vla_adp.viz.summary import resolve_method
-    from vla_adp.viz.tradeoff import plot_tradeoff, tradeoff_points, write_points
+    from vla_adp.report.summary import resolve_method
+    from vla_adp.report.tradeoff import plot_tradeoff, tradeoff_points, write_points
 
     log = read_logs(args.log)
     base = resolve_method(log, args.baseline) if args.baseline else None
@@ -259,9 +259,9 @@ def _tables_args(p) -> None:
 
 
 def run_tables(args) -> int:
-    from vla_adp.viz import tables as T
+    from vla_adp.report import tables as T
     from vla_adp.eval.logs import read_logs
-    from vla_adp.viz.summary import resolve_method, traits
+    from vla_adp.report.summary import resolve_method, traits
 
     log = read_logs(args.log)
     if args.kind == "tasks":

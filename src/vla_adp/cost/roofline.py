@@ -1,4 +1,4 @@
-"""Roofline floors of a policy query: bytes and FLOPs per stage against a named GPU (issue 18).
+"""Roofline floors of a policy query: bytes and FLOPs per stage against a named GPU (docs/latency.md).
 
 At batch 1 a stage cannot finish faster than it takes to move its bytes or to do its arithmetic:
 
@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from vla_adp.cost.flops import attention_rows_flops, layer_flops, lightvla_flops, scoring_flops
+from vla_adp.seam.flops import attention_rows_flops, layer_flops, lightvla_flops, scoring_flops
 from vla_adp.model.config import LlamaArgs, OFTArgs, VisionTowerArgs
 
 BF16_BYTES = 2

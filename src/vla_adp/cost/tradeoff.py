@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from vla_adp.cost.flops import adp_flops, expected_flops, libero_layout, llm_flops, pruned_length, speedup
+from vla_adp.cost.flops import adp_flops, expected_flops, libero_layout, pruned_length, speedup
 from vla_adp.model.config import LlamaArgs
-from vla_adp.pruning.select import keep_count
+from vla_adp.seam.decoder import DecoderShape
+from vla_adp.seam.flops import llm_flops
+from vla_adp.seam.budget import keep_count
 
 SUMS = ("exact", "rounded")
 TERA = 1e12
@@ -55,42 +57,42 @@ class Column:
         return asdict(self)
 
 
-def _settle(name: str, ratio: float, layer: int | None, seq_len: int, kept: int, scoring: float, llm: float,
+def _settle(name: str, keep_ratio: float, layer: int | None, seq_len: int, kept: int, scoring: float, llm: float,
             base: float, gamma: float, sums: str, pruned: bool) -> Column:
     """Total, expected and speedup from the components (all in TFLOPs), summed as ``sums`` says."""
     if sums == "rounded":  # add the two-decimal components, as a reader of the printed table would
         scoring, llm, base = round(scoring, 2), round(llm, 2), round(base, 2)
     total = scoring + llm
     expected = expected_flops(total, base, gamma) if pruned else base
-    return Column(name, ratio, layer, seq_len, kept, scoring, llm, total, expected, speedup(base, expected))
+    return Column(name, keep_ratio, layer, seq_len, kept, scoring, llm, total, expected, speedup(base, expected))
 
 
-def trade_off_table(keep: float, layers: list[int], gamma: float = 0.44, rounding: str = "ceil",
+def trade_off_table(keep_ratio: float, layers: list[int], gamma: float = 0.44, rounding: str = "ceil",
                     convention: str = "paper", mode: str = "probe", text_tokens: int = 32,
-                    sums: str = "exact", args: LlamaArgs | None = None) -> list[Column]:
+                    sums: str = "exact", shape: DecoderShape | None = None) -> list[Column]:
     """One of Tables 5–9: the baseline column, then ADP(ℓ) for each ℓ in ``layers``.
 
     Args:
-        keep: keep ratio ρ; k = r(ρ·512) with ``rounding`` (``ceil`` reproduces the tables).
+        keep_ratio: ρ; k = r(ρ·512) with ``rounding`` (``ceil`` reproduces the tables).
         layers: scoring layers ℓ.
         gamma: share of pruned windows γ (0.44 in the paper, or :func:`~vla_adp.cost.flops.gamma_from_records`).
         convention / mode: see :mod:`vla_adp.cost.flops`.
         text_tokens: prompt length; it is also the paper's L_txt of Eq. 22.
         sums: ``exact`` (default, reproduces the tables) or ``rounded`` (add two-decimal components).
-        args: decoder shapes (default: Llama-2 7B).
+        shape: the decoder (default: Llama-2 7B).
     """
     if sums not in SUMS:
         raise ValueError(f"sums must be one of {SUMS}, got {sums!r}")
-    args = args or LlamaArgs()
+    shape = shape or LlamaArgs().shape
     layout = libero_layout(text_tokens)
     s = layout.length
-    kept = keep_count(layout.n_visual, keep, rounding)
+    kept = keep_count(layout.n_visual, keep_ratio, rounding)
     s_pruned = pruned_length(layout, kept)
-    base = llm_flops(args, [s] * args.n_layers, convention) / TERA
+    base = llm_flops(shape, [s] * shape.n_layers, convention) / TERA
     cols = [_settle("baseline", 1.0, None, s, layout.n_visual, 0.0, base, base, gamma, sums, pruned=False)]
     for layer in layers:
-        cost = adp_flops(args, s, s_pruned, layer, text_tokens, layout.n_visual, mode, convention)
-        cols.append(_settle(f"ADP ({layer})", keep, layer, s_pruned, kept, cost.scoring / TERA,
+        cost = adp_flops(shape, s, s_pruned, layer, text_tokens, layout.n_visual, mode, convention)
+        cols.append(_settle(f"ADP ({layer})", keep_ratio, layer, s_pruned, kept, cost.scoring / TERA,
                             cost.llm / TERA, base, gamma, sums, pruned=True))
     return cols
 

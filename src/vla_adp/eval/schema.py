@@ -1,4 +1,4 @@
-"""Records of the JSONL run logs (DESIGN.md "Data that outlives a run").
+"""Records of the JSONL run logs (docs/evaluation.md).
 
 A log is one JSON object per line, each with a ``kind``:
 

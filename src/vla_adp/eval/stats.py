@@ -9,7 +9,7 @@
 * Paired bootstrap of the success-rate difference: resample the matched episodes with replacement
   and take percentiles of SR_A − SR_B.
 
-The report (:mod:`vla_adp.eval.report`) and the pictures (:mod:`vla_adp.viz`) both use
+The report (:mod:`vla_adp.report.runs`) and the pictures (:mod:`vla_adp.viz`) both use
 :func:`wilson` / :class:`Rate`. Peers report LIBERO success rates without seeds or error bars; with 500 episodes per suite the 95 %
 Wilson interval around 95 % is about ±2 points, so differences of a point need the paired tests.
 """

@@ -1,8 +1,8 @@
 """Episode videos of the evaluation runner: the reference's plain agentview and the pruning overlay.
 
 * plain (``video_dir``, ``--video-dir``): what OpenVLA-OFT's ``save_rollout_video`` writes, the
-  upright 256² agentview (``env.frame()``), one frame per env step at 30 fps (spec §5.3).
-* overlay (``overlay_video_dir``, ``--overlay-video-dir``; issue 9): every camera frame the policy
+  upright 256² agentview (``env.frame()``), one frame per env step at 30 fps (moojink/openvla-oft ``save_rollout_video``).
+* overlay (``overlay_video_dir``, ``--overlay-video-dir``): every camera frame the policy
   saw at each env step, with the keep mask of the action chunk being executed and a caption with
   its gate state, displacement and kept count (:class:`vla_adp.viz.video.EpisodeRecorder`,
   ``video_fps`` 10 as paper Table 14). The mask comes from ``info["kept_indices"]`` of the query,

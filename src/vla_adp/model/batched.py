@@ -5,9 +5,10 @@ evaluation batches queries of *different* episodes, each with its own pruner ses
 VLA-Pruner's history), so here the decoder runs batched between cut points and every row's pruner
 is called on its own row (a B = 1 slice, exactly what it sees in a serial run):
 
-    rows (same prompt length, same hook layers, same position mode)
-      embed ─► layers [0, ℓ₁) ─► row r: pruner_r.at_layer(slice r) ─► Keep_r
-               rows whose keeps have the same per-camera counts continue together (cut, stack);
+    rows (same prompt length, same hook layers)
+      embed ─► layers [0, ℓ₁) ─► row r: pruner_r.at_layer(slice r) ─► KeepSet_r
+               rows whose keep sets have the same per-camera counts and position mode continue
+               together (cut, stack);
                rows that differ split into groups, each continuing on its own
       ─► ... ─► layers [ℓ_last, n) ─► norm ─► action head
 
@@ -27,9 +28,9 @@ import torch
 from torch import Tensor
 
 from vla_adp.model.openvla_oft import OFTInputs, OFTOutput, OpenVLAOFT
-from vla_adp.pruning.base import LayerContext, Pruner
-from vla_adp.pruning.keep import Keep
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import LayerContext, Pruner
+from vla_adp.seam.keep import KeepSet
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.utils.timing import NullStopwatch
 
 
@@ -54,8 +55,7 @@ def stack_inputs(inputs: list[OFTInputs]) -> OFTInputs:
 
 
 def forward_rows(model: OpenVLAOFT, inputs: OFTInputs, pruners: list[Pruner | None], hooks: frozenset[int],
-                 positions: str = "contiguous", action_slice: str = "upstream", decode: str = "l1",
-                 timer=NullStopwatch()) -> list[OFTOutput]:
+                 action_slice: str = "upstream", decode: str = "l1", timer=NullStopwatch()) -> list[OFTOutput]:
     """One :class:`OFTOutput` (batch 1) per row; ``hooks`` are the layers every row's pruner asked for."""
     n = model.args.llm.n_layers
     bad = sorted(h for h in hooks if not 0 <= h < n)
@@ -66,7 +66,7 @@ def forward_rows(model: OpenVLAOFT, inputs: OFTInputs, pruners: list[Pruner | No
     llm, order = model.language_model, sorted(hooks)
     emb = model.embed(inputs, timer)
     b = emb.hidden.shape[0]
-    keeps: list[list[Keep]] = [[] for _ in range(b)]
+    keep_sets: list[list[KeepSet]] = [[] for _ in range(b)]
     seq_lens = [[emb.layout.length] * n for _ in range(b)]
     outputs: list[OFTOutput | None] = [None] * b
     todo = [_Group(list(range(b)), emb.hidden, emb.position_ids, emb.layout, emb.visual, 0, 0)]
@@ -85,12 +85,12 @@ def forward_rows(model: OpenVLAOFT, inputs: OFTInputs, pruners: list[Pruner | No
                              for j, r in enumerate(g.rows)]
             parts = _split_by_keep(row_keeps)
             if len(parts) > 1:  # rows kept different counts: each part continues on its own
-                todo += [_cut_part(model, g, members, row_keeps, positions, keeps, seq_lens, i, n, timer)
+                todo += [_cut_part(model, g, members, row_keeps, keep_sets, seq_lens, i, n, timer)
                          for members in parts]
                 split = True
                 break
             if row_keeps[0] is not None:
-                g = _cut_part(model, g, parts[0], row_keeps, positions, keeps, seq_lens, i, n, timer)
+                g = _cut_part(model, g, parts[0], row_keeps, keep_sets, seq_lens, i, n, timer)
         if split:
             continue
         with timer("llm"):
@@ -99,20 +99,21 @@ def forward_rows(model: OpenVLAOFT, inputs: OFTInputs, pruners: list[Pruner | No
             hidden = x[:, g.layout.action_hidden(action_slice)]
             actions = model._actions(hidden, decode)
         for j, r in enumerate(g.rows):
-            outputs[r] = OFTOutput(actions[j:j + 1], hidden[j:j + 1], g.layout, keeps[r], seq_lens[r])
+            outputs[r] = OFTOutput(actions[j:j + 1], hidden[j:j + 1], g.layout, keep_sets[r], seq_lens[r])
     return outputs
 
 
-def _split_by_keep(row_keeps: list[Keep | None]) -> list[list[int]]:
-    """Positions (in the group) of rows that can continue together: same kept count per camera."""
+def _split_by_keep(row_keeps: list[KeepSet | None]) -> list[list[int]]:
+    """Positions (in the group) of rows that can continue together: same kept count per camera and
+    the same position mode."""
     parts: dict[object, list[int]] = {}
     for j, k in enumerate(row_keeps):
-        sig = None if k is None else (k.views, k.tokens is not None)
+        sig = None if k is None else (k.views, k.tokens is not None, k.positions)
         parts.setdefault(sig, []).append(j)
     return list(parts.values())
 
 
-def _cut_part(model, g: _Group, members: list[int], row_keeps, positions, keeps, seq_lens, layer, n, timer) -> _Group:
+def _cut_part(model, g: _Group, members: list[int], row_keeps, keep_sets, seq_lens, layer, n, timer) -> _Group:
     """The group's rows ``members`` (positions in the group), cut by their keeps if they have any."""
     idx = torch.tensor(members, device=g.x.device)
     x, pos, visual = g.x.index_select(0, idx), g.pos.index_select(0, idx), g.visual.index_select(0, idx)
@@ -122,10 +123,10 @@ def _cut_part(model, g: _Group, members: list[int], row_keeps, positions, keeps,
     if first is not None:
         ks = [row_keeps[j] for j in members]
         tokens = torch.cat([k.tokens for k in ks]) if first.tokens is not None else None
-        keep = Keep(torch.cat([k.visual for k in ks]), first.views, tokens)
+        keep_set = KeepSet(torch.cat([k.visual_index for k in ks]), first.views, tokens, first.positions)
         with timer("gather"):
-            x, pos, layout, _ = model._cut(x, pos, layout, None, keep, positions)
+            x, pos, layout, _ = model._cut(x, pos, layout, None, keep_set)
         for r, k in zip(rows, ks):
-            keeps[r].append(k)
+            keep_sets[r].append(k)
             seq_lens[r][layer:] = [layout.length] * (n - layer)
     return _Group(rows, x, pos, layout, visual, g.start, g.next_hook)

@@ -1,4 +1,4 @@
-"""Read and write OpenVLA-OFT checkpoint folders in the published layout (spec §1).
+"""Read and write OpenVLA-OFT checkpoint folders in the published layout (moojink/openvla-7b-oft-finetuned-libero-spatial; the key layout of ``model.safetensors.index.json``).
 
     config.json                       OpenVLA HF config; ``text_config`` = LlamaConfig
     model.safetensors.index.json      weight_map -> shards

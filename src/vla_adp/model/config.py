@@ -1,4 +1,4 @@
-"""Model shapes of OpenVLA-OFT (spec §1.2–§1.4, §2.1, §3).
+"""Model shapes of OpenVLA-OFT (docs/reference.md §1, §3; the published ``config.json``).
 
 The published ``config.json`` names the vision towers only by their timm ids; their geometry is
 read from the weight shapes (:func:`vla_adp.model.checkpoint.derive_args`), so a scaled-down folder in
@@ -8,6 +8,9 @@ the published layout loads without extra fields.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from vla_adp.seam.decoder import DecoderShape
+from vla_adp.seam.layout import TokenLayout
 
 # Head size of each known timm family, used when a tower's width is read from the weights.
 TIMM_HEAD_DIM = {"dinov2": 64, "siglip": 72, "vit": 64}
@@ -66,7 +69,7 @@ class VisionTowerArgs:
 
     @property
     def feature_block(self) -> int:
-        """Index of the block whose output is the feature (second-to-last, spec §2.1)."""
+        """Index of the block whose output is the feature (second-to-last, docs/reference.md §1)."""
         return self.depth - 2
 
 
@@ -95,6 +98,11 @@ class LlamaArgs:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def shape(self) -> DecoderShape:
+        """What the FLOPs model needs (:mod:`vla_adp.seam.flops`)."""
+        return DecoderShape(self.n_layers, self.dim, self.ffn_dim, self.n_heads, self.n_kv_heads, self.head_dim)
 
 
 @dataclass(frozen=True)
@@ -148,9 +156,18 @@ class OFTArgs:
     def n_action_slots(self) -> int:
         return self.chunk * self.action_dim
 
+    def token_layout(self, n_prompt: int) -> TokenLayout:
+        """The unpruned sequence of a query with ``n_prompt`` prompt ids after BOS (incl. the '▁').
+
+        The one place OpenVLA-OFT's layout is built: every camera's patches after BOS, the proprio
+        token where the model has one, the prompt, ``chunk × action_dim`` slots, </s>.
+        """
+        return TokenLayout((self.patches_per_image,) * self.n_images, n_prompt, self.n_action_slots,
+                           int(self.use_proprio))
+
 
 def openvla_7b_args(n_images: int = 2) -> OFTArgs:
-    """The full OpenVLA-7B-OFT shapes of spec §1.3 (LIBERO platform)."""
+    """The full OpenVLA-7B-OFT shapes (docs/reference.md §1, §3; LIBERO platform)."""
     dino = VisionTowerArgs(
         "vit_large_patch14_reg4_dinov2.lvd142m", 224, 14, 1024, 24, 16, 4096,
         reg_tokens=4, class_token=True, layer_scale=True,

@@ -1,4 +1,4 @@
-"""Projector, proprio projector and action heads of OpenVLA-OFT (spec §2.3, §3.2–§3.4).
+"""Projector, proprio projector and action heads of OpenVLA-OFT (docs/reference.md §1; moojink/openvla-oft ``prismatic/models/action_heads.py``, ``projectors.py``).
 
     patch features ─► Projector (fused GELU MLP) ─► visual tokens
     normalised proprio ─► ProprioProjector ─► one token after the visual tokens
@@ -80,7 +80,7 @@ class L1RegressionActionHead(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         b, slots, d = hidden.shape
         chunk = slots // self.action_dim
-        # Row-major grouping: timestep j reads slots 7j..7j+6 concatenated (spec §8.7).
+        # Row-major grouping: timestep j reads slots 7j..7j+6 concatenated (docs/reference.md §1).
         return self.model(hidden.reshape(b, chunk, self.action_dim * d))
 
 
@@ -91,7 +91,7 @@ def bin_centers(n_bins: int = 256) -> Tensor:
 
 
 def discrete_actions(logits: Tensor, n_real_vocab: int, n_bins: int = 256) -> Tensor:
-    """Argmax token ids over the action slice -> normalised actions (spec §3.4, discrete path).
+    """Argmax token ids over the action slice -> normalised actions (docs/reference.md §1, discrete path).
 
     bin = clip(n_real_vocab - token_id - 1, 0, n_bins - 2); value = bin_centers[bin].
     """

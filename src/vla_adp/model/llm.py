@@ -1,4 +1,4 @@
-"""A compact Llama-2 decoder with full bidirectional attention (spec §4).
+"""A compact Llama-2 decoder with full bidirectional attention (docs/reference.md §3).
 
 OpenVLA-OFT runs Llama-2 with *no causal mask*: its transformers fork patches the SDPA attention to
 ``is_causal=False`` (moojink/transformers-openvla-oft). This file is that decoder without the fork:
@@ -19,15 +19,15 @@ layer computes exactly what it did before.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from collections.abc import Callable
-
 from vla_adp.model.config import LlamaArgs
 from vla_adp.model.invariance import silu_per_row
+from vla_adp.seam.decoder import DecoderShape, Projections
 
 # (q (B, H, S, hd), k (B, Hkv, S, hd), v (B, Hkv, S, hd), key mask (B, 1, 1, S) or None), RoPE applied
 # -> the keys, values and key mask this layer's attention runs over (S' >= S keys; extra keys are
@@ -144,8 +144,37 @@ class DecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class LlamaDecoder(nn.Module):
-    """Llama-2 without its causal mask. Parameter names follow HF's ``LlamaForCausalLM``."""
+class LayerAccess:
+    """The seam's per-layer accessors (:class:`vla_adp.seam.decoder.Decoder`) for a Llama-style
+    decoder: ``args``, ``layers[i].input_layernorm`` / ``.self_attn`` and ``rope``. Shared by the
+    bidirectional decoder here and OpenVLA's causal one (:mod:`vla_adp.model.openvla.decoder`)."""
+
+    @property
+    def shape(self) -> DecoderShape:
+        return self.args.shape
+
+    def normed(self, index: int, hidden: Tensor) -> Tensor:
+        return self.layers[index].input_layernorm(hidden)
+
+    def norm_scale(self, index: int) -> tuple[Tensor, float]:
+        norm = self.layers[index].input_layernorm
+        return norm.weight, norm.eps
+
+    def projections(self, index: int) -> Projections:
+        attn = self.layers[index].self_attn
+        return Projections(attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads, attn.head_dim)
+
+    def attention_probs(self, index: int, hidden: Tensor, position_ids: Tensor, rows: Tensor) -> Tensor:
+        cos, sin = self.rope(position_ids, hidden.dtype)
+        return self.layers[index].self_attn.probs(self.normed(index, hidden), cos, sin, rows)
+
+
+class LlamaDecoder(LayerAccess, nn.Module):
+    """Llama-2 without its causal mask. Parameter names follow HF's ``LlamaForCausalLM``.
+
+    Also the family's :class:`~vla_adp.seam.decoder.Decoder`: the per-layer accessors a pruner's
+    :class:`~vla_adp.seam.context.LayerContext` reaches it through.
+    """
 
     def __init__(self, args: LlamaArgs):
         super().__init__()

@@ -1,4 +1,4 @@
-"""OpenVLA-OFT assembled: embed -> [prune] -> bidirectional Llama -> action head (spec §0).
+"""OpenVLA-OFT assembled: embed -> [prune] -> bidirectional Llama -> action head (docs/reference.md §1).
 
     pixels ──► FusedFeaturizer ──► Projector ─────────────┐ visual (B, V, D)
     proprio ─► ProprioProjector ──────────────────────────┤ (B, 1, D)
@@ -31,10 +31,12 @@ from vla_adp.model.heads import L1RegressionActionHead, ProprioProjector, Projec
 from vla_adp.model.invariance import per_row
 from vla_adp.model.llm import LlamaDecoder
 from vla_adp.model.vision import FusedFeaturizer
-from vla_adp.pruning.base import LayerContext, Pruner
-from vla_adp.pruning.keep import Keep, apply_keep, sequence_index
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import LayerContext, Pruner
+from vla_adp.seam.keep import KeepSet, apply_keep_set, sequence_index
+from vla_adp.seam.layout import TokenLayout
 from vla_adp.utils.timing import NullStopwatch
+
+DECODES = ("l1", "discrete")  # the L1 action head, or lm_head argmax over the action bins
 
 
 @dataclass
@@ -68,7 +70,7 @@ class OFTOutput:
     actions: Tensor  # (B, chunk, action_dim) normalised
     hidden: Tensor  # (B, n_action, D) the hidden states the head read
     layout: TokenLayout  # final (possibly pruned) layout
-    keeps: list[Keep] = field(default_factory=list)
+    keep_sets: list[KeepSet] = field(default_factory=list)
     seq_lens: list[int] = field(default_factory=list)  # tokens each decoder layer ran on (FLOPs)
 
 
@@ -98,6 +100,11 @@ class OpenVLAOFT(nn.Module):
         self.batch_invariant = bool(on)
         self.language_model.set_batch_invariant(on)
 
+    # -- the token sequence -----------------------------------------------------------------
+    def layout(self, inputs: OFTInputs) -> TokenLayout:
+        """The unpruned layout of ``inputs`` (:meth:`~vla_adp.model.config.OFTArgs.token_layout`)."""
+        return self.args.token_layout(inputs.input_ids.shape[1] - 1)
+
     # -- embedding --------------------------------------------------------------------------
     def embed(self, inputs: OFTInputs, timer=NullStopwatch()) -> Embedded:
         llm = self.language_model
@@ -117,13 +124,7 @@ class OpenVLAOFT(nn.Module):
             slots = tok.new_zeros(b, self.args.n_action_slots, tok.shape[-1])
             stop = llm.embed_tokens(torch.full((b, 1), STOP_ID, device=tok.device))
             hidden = torch.cat([*parts, tok[:, 1:], slots, stop], dim=1)
-        n_view = self.args.patches_per_image
-        layout = TokenLayout(
-            views=(n_view,) * self.args.n_images,
-            n_prompt=inputs.input_ids.shape[1] - 1,
-            n_action=self.args.n_action_slots,
-            n_proprio=int(self.proprio_projector is not None),
-        )
+        layout = self.layout(inputs)
         key_mask, position_ids = self._mask_and_positions(inputs, layout, hidden)
         return Embedded(hidden, position_ids, layout, visual, key_mask)
 
@@ -156,19 +157,19 @@ class OpenVLAOFT(nn.Module):
             decode: ``l1`` (action head) or ``discrete`` (lm_head argmax → bin centres).
         """
         emb = self.embed(inputs, timer)
-        hidden, keeps, layout, seq_lens = self._decode_layers(emb, pruner, hooks, timer)
+        hidden, keep_sets, layout, seq_lens = self._decode_layers(emb, pruner, hooks, timer)
         with timer("head"):
             hidden = hidden[:, layout.action_hidden(action_slice)]
             if decode == "l1":  # the discrete path builds its bin table on the host: not capturable
                 actions = self.executor.run("head", lambda h: self._actions(h, decode), hidden)
             else:
                 actions = self._actions(hidden, decode)
-        return OFTOutput(actions, hidden, layout, keeps, seq_lens)
+        return OFTOutput(actions, hidden, layout, keep_sets, seq_lens)
 
-    def _decode_layers(self, emb: Embedded, pruner, hooks, timer):
+    def _decode_layers(self, emb: Embedded, pruner: Pruner | None, hooks: frozenset[int], timer):
         llm, n = self.language_model, self.args.llm.n_layers
         x, pos, layout, mask = emb.hidden, emb.position_ids, emb.layout, emb.key_mask
-        keeps: list[Keep] = []
+        keep_sets: list[KeepSet] = []
         seq_lens = [layout.length] * n
         taps: dict = {}  # attention taps a pruner installs through LayerContext.taps (VLA-Cache)
         start = 0
@@ -181,24 +182,24 @@ class OpenVLAOFT(nn.Module):
                 x = self.executor.run_layers(llm, x, pos, start, i, mask, taps)
             start = i
             with timer("prune"):  # the pruner's scoring and selection
-                keep = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm, key_mask=mask, taps=taps))
-            if keep is not None:
-                positions = getattr(pruner, "positions", "contiguous")
+                keep_set = pruner.at_layer(LayerContext(i, x, pos, layout, emb.visual, llm, key_mask=mask,
+                                                        taps=taps))
+            if keep_set is not None:
                 with timer("gather"):  # the shorter sequence (shared by every pruner)
-                    x, pos, layout, mask = self._cut(x, pos, layout, mask, keep, positions)
-                keeps.append(keep)
+                    x, pos, layout, mask = self._cut(x, pos, layout, mask, keep_set)
+                keep_sets.append(keep_set)
                 seq_lens[i:] = [layout.length] * (n - i)
         with timer("llm"):
             x = llm.norm(self.executor.run_layers(llm, x, pos, start, n, mask, taps))
-        return x, keeps, layout, seq_lens
+        return x, keep_sets, layout, seq_lens
 
     @staticmethod
-    def _cut(x, pos, layout, mask, keep: Keep, positions: str):
-        """apply_keep, carrying a padding key mask along (pads sit in the prompt, never cut)."""
+    def _cut(x, pos, layout, mask, keep_set: KeepSet):
+        """apply_keep_set, carrying a padding key mask along (pads sit in the prompt, never cut)."""
         if mask is not None:
-            mask = mask.gather(1, sequence_index(layout, keep))
-        x, pos, layout = apply_keep(x, pos, layout, keep, positions)
-        if mask is not None and positions == "contiguous":
+            mask = mask.gather(1, sequence_index(layout, keep_set))
+        x, pos, layout = apply_keep_set(x, pos, layout, keep_set)
+        if mask is not None and keep_set.positions == "contiguous":
             pos = (mask.long().cumsum(1) - 1).clamp(min=0)  # number the real tokens, as embed() does
         return x, pos, layout, mask
 
@@ -213,7 +214,7 @@ class OpenVLAOFT(nn.Module):
             logits = self.language_model.lm_head(hidden)
             n_real = self.args.llm.vocab_size - self.args.pad_to_multiple_of
             return discrete_actions(logits, n_real, self.args.n_action_bins).reshape(shape).float()
-        raise ValueError(f"decode must be 'l1' or 'discrete', got {decode!r}")
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
 
     @property
     def dtype(self) -> torch.dtype:

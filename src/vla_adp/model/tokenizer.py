@@ -1,4 +1,4 @@
-"""OpenVLA-OFT prompt and token ids (spec §1.6, §4).
+"""OpenVLA-OFT prompt and token ids (docs/reference.md §2; moojink/openvla-oft ``prismatic/vla/constants.py``).
 
     ids = [BOS] + sp("In: What action should the robot take to {task.lower()}?\nOut:") [+ '▁']
 

@@ -1,4 +1,4 @@
-"""Image, proprio and action transforms of the OpenVLA-OFT LIBERO pipeline (spec §2.4–§2.5, §5).
+"""Image, proprio and action transforms of the OpenVLA-OFT LIBERO pipeline (docs/reference.md §5; moojink/openvla-oft ``experiments/robot/openvla_utils.py``).
 
 Pure functions on numpy arrays, bit-exact with upstream's TensorFlow ops (moojink/openvla-oft
 ``experiments/robot/openvla_utils.py``: ``resize_image_for_policy``, ``center_crop_image``) without
@@ -198,6 +198,22 @@ def normalize_pixels(img: np.ndarray, means, stds) -> np.ndarray:
     chans = [(x - np.asarray(m, np.float32)[:, None, None]) / np.asarray(s, np.float32)[:, None, None]
              for m, s in zip(means, stds)]
     return np.concatenate(chans, axis=0)
+
+
+def policy_image(img: np.ndarray, size: int, crop: bool = True) -> np.ndarray:
+    """One camera image as the policy feeds it: resized to ``size`` if it is not already, then
+    center-cropped where the checkpoint was trained with crops (docs/reference.md §5)."""
+    if img.shape[:2] != (size, size):
+        img = resize_for_policy(img, size)
+    return center_crop(img) if crop else img
+
+
+def pixel_batch(images: list[np.ndarray], towers):
+    """Prepared camera images -> a (1, 3·T·N, H, W) float32 tensor: per image, one normalised copy per tower."""
+    import torch  # this module stays importable without torch (simulator processes)
+
+    per = [normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]) for img in images]
+    return torch.from_numpy(np.concatenate(per, axis=0))[None]
 
 
 # -- proprio and actions -------------------------------------------------------------------

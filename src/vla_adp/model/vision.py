@@ -1,4 +1,4 @@
-"""Fused DINOv2 + SigLIP featurizer built from timm (spec §2.1–§2.2).
+"""Fused DINOv2 + SigLIP featurizer built from timm (docs/reference.md §1; timm ``vit_large_patch14_reg4_dinov2`` / ``vit_so400m_patch14_siglip_224``).
 
     pixels (B, 6·N, H, W) ── split per image ──► [DINOv2 | SigLIP] ── block depth-2 ──► concat ──► (B, N·P, Σwidth)
 

@@ -31,15 +31,16 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUNDINGS = ("round", "ceil", "floor")
-SELECTIONS = ("top", "inverse", "random")
-LAYER_MODES = ("inline", "probe")
+from vla_adp.seam.budget import ROUNDINGS, SELECTIONS
+from vla_adp.seam.flops import LAYER_MODES, SCORING_METHODS
+from vla_adp.seam.keep import POSITION_MODES
+
 RULES = ("adjacent", "mean", "ema")
 DISPLACEMENTS = ("net", "path", "fk")
 SCHEDULES = ("dynamic", "static", "periodic", "random")
 THIRD_CASES = ("prune", "previous")
 
-# Reference fields that exist but change nothing in the reference code (spec §6.4, §6.6).
+# Reference fields that exist but change nothing in the reference code (chen7086/VLA-ADP ``prune_v2_config.json`` fields that ``run_libero_eval_prune_v2.py`` never reads).
 NO_EFFECT_FIELDS = (
     "qk_debug", "qk_log_topk", "log_topk", "adjacent_variant", "adjacent_lookback", "L_eff", "min_delta_rot",
     "hysteresis_up", "hysteresis_down", "tol_equal", "task_suite_name", "random_experiment",
@@ -181,9 +182,8 @@ class ADPConfig:
         _choice(self, "selection", SELECTIONS)
         _choice(self, "layer_mode", LAYER_MODES)
         _choice(self, "order", ("position", "score"))
-        _choice(self, "scoring", ("fused", "exact", "folded"))
-        if self.positions not in ("contiguous", "original"):
-            raise ValueError(f"ADPConfig.positions must be 'contiguous' or 'original', got {self.positions!r}")
+        _choice(self, "scoring", SCORING_METHODS)
+        _choice(self, "positions", POSITION_MODES)
 
     # -- reference JSON ------------------------------------------------------------------
     @classmethod
@@ -239,27 +239,6 @@ class ADPConfig:
                           "overwrites it at every query from the gate's state (use_dynamic_visual_strategy=false "
                           "to switch pruning off)")
         return cls(**top, gate=GateConfig(**gate))
-
-    def to_reference_dict(self) -> dict[str, Any]:
-        """The same settings under the reference JSON names (for `prune_v2_config.json`-style files).
-
-        Settings the reference has no value for (``mean`` rule, ``path`` with the reference's own
-        name is fine, ``fk``, open-loop schedules other than ``static``) are refused.
-        """
-        g = self.gate
-        if g.rule == "mean" or g.displacement == "fk" or g.schedule in ("periodic", "random"):
-            raise ValueError(f"rule={g.rule!r}, displacement={g.displacement!r}, schedule={g.schedule!r}: the reference "
-                             "has no equivalent for the mean rule, fk displacement or periodic/random schedules")
-        return {
-            "qk_keep_enabled": self.enabled, "qk_layer": self.layer, "qk_keep_ratio": self.keep_ratio,
-            "qk_keep_split": list(self.split) if self.split else None,
-            "use_dynamic_visual_strategy": g.schedule == "dynamic",
-            "decision_method": {"ema": "avg"}.get(g.rule, g.rule), "adjacent_extrema_window": g.window,
-            "adjacent_last_state": g.third_case == "previous", "initial_state": g.initial_state,
-            "delta_method": {"path": "sum"}.get(g.displacement, g.displacement), "min_delta_pos": g.min_delta_pos,
-            "limit_consecutive_pruned_enabled": g.limit_consecutive,
-            "limit_max_consecutive_pruned": g.max_consecutive,
-        }
 
 
 def _split(value) -> tuple[float, ...] | None:

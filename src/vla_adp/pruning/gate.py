@@ -1,7 +1,7 @@
 """The action-aware gate of ADP: per query, prune (state 1) or run with full vision (state 0).
 
 Seed paper §4.2 (Eq. 15–18), Alg. 1 and §5.1; reference controller of chen7086/VLA-ADP
-``run_libero_eval_prune_v2.py`` (spec §6.3), whose behaviour is the default here.
+``run_libero_eval_prune_v2.py`` (docs/reference.md §4), whose behaviour is the default here.
 
 Windows. Window i is the action chunk executed after query i. At query i > 0 window i−1 closes with
 positions [eef_pos at query i−1] + eef_path (the reference records 9: query time + 8 post-step; an
@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_adp.pruning.base import Query
+from vla_adp.seam.context import Query
 from vla_adp.pruning.config import GateConfig
 from vla_adp.pruning.kinematics import compose_chunk, rotvec_to_matrix
 

@@ -1,7 +1,7 @@
 """One registry for every pruning method; modules are imported only when their pruner is built.
 
 Each pruner module defines ``PRUNER`` (the class) and ``CONFIG`` (its frozen dataclass config); the
-class is built as ``PRUNER(CONFIG(**fields))``. ``keep`` maps onto the config's ``keep_ratio``.
+class is built as ``PRUNER(CONFIG(**fields))``; ``keep_ratio`` (the CLI's ``--keep``) overrides the config's.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from vla_adp.utils.files import read_json
 from typing import Any
+
+from vla_adp.utils.files import read_json
 
 # name -> module under vla_adp.pruning.pruners
 PRUNERS: dict[str, str] = {
@@ -41,8 +42,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return read_json(path, "pruning config")
 
 
-def build_pruner(name: str | None, keep: float | None = None, config_file: str | Path | None = None, **fields):
-    """Build a registered pruner from settings, a JSON file (reference field names accepted) and ``keep``."""
+def build_pruner(name: str | None, keep_ratio: float | None = None, config_file: str | Path | None = None, **fields):
+    """Build a registered pruner from settings, a JSON file (reference field names accepted) and ``keep_ratio``."""
     settings: dict[str, Any] = {}
     if config_file is not None:
         settings.update(read_config_file(config_file))
@@ -52,8 +53,8 @@ def build_pruner(name: str | None, keep: float | None = None, config_file: str |
     mod = _module(name)
     cfg_cls = mod.CONFIG
     cfg = cfg_cls.from_dict(settings) if hasattr(cfg_cls, "from_dict") else cfg_cls(**settings)
-    if keep is not None:
-        cfg = dataclasses.replace(cfg, keep_ratio=keep)
+    if keep_ratio is not None:
+        cfg = dataclasses.replace(cfg, keep_ratio=keep_ratio)
     return mod.PRUNER(cfg)
 
 

@@ -1,6 +1,6 @@
 """Visual-token scores (pure functions).
 
-ADP's text-driven score (seed paper Eq. 7–9; reference `predict_action`, spec §6.2): at layer ℓ,
+ADP's text-driven score (seed paper Eq. 7–9; chen7086/VLA-ADP ``predict_action``, docs/reference.md §4): at layer ℓ,
 apply ℓ's ``input_layernorm`` to the hidden states, project the text tokens (BOS, prompt incl. '▁',
 and the </s> stop token) with W_Q and the visual tokens with W_K, *no RoPE, no softmax*, and average
 the scaled dot products over heads and text tokens:
@@ -26,11 +26,14 @@ costs 0.1–0.2 % (fp32) / 0.5–0.9 % (bf16) of an unpruned query on the scaled
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.context import LayerContext
+from vla_adp.seam.flops import SCORING_METHODS
+from vla_adp.seam.layout import TokenLayout
 
 
 def _heads(x: Tensor, n_heads: int) -> Tensor:
@@ -55,7 +58,7 @@ def text_vision_scores(normed: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads:
     if method == "exact":
         q = _heads(q_proj(text), n_heads).float()  # (B, H, T, hd)
         return (q @ k.transpose(-1, -2) * scale).mean(dim=(1, 2))
-    raise ValueError(f"scoring method must be 'fused', 'exact' or 'folded', got {method!r}")
+    raise ValueError(f"scoring method must be one of {SCORING_METHODS}, got {method!r}")
 
 
 def _folded_query(text: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tensor]:
@@ -71,26 +74,31 @@ def _folded_query(text: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads: int) -
     return u, shift
 
 
-def folded_text_vision_scores(hidden: Tensor, norm, q_proj, k_proj, n_heads: int, n_kv_heads: int,
-                              layout: TokenLayout) -> Tensor:
+def folded_text_vision_scores(hidden: Tensor, norm: Callable[[Tensor], Tensor], weight: Tensor, eps: float,
+                              q_proj, k_proj, n_heads: int, n_kv_heads: int, layout: TokenLayout) -> Tensor:
     """Φ (B, V) from a layer's *input* (B, S, D), its RMSNorm folded in: only text rows are normalised.
 
     x̂_v = γ ⊙ x_v / rms(x_v), so x̂_v·u = (x_v·(γ ⊙ u)) / rms(x_v): one pass over the visual rows.
+
+    Args:
+        norm: the layer's input norm (applied to the text rows); ``weight`` γ and ``eps`` are its
+            effective weight and epsilon.
     """
     text = norm(hidden[:, layout.text_positions().to(hidden.device)])
     u, shift = _folded_query(text, q_proj, k_proj, n_heads, n_kv_heads)
     vis = hidden[:, layout.visual].float()  # (B, V, D)
-    inv_rms = torch.rsqrt(vis.pow(2).mean(-1) + norm.eps)  # (B, V)
-    return (vis @ (norm.weight.float() * u)[..., None]).squeeze(-1) * inv_rms + shift
+    inv_rms = torch.rsqrt(vis.pow(2).mean(-1) + eps)  # (B, V)
+    return (vis @ (weight.float() * u)[..., None]).squeeze(-1) * inv_rms + shift
 
 
-def layer_text_vision_scores(ctx, method: str = "fused") -> Tensor:
-    """Φ at the layer a :class:`~vla_adp.pruning.base.LayerContext` stands before."""
-    attn, layer = ctx.layer.self_attn, ctx.layer
+def layer_text_vision_scores(ctx: LayerContext, method: str = "fused") -> Tensor:
+    """Φ at the layer a :class:`~vla_adp.seam.context.LayerContext` stands before."""
+    proj = ctx.projections()
     if method == "folded":
-        return folded_text_vision_scores(ctx.hidden, layer.input_layernorm, attn.q_proj, attn.k_proj,
-                                         attn.n_heads, attn.n_kv_heads, ctx.layout)
-    return text_vision_scores(ctx.normed(), attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads, ctx.layout, method)
+        weight, eps = ctx.norm_scale()
+        return folded_text_vision_scores(ctx.hidden, lambda x: ctx.decoder.normed(ctx.index, x), weight, eps,
+                                         proj.q, proj.k, proj.n_heads, proj.n_kv_heads, ctx.layout)
+    return text_vision_scores(ctx.normed(), proj.q, proj.k, proj.n_heads, proj.n_kv_heads, ctx.layout, method)
 
 
 def attention_received(probs: Tensor, layout: TokenLayout) -> Tensor:
@@ -109,13 +117,13 @@ def score_rows(layout: TokenLayout, source: str) -> Tensor:
     OpenVLA-OFT fork averages them.
     """
     if source == "last":
-        return torch.tensor([layout.stop])
+        return torch.tensor([layout.last])
     if source == "prefill":
         return torch.arange(layout.action.start)
     raise ValueError(f"attention source must be one of {ROW_SOURCES}, got {source!r}")
 
 
-def layer_attention_scores(ctx, rows: Tensor) -> Tensor:
+def layer_attention_scores(ctx: LayerContext, rows: Tensor) -> Tensor:
     """Attention received by each visual token at the layer ``ctx`` stands before: (B, V), float32.
 
     Softmax(q·kᵀ/√d) with RoPE for ``rows`` only (the layer itself keeps SDPA), mean over heads and rows.

@@ -1,6 +1,6 @@
 """json-numpy's wire format for numpy arrays, without depending on the ``json_numpy`` package.
 
-OpenVLA-OFT's ``deploy.py`` (spec §7.1) applies ``json_numpy.patch()``, so its clients send and
+OpenVLA-OFT's ``deploy.py`` (moojink/openvla-oft ``vla-scripts/deploy.py``) applies ``json_numpy.patch()``, so its clients send and
 receive every numpy array or scalar as ``{"__numpy__": <base64 of the raw C-order bytes>, "dtype":
 <numpy descr such as "|u1" or "<f8">, "shape": [...]}``; an empty shape decodes to a numpy scalar.
 This module writes exactly that (tested byte-for-byte against json_numpy 2.x in both directions) and

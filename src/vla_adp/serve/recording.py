@@ -1,4 +1,4 @@
-"""Overlay videos of the policy server's episodes (``vla-adp serve --record-dir DIR``; issue 9).
+"""Overlay videos of the policy server's episodes (``vla-adp serve --record-dir DIR``).
 
 One mp4 per session episode, ``DIR/session-<id>/episode-NNNN.mp4`` (NNNN the next free number, so a
 restarted server never overwrites an earlier video): one frame per query, since the server sees only

@@ -1,6 +1,6 @@
 """Policy server for real robots: OpenVLA-OFT's ``deploy.py`` protocol with per-episode pruning state.
 
-Reference behaviour (spec §7.1): FastAPI, ``POST /act`` on port 8777, the body is the observation
+Reference behaviour (moojink/openvla-oft ``vla-scripts/deploy.py``): FastAPI, ``POST /act`` on port 8777, the body is the observation
 with numpy arrays in json-numpy form (or ``{"encoded": <JSON string>}``, answered with a JSON
 string), the answer is the list of ``chunk`` un-normalised actions. Unchanged OFT clients work as they
 are. What we add:

@@ -1,6 +1,6 @@
 """Request validation for the policy server: every bad input becomes a :class:`RequestError`.
 
-The accepted body is OpenVLA-OFT's ``deploy.py`` observation (spec §7.1): ``full_image`` and the
+The accepted body is OpenVLA-OFT's ``deploy.py`` observation (moojink/openvla-oft ``vla-scripts/deploy.py``): ``full_image`` and the
 wrist images (any key containing "wrist") as json-numpy uint8 arrays (H, W, 3), ``state`` (raw
 proprio), ``instruction`` (``task_description`` is accepted as its alias, as the OFT sample
 observation uses it), or ``{"encoded": <that dict as a JSON string>}``. Our additions, all optional:

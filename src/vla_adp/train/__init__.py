@@ -1,1 +1,1 @@
-"""Demonstrations and behaviour cloning of the small Meta-World reference policy (issue 6)."""
+"""Demonstrations and behaviour cloning of the small Meta-World reference policy."""

@@ -1,4 +1,4 @@
-"""LightVLA fine-tuning of a trained policy (Jiang et al., arXiv 2509.12594 §3; peers.md §2.2).
+"""LightVLA fine-tuning of a trained policy (Jiang et al., arXiv 2509.12594 §3; LiAutoAD/LightVLA).
 
 LightVLA is training-based: its parameter-free selector (:mod:`vla_adp.pruning.pruners.lightvla`)
 only keeps meaningful patches after the policy has been fine-tuned *through* the selection. This
@@ -38,9 +38,9 @@ import torch
 
 from vla_adp.model.checkpoint import load_checkpoint, resolve_unnorm_key, save_checkpoint
 from vla_adp.model.tokenizer import PromptTokenizer
-from vla_adp.pruning.base import Query, QueryOutcome
-from vla_adp.pruning.layout import TokenLayout
 from vla_adp.pruning.pruners.lightvla import LightVLAConfig, LightVLAPruner
+from vla_adp.seam.context import Query
+from vla_adp.seam.query import run_query
 from vla_adp.train.dataset import BatchBuilder, load_demos
 from vla_adp.train.trainer import l1_loss, lr_at
 
@@ -104,17 +104,14 @@ class LightVLATrainConfig:
             raise ValueError(f"LightVLATrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
 
 
-def batch_layout(model, width: int) -> TokenLayout:
-    """The unpruned layout of a batch whose ``input_ids`` are ``width`` wide (BOS + prompt + '▁')."""
-    a = model.args
-    return TokenLayout((a.patches_per_image,) * a.n_images, width - 1, a.n_action_slots, int(a.use_proprio))
-
-
 def lightvla_loss(model, pruner: LightVLAPruner, inputs, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """L1 of one batch run through the training-mode selector; also the pruner's report."""
-    hooks = pruner.begin(Query(0, batch_layout(model, inputs.input_ids.shape[1])))
-    out = model(inputs, pruner, hooks)
-    return l1_loss(out.actions, target), pruner.end(QueryOutcome(out.layout, np.empty((0, 0)), out.keeps))
+    """L1 of one batch run through the training-mode selector; also the pruner's report.
+
+    The pruner's ``end`` gets no actions (LightVLA keeps no temporal state; the chunk still carries
+    its gradient).
+    """
+    r = run_query(model, inputs, pruner, Query(0), actions=lambda _: np.empty((0, 0)))
+    return l1_loss(r.output.actions, target), r.report
 
 
 class LightVLATrainer:

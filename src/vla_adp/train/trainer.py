@@ -1,4 +1,4 @@
-"""Behaviour cloning of the small OpenVLA-OFT on scripted-expert demonstrations (issue 6).
+"""Behaviour cloning of the small OpenVLA-OFT on scripted-expert demonstrations.
 
     demos ─► BatchBuilder (= Policy.inputs per sample) ─► OpenVLAOFT ─► L1 to the next 8 actions
            AdamW, linear warm-up, cosine to min_lr; progress = max(step / steps, time / budget)

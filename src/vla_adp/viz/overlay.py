@@ -3,7 +3,7 @@
 Seed paper Fig. 4 draws pruned vision tokens as blue masks on the camera frames; the reference ADP
 code exposes ``overlay_pruned_color`` [0, 0, 255] and ``overlay_pruned_alpha`` 120 (Table 14) but
 never draws anything. Here the masks land on the frame the robot saw, through the policy's image
-pipeline (spec §2.5, :meth:`vla_adp.policy.Policy.images`):
+pipeline (docs/reference.md §5, :meth:`vla_adp.policy.Policy.images`):
 
     raw frame (H, W) ─[rotate 180°]─► ─[resize to S×S]─► pre-crop image (S²)
         ─[center crop of area a, TF crop_and_resize back to M×M]─► model image (M²)
@@ -17,7 +17,6 @@ ratio; the 180° rotation maps edge y to H − y.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
@@ -279,9 +278,3 @@ def side_by_side(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
         out[: img.shape[0], x : x + img.shape[1]] = img
         x += img.shape[1] + gap
     return out
-
-
-def patch_centre(p: ImagePipeline, token: int) -> tuple[int, int]:
-    """(row, col) of the raw pixel nearest the centre of ``token``'s box."""
-    top, left, bottom, right = patch_boxes(p)[token]
-    return int(math.floor((top + bottom) / 2)), int(math.floor((left + right) / 2))

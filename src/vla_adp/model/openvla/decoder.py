@@ -10,9 +10,9 @@ attention differs: a causal mask in the prefill and a cache whose length may dif
 a pruner may shorten the sequence between layers (layers before the cut keep every key, the layers
 after it only the kept ones, as FastV's cached generation does).
 
-The class offers what a pruner reads from ``LayerContext.llm`` (``args``, ``layers``, ``rope``,
-``run_layers``); :meth:`CausalAttention.probs` masks future keys, so attention-based scorers see the
-weights this model really uses.
+The class is the family's :class:`~vla_adp.seam.decoder.Decoder` (the accessors of
+:class:`~vla_adp.model.llm.LayerAccess`, and ``run_layers``); :meth:`CausalAttention.probs` masks
+future keys, so attention-based scorers see the weights this model really uses.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vla_adp.model.config import LlamaArgs
-from vla_adp.model.llm import Attention, FeedForward, RMSNorm, apply_rope, rope_cos_sin
+from vla_adp.model.llm import Attention, FeedForward, LayerAccess, RMSNorm, apply_rope, rope_cos_sin
 
 
 class KVCache:
@@ -107,7 +107,7 @@ class CausalDecoderLayer(nn.Module):
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
-class CausalLlama(nn.Module):
+class CausalLlama(LayerAccess, nn.Module):
     """Llama-2 as ``LlamaForCausalLM`` runs it: causal, cached, with its ``lm_head``."""
 
     def __init__(self, args: LlamaArgs):

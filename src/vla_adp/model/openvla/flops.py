@@ -9,7 +9,7 @@ last row); pruning shortens ``c_ℓ``, so decoding gets cheaper too, in the laye
 
 from __future__ import annotations
 
-from vla_adp.cost.flops import CONVENTIONS
+from vla_adp.seam.flops import CONVENTIONS
 from vla_adp.model.config import LlamaArgs
 
 

@@ -5,7 +5,7 @@
 
 Upstream (``modeling_prismatic.py``, ``PrismaticForConditionalGeneration.forward``) inserts the
 projected patches after BOS; the seven action tokens are generated one at a time after ``L-1`` and
-never belong to the pruned span. :class:`PrefillLayout` is a :class:`~vla_adp.pruning.layout.TokenLayout`
+never belong to the pruned span. :class:`PrefillLayout` is a :class:`~vla_adp.seam.layout.TokenLayout`
 so that every pruner reads its spans unchanged: the last token (FastV's scoring row, ``stop``) is the
 trailing '▁', the text queries of ADP's score are BOS and the prompt, and ``score_rows("prefill")``
 covers the whole prefill.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vla_adp.pruning.layout import TokenLayout
+from vla_adp.seam.layout import TokenLayout
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ from vla_adp.model.openvla.config import OpenVLAArgs
 from vla_adp.model.openvla.decoder import CausalLlama, KVCache
 from vla_adp.model.openvla.layout import PrefillLayout
 from vla_adp.model.vision import FusedFeaturizer
-from vla_adp.pruning.base import LayerContext, Pruner
-from vla_adp.pruning.keep import Keep, apply_keep
+from vla_adp.seam.context import LayerContext, Pruner
+from vla_adp.seam.keep import KeepSet, apply_keep_set
 from vla_adp.utils.timing import NullStopwatch
 
 DEFAULT_ACTION_TOKENS = 7  # upstream: len(norm_stats[unnorm_key]["action"]["q01"])
@@ -61,7 +61,7 @@ class Prefill:
     position_ids: Tensor  # (B, L') positions of the rows that reached the last layer
     layout: PrefillLayout  # final (possibly pruned) layout
     cache: KVCache
-    keeps: list[Keep] = field(default_factory=list)
+    keep_sets: list[KeepSet] = field(default_factory=list)
     seq_lens: list[int] = field(default_factory=list)  # tokens each layer ran on
     layouts: list[PrefillLayout] = field(default_factory=list)  # the layout each layer ran on (= its cache's)
 
@@ -115,7 +115,7 @@ class OpenVLAOutput:
     logits: Tensor  # (B, T, vocab) float32 logits each token was chosen from
     actions: Tensor  # (B, 1, T) normalised actions, float64 (upstream's numpy decoding)
     layout: PrefillLayout  # final (possibly pruned) prefill layout
-    keeps: list[Keep] = field(default_factory=list)
+    keep_sets: list[KeepSet] = field(default_factory=list)
     seq_lens: list[int] = field(default_factory=list)  # prefill tokens each decoder layer ran on
     cache_lens: list[int] = field(default_factory=list)  # keys each layer held after the prefill
 
@@ -153,7 +153,7 @@ class OpenVLA(nn.Module):
         llm, n = self.language_model, self.args.llm.n_layers
         x, visual, layout = self.embed(inputs, timer)
         pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        cache, keeps, seq_lens, start = KVCache(n), [], [layout.length] * n, 0
+        cache, keep_sets, seq_lens, start = KVCache(n), [], [layout.length] * n, 0
         layouts = [layout] * n
         bad = sorted(h for h in hooks if not 0 <= h < n)
         if bad:
@@ -164,18 +164,16 @@ class OpenVLA(nn.Module):
                 x = llm.run_layers(x, pos, start, i, cache=cache)
             start = i
             with timer("prune"):
-                keep = pruner.at_layer(LayerContext(i, x, pos, layout, visual, llm))
-            if keep is not None:
-                # Position handling is read off the pruner as OFT's model does (the seam moves it onto Keep).
-                positions = getattr(pruner, "positions", "contiguous")
+                keep_set = pruner.at_layer(LayerContext(i, x, pos, layout, visual, llm))
+            if keep_set is not None:
                 with timer("gather"):
-                    x, pos, layout = apply_keep(x, pos, layout, keep, positions)
-                keeps.append(keep)
+                    x, pos, layout = apply_keep_set(x, pos, layout, keep_set)
+                keep_sets.append(keep_set)
                 seq_lens[i:] = [layout.length] * (n - i)
                 layouts[i:] = [layout] * (n - i)
         with timer("llm"):
             x = llm.run_layers(x, pos, start, n, cache=cache)
-        return Prefill(x, pos, layout, cache, keeps, seq_lens, layouts)
+        return Prefill(x, pos, layout, cache, keep_sets, seq_lens, layouts)
 
     # -- decoding ---------------------------------------------------------------------------
     def forward(self, inputs: OpenVLAInputs, pruner: Pruner | None = None, hooks: frozenset[int] = frozenset(),
@@ -200,7 +198,7 @@ class OpenVLA(nn.Module):
         ids = torch.stack(tokens, dim=1)  # (B, T)
         normalised = tokens_to_actions(ids.cpu().numpy(), self.args.n_real_vocab, self.args.n_action_bins)
         actions = torch.from_numpy(normalised)[:, None]  # (B, 1, T)
-        return OpenVLAOutput(ids, torch.cat(step_logits, dim=1), actions, pre.layout, pre.keeps, pre.seq_lens,
+        return OpenVLAOutput(ids, torch.cat(step_logits, dim=1), actions, pre.layout, pre.keep_sets, pre.seq_lens,
                              cache_lens)
 
     def _decode_step(self, x: Tensor, pos: Tensor, pre: Prefill, pruner, step: int) -> Tensor:

@@ -21,15 +21,17 @@ import numpy as np
 import torch
 
 from vla_adp.constants import Platform
-from vla_adp.cost.flops import llm_flops
+from vla_adp.seam.flops import llm_flops
 from vla_adp.model.hub import is_repo_id, resolve_checkpoint
 from vla_adp.model.openvla.actions import unnormalize_actions
 from vla_adp.model.openvla.checkpoint import OpenVLACheckpoint, load_openvla_checkpoint
 from vla_adp.model.openvla.flops import decode_flops
 from vla_adp.model.openvla.layout import PrefillLayout
 from vla_adp.model.openvla.openvla import OpenVLAInputs
-from vla_adp.policy import Policy, PolicyConfig, Session, default_dtype, instruction_of
-from vla_adp.pruning.base import Pruner
+from vla_adp.policy import Policy, PolicyConfig, Session, instruction_of
+from vla_adp.seam.context import Pruner
+from vla_adp.seam.query import end_query
+from vla_adp.utils.machine import default_dtype
 
 # Pruners whose scores need the OFT sequence's action slots in the prefill; OpenVLA has none there.
 NEEDS_ACTION_SLOTS = ("vla_pruner",)
@@ -72,9 +74,9 @@ class OpenVLAPolicy(Policy):
     def layout(self, n_prompt: int) -> PrefillLayout:
         return self.model.layout(n_prompt)
 
-    def unnormalize(self, out) -> np.ndarray:
-        """(1, action_dim): upstream's q01/q99 rule on the float64 bin centres."""
-        return unnormalize_actions(out.actions[0].cpu().numpy(), self.stats["action"])
+    def actions(self, normalised) -> np.ndarray:
+        """(1, action_dim): upstream's q01/q99 rule on the float64 bin centres (no ``+ 1e-8``)."""
+        return unnormalize_actions(normalised[0].cpu().numpy(), self.stats["action"])
 
     # -- inference -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -89,7 +91,8 @@ class OpenVLAPolicy(Policy):
         with timer("gate"):
             hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
         out = self.model(inputs, s.pruner, hooks, self.n_tokens, timer)
-        result = self._finish(s, layout, out, timer)
+        actions = self.actions(out.actions)
+        result = self._finish(s, layout, out, actions, end_query(s.pruner, out, actions, timer))
         result["info"]["action_tokens"] = out.tokens[0].tolist()
         result["info"]["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         return result

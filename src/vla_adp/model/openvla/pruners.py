@@ -18,7 +18,7 @@ FAMILY_VARIANTS = {"vla_pruner": "vla_adp.pruning.pruners.vla_pruner_openvla"}
 NOT_ON_OPENVLA = {"lightvla": "LightVLA trains its selection with the policy; no OpenVLA weights for it exist"}
 
 
-def build_openvla_pruner(name: str | None, keep: float | None = None, config_file: str | Path | None = None,
+def build_openvla_pruner(name: str | None, keep_ratio: float | None = None, config_file: str | Path | None = None,
                          **fields):
     """A pruner for :class:`~vla_adp.model.openvla.policy.OpenVLAPolicy` (arguments as ``build_pruner``)."""
     import importlib
@@ -29,9 +29,9 @@ def build_openvla_pruner(name: str | None, keep: float | None = None, config_fil
     if name in NOT_ON_OPENVLA:
         raise ValueError(f"pruner {name!r} does not run on OpenVLA: {NOT_ON_OPENVLA[name]}")
     if name not in FAMILY_VARIANTS:
-        return build_pruner(name, keep=keep, **settings, **fields)
+        return build_pruner(name, keep_ratio=keep_ratio, **settings, **fields)
     mod = importlib.import_module(FAMILY_VARIANTS[name])
     cfg = mod.CONFIG.from_dict({**settings, **fields})
-    if keep is not None:
-        cfg = dataclasses.replace(cfg, keep_ratio=keep)
+    if keep_ratio is not None:
+        cfg = dataclasses.replace(cfg, keep_ratio=keep_ratio)
     return mod.PRUNER(cfg)

@@ -8,7 +8,7 @@ with padding, sample a chunk, cut it to the dataset's action width, un-normalise
 
 This is the family's own entry point until the model seam exists; it does not go through
 :class:`vla_adp.policy.Policy` (OpenVLA-OFT's) and takes a π0 :class:`PrefixSelector` instead of a
-:class:`vla_adp.pruning.base.Pruner`. It meets the evaluation runner's contract
+:class:`vla_adp.seam.context.Pruner`. It meets the evaluation runner's contract
 (:func:`vla_adp.eval.runner.run_episode`: ``infer``, ``reset``, ``record_step``, ``platform``, the
 query-record fields in ``info``). ADP = ``gate`` (:class:`vla_adp.pruning.gate.ActionAwareGate`,
 fed the LIBERO state's end-effector pose) + ``selector`` used on the queries the gate prunes.
@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from vla_adp.constants import Platform
-from vla_adp.cost.pi0_flops import pi0_flops
+from vla_adp.model.pi0.flops import pi0_flops
 from vla_adp.model.pi0.checkpoint import Pi0Checkpoint, load_pi0_checkpoint
 from vla_adp.model.pi0.flow import euler_sample
 from vla_adp.model.pi0.pi0 import Pi0Inputs, PrefixContext, PrefixSelector
@@ -95,7 +95,7 @@ class Pi0Policy:
             return 0
         if self.gate is None:
             return 1
-        from vla_adp.pruning.base import Query
+        from vla_adp.seam.context import Query
 
         state = np.asarray(obs[STATE], np.float64)
         pos, rot = self.platform.eef_pos, self.platform.eef_rot

@@ -3,7 +3,7 @@
 :class:`TextImageSelector` is ADP's text-driven selection (seed paper Eq. 7–12) on Gemma: at layer ℓ,
 RMSNorm the layer input, average the real prompt rows, project with W_Q, score every real image token
 by q̄·k / √d with k = W_K x̂ (no RoPE, heads averaged), then keep the top k_c tokens of each present
-camera (quotas from :func:`vla_adp.pruning.select.view_quotas`, count from ``keep_count``) plus the
+camera (quotas from :func:`vla_adp.seam.budget.view_quotas`, count from ``keep_count``) plus the
 whole prompt. ``mode`` "inverse" keeps the lowest scores, "random" a uniform draw (the peers).
 
 :class:`AttentionSelector` is FastV (Chen et al., ECCV 2024; pkunlp-icler/FastV) on the prefix: rank
@@ -28,11 +28,9 @@ from torch import Tensor
 
 from vla_adp.model.pi0.gemma import rms_normalize
 from vla_adp.model.pi0.pi0 import PrefixContext
-from vla_adp.pruning.select import keep_count, view_quotas
+from vla_adp.seam.budget import BUDGETS, SELECTIONS, keep_count, view_quotas
 
-SELECT_MODES = ("top", "inverse", "random")
 SCORING_ROWS = ("last", "prefix")
-BUDGETS = ("global", "per_view")
 
 
 def text_image_scores(ctx: PrefixContext, row: int) -> Tensor:
@@ -74,8 +72,8 @@ class TextImageSelector:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in SELECT_MODES:
-            raise ValueError(f"mode must be one of {SELECT_MODES}, got {self.mode!r}")
+        if self.mode not in SELECTIONS:
+            raise ValueError(f"mode must be one of {SELECTIONS}, got {self.mode!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
         if not isinstance(self.layer, int) or self.layer < 0:

@@ -1,4 +1,4 @@
-"""Action-aware Dynamic Pruning (seed paper §4, Algorithm 1; reference chen7086/VLA-ADP, spec §6).
+"""Action-aware Dynamic Pruning (seed paper §4, Algorithm 1; reference chen7086/VLA-ADP, docs/reference.md §4).
 
 Per query: the :class:`~vla_adp.pruning.gate.ActionAwareGate` decides from the end-effector motion
 of the previous action chunk whether this query prunes (state 1) or keeps full vision (state 0).
@@ -22,13 +22,14 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from vla_adp.cost.flops import query_scoring_flops
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
 from vla_adp.pruning.config import ADPConfig
 from vla_adp.pruning.gate import ActionAwareGate
-from vla_adp.pruning.keep import Keep
 from vla_adp.pruning.scoring import layer_text_vision_scores, text_vision_scores
-from vla_adp.pruning.select import keep_count, select_per_view, view_quotas
+from vla_adp.pruning.select import select_per_view
+from vla_adp.seam.budget import keep_count, view_quotas
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.flops import query_scoring_flops
+from vla_adp.seam.keep import KeepSet
 
 
 class ADPPruner:
@@ -38,7 +39,6 @@ class ADPPruner:
 
     def __init__(self, config: ADPConfig = ADPConfig()):
         self.config = config
-        self.positions = config.positions
         self.gate = ActionAwareGate(config.gate)
         self.reset()
 
@@ -62,7 +62,7 @@ class ADPPruner:
         prunes = self._state and self.config.keep_ratio < 1.0
         return frozenset({self.prune_layer}) if prunes else frozenset()
 
-    def at_layer(self, ctx: LayerContext) -> Keep:
+    def at_layer(self, ctx: LayerContext) -> KeepSet:
         cfg, layout = self.config, ctx.layout
         k = keep_count(layout.n_visual, cfg.keep_ratio, cfg.rounding)
         quotas = view_quotas(k, layout.views, cfg.split)
@@ -70,8 +70,9 @@ class ADPPruner:
             scores = torch.zeros(ctx.hidden.shape[0], layout.n_visual)
         else:
             scores = self.scores(ctx)
-            self._scoring_flops = query_scoring_flops(ctx.llm.args, layout, cfg.layer, cfg.layer_mode, cfg.scoring)
-        return select_per_view(scores, layout.views, quotas, cfg.selection, self._generator, cfg.order)
+            self._scoring_flops = query_scoring_flops(ctx.shape, layout, cfg.layer, cfg.layer_mode, cfg.scoring)
+        keep_set = select_per_view(scores, layout.views, quotas, cfg.selection, self._generator, cfg.order)
+        return keep_set.with_positions(cfg.positions)
 
     def scores(self, ctx: LayerContext) -> Tensor:
         """Φ (B, V) at the configured layer (Eq. 9)."""
@@ -81,15 +82,13 @@ class ADPPruner:
 
     def _probe_scores(self, ctx: LayerContext) -> Tensor:
         """Reference probe pass: layers 0..ℓ-1 over [BOS, visual, prompt, slots, </s>] (no proprio)."""
-        layout, llm, ell = ctx.layout, ctx.llm, self.config.layer
+        layout = ctx.layout
         keep_rows = [i for i in range(layout.length) if not layout.proprio.start <= i < layout.proprio.stop]
         x = ctx.hidden[:, keep_rows]
         pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        h = llm.run_layers(x, pos, 0, ell)
-        probe = dataclasses.replace(layout, n_proprio=0)
-        attn = llm.layers[ell].self_attn
-        normed = llm.layers[ell].input_layernorm(h)
-        return text_vision_scores(normed, attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads, probe,
+        probe = ctx.run_to(self.config.layer, x, pos, dataclasses.replace(layout, n_proprio=0))
+        proj = probe.projections()
+        return text_vision_scores(probe.normed(), proj.q, proj.k, proj.n_heads, proj.n_kv_heads, probe.layout,
                                   self.config.scoring)
 
     def end(self, outcome: QueryOutcome) -> dict:

@@ -1,6 +1,6 @@
 """FastV (Chen et al., ECCV 2024, "An Image is Worth 1/2 Tokens After Layer 2"; pkunlp-icler/FastV).
 
-After K decoder layers have run on the full sequence, rank the visual tokens by the attention they
+After K decoder layers (``layer``) have run on the full sequence, rank the visual tokens by the attention they
 receive in layer K−1 (softmax(q·kᵀ/√d) with RoPE, mean over heads) from the scoring rows, keep the
 top round(ρ·n), drop the rest in place and keep the original RoPE positions of what stays:
 
@@ -8,12 +8,12 @@ top round(ρ·n), drop the rest in place and keep the original RoPE positions of
          │  cut before layer K: BOS | kept visual | proprio, prompt, slots, </s>   (positions kept)
     layers K..31 on L - V + k tokens
 
-Reference behaviour (peers.md §2.3) and where this file differs:
+Reference behaviour (pkunlp-icler/FastV; MINT-SJTU/VLA-Pruner ``src/openvla-oft``) and where this file differs:
 
 * Layer convention. ``convention="fastv"`` (FastV's code, VLA-Pruner's OpenVLA fork): attention of
   layer K−1, tokens dropped before layer K; the FastV paper's default is K=2. VLA-Pruner's
   OpenVLA-OFT fork is off by one (``convention="vla_pruner_oft"``): attention of layer K itself,
-  dropped before layer K+1, with K=3. Its FastV on OFT is ``k=3, convention="vla_pruner_oft",
+  dropped before layer K+1, with K=3. Its FastV on OFT is ``layer=3, convention="vla_pruner_oft",
   attention_source="prefill", budget="per_view"``, which the fork's flags (``fastv_k``, ``fastv_r``,
   ``fastv_attention_source``, ...) select in ``FastVConfig.from_dict``.
 * Scoring rows. ``last`` is FastV's last token; in OpenVLA-OFT that is the </s> stop token, whose
@@ -23,7 +23,7 @@ Reference behaviour (peers.md §2.3) and where this file differs:
   and the default; ``per_view`` keeps round(ρ·n_c) per camera like the OFT fork.
 * Attention weights. The references switch every layer to eager attention (``output_attentions``),
   which slows the whole model (VLA-Pruner #12, FastV #31). Here only the scoring rows of the one
-  scoring layer are recomputed (:meth:`~vla_adp.pruning.base.LayerContext.attention_probs`, float32);
+  scoring layer are recomputed (:meth:`~vla_adp.seam.context.LayerContext.attention_probs`, float32);
   every layer, the scoring layer included, runs SDPA. That recomputation (q for the rows, k for all
   keys, the logits) is reported as ``scoring_flops``.
 * No KV cache: OpenVLA-OFT predicts a chunk in one forward pass, so FastV's decode-time reuse and
@@ -39,11 +39,12 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from vla_adp.cost.flops import attention_rows_flops
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import Keep
 from vla_adp.pruning.scoring import ROW_SOURCES, layer_attention_scores, score_rows
-from vla_adp.pruning.select import BUDGETS, select_top_budget
+from vla_adp.pruning.select import select_top_budget
+from vla_adp.seam.budget import BUDGETS
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.flops import attention_rows_flops
+from vla_adp.seam.keep import KeepSet
 
 CONVENTIONS = ("fastv", "vla_pruner_oft")
 
@@ -54,7 +55,7 @@ class FastVConfig:
 
     Args:
         keep_ratio: ρ, share of visual tokens kept (1.0 = unpruned, bit for bit).
-        k: FastV's K: the decoder layer before which tokens are dropped (``fastv`` convention).
+        layer: FastV's K: the decoder layer before which tokens are dropped (``fastv`` convention).
         convention: ``fastv`` (score with layer K−1, cut before K) or ``vla_pruner_oft`` (score
             with layer K, cut before K+1, as VLA-Pruner's OpenVLA-OFT fork).
         attention_source: ``last`` (the </s> row) or ``prefill`` (mean over rows before the slots).
@@ -62,7 +63,7 @@ class FastVConfig:
     """
 
     keep_ratio: float = 0.5
-    k: int = 2
+    layer: int = 2
     convention: str = "fastv"
     attention_source: str = "last"
     budget: str = "global"
@@ -73,9 +74,9 @@ class FastVConfig:
         if self.convention not in CONVENTIONS:
             raise ValueError(f"FastVConfig.convention must be one of {CONVENTIONS}, got {self.convention!r}")
         least = 1 if self.convention == "fastv" else 0
-        if not isinstance(self.k, int) or self.k < least:
-            raise ValueError(f"FastVConfig.k must be an int >= {least} with convention {self.convention!r} "
-                             f"(the scoring layer must exist), got {self.k!r}")
+        if not isinstance(self.layer, int) or self.layer < least:
+            raise ValueError(f"FastVConfig.layer must be an int >= {least} with convention {self.convention!r} "
+                             f"(the scoring layer must exist), got {self.layer!r}")
         if self.attention_source not in ROW_SOURCES:
             raise ValueError(f"FastVConfig.attention_source must be one of {ROW_SOURCES}, got {self.attention_source!r}")
         if self.budget not in BUDGETS:
@@ -83,7 +84,7 @@ class FastVConfig:
 
     @property
     def score_layer(self) -> int:
-        return self.k - 1 if self.convention == "fastv" else self.k
+        return self.layer - 1 if self.convention == "fastv" else self.layer
 
     @property
     def cut_layer(self) -> int:
@@ -118,7 +119,7 @@ class FastVConfig:
             if r >= 1.0:
                 raise ValueError(f"fastv_r={fork['fastv_r']!r} keeps no visual token (the fork keeps "
                                  "round(256*(1-fastv_r)) per camera); use fastv_r < 1")
-            out.update(k=int(fork["fastv_k"]), keep_ratio=min(1.0, 1.0 - r), convention="vla_pruner_oft",
+            out.update(layer=int(fork["fastv_k"]), keep_ratio=min(1.0, 1.0 - r), convention="vla_pruner_oft",
                        budget="per_view",
                        attention_source="last" if fork["fastv_attention_source"] == "last" else "prefill")
         ignored = []
@@ -149,7 +150,6 @@ class FastVPruner:
     """FastV: rank visual tokens by one layer's attention, drop the rest in place (original positions)."""
 
     name = "fastv"
-    positions = "original"
 
     def __init__(self, config: FastVConfig = FastVConfig()):
         self.config = config
@@ -164,16 +164,17 @@ class FastVPruner:
             return frozenset()
         return frozenset({self.config.score_layer, self.config.cut_layer})
 
-    def at_layer(self, ctx: LayerContext) -> Keep | None:
+    def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         cfg = self.config
         if ctx.index == cfg.score_layer:
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._scores = layer_attention_scores(ctx, rows)
-            self._flops = attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+            self._flops = attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
             return None
         if self._scores is None:
             raise RuntimeError(f"FastV reached its cut layer {ctx.index} without scores from layer {cfg.score_layer}")
-        return select_top_budget(self._scores, ctx.layout.views, cfg.keep_ratio, cfg.budget)
+        keep_set = select_top_budget(self._scores, ctx.layout.views, cfg.keep_ratio, cfg.budget)
+        return keep_set.with_positions("original")  # the kept tokens keep their RoPE positions
 
     def end(self, outcome: QueryOutcome) -> dict[str, Any]:
         """Settings and ``scoring_flops``: the recomputed attention rows (the policy adds it to ``flops``)."""

@@ -3,7 +3,7 @@
 Parameter-free, differentiable pruning before decoder layer 0. The sequence splits into
 BOS | V patches P | task tokens T, where T is everything after the visual tokens (proprio, prompt
 incl. '▁', the 56 zero action slots and </s>), exactly the reference's ``[1, num_patches, rest]``
-split with ``num_patches = 256 × n_images`` (peers.md §2.2):
+split with ``num_patches = 256 × n_images`` (LiAutoAD/LightVLA ``TokenPruner``):
 
     P̂ = rms(P),  T̂ = rms(T)                      RMS normalisation without weights (eps 1e-6)
     Q = rms(softmax(P̂ T̂ᵀ/√d) T̂)                   one query per patch: patches attend over the task
@@ -17,7 +17,7 @@ The pruned patches leave the sequence and the kept ones keep their original posi
 count adapts per frame (the paper reports ~78 of 512 on LIBERO after fine-tuning), so ``keep_ratio``
 has no effect: ``end()`` reports the achieved ratio instead. Without LightVLA fine-tuning the
 argmaxes of a stock OFT checkpoint are not meaningful (the maintainers: start from the per-suite OFT
-checkpoints and train 40k steps; peers.md §2.2, issue #19).
+checkpoints and train 40k steps; LiAutoAD/LightVLA issue #19).
 
 Training: ``pruner.train(True)`` and ``pruner.set_progress(step, max_steps)`` each step, then run
 the model outside ``inference_mode``; the gradient reaches the projector and the LLM both through
@@ -28,7 +28,7 @@ Deviations from the reference code:
 * Right-padded training batches: the pad tokens are masked out of the task keys (the reference
   lets patches attend to pads), so a sample scores the same alone and in a padded batch.
 * The training noise comes from a seeded generator (``seed``, re-seeded by ``reset()``).
-* ``scoring_flops`` reports the scorer's matmuls (:func:`~vla_adp.cost.flops.lightvla_flops`).
+* ``scoring_flops`` reports the scorer's matmuls (:func:`~vla_adp.seam.flops.lightvla_flops`).
 * Inference with batch > 1 raises a clear error (the reference's ``view(bsz, -1)`` silently
   assumes equal counts); training accepts batches because the length stays V.
 """
@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vla_adp.cost.flops import lightvla_flops
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import Keep
 from vla_adp.pruning.select import view_counts
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.flops import lightvla_flops
+from vla_adp.seam.keep import KeepSet
 
 
 # -- pure math -------------------------------------------------------------------------------------
@@ -120,7 +120,6 @@ class LightVLAPruner:
     """LightVLA: keep every patch that some task-conditioned patch query points at (before layer 0)."""
 
     name = "lightvla"
-    positions = "original"
 
     def __init__(self, config: LightVLAConfig = LightVLAConfig()):
         self.config = config
@@ -151,31 +150,31 @@ class LightVLAPruner:
         self._kept, self._flops = None, 0.0
         return frozenset({0})
 
-    def at_layer(self, ctx: LayerContext) -> Keep:
+    def at_layer(self, ctx: LayerContext) -> KeepSet:
         layout = ctx.layout
         patches, task = ctx.hidden[:, layout.visual], ctx.hidden[:, layout.visual.stop :]
         task_mask = None if ctx.key_mask is None else ctx.key_mask[:, layout.visual.stop :]
         scores = lightvla_scores(patches, task, task_mask, self.config.eps)
-        keep = self._train_keep(scores, patches, layout) if self.training else self._infer_keep(scores, layout)
-        self._kept = (layout.n_visual, _distinct(keep.visual))
+        keep_set = self._train_keep(scores, patches, layout) if self.training else self._infer_keep(scores, layout)
+        self._kept = (layout.n_visual, _distinct(keep_set.visual_index))
         self._flops = lightvla_flops(layout.n_visual, task.shape[1], task.shape[2], self.training)
-        return keep
+        return keep_set
 
-    def _infer_keep(self, scores: Tensor, layout) -> Keep:
+    def _infer_keep(self, scores: Tensor, layout) -> KeepSet:
         if scores.shape[0] != 1:
             raise ValueError(f"LightVLA inference keeps a data-dependent number of tokens per sample, so it runs "
                              f"batch 1 (as the reference); got batch {scores.shape[0]}. Training mode "
                              f"(pruner.train(True)) keeps V tokens and accepts batches.")
         visual = union_of_argmax(scores)[0].nonzero().flatten()[None]
-        return Keep(visual, view_counts(visual, layout.views))
+        return KeepSet(visual, view_counts(visual, layout.views), positions="original")
 
-    def _train_keep(self, scores: Tensor, patches: Tensor, layout) -> Keep:
+    def _train_keep(self, scores: Tensor, patches: Tensor, layout) -> KeepSet:
         noise = None
         if self.noise_scale > 0:
             noise = torch.rand(scores.shape, generator=self._generator).to(scores) * self.noise_scale
         visual, tokens = straight_through_select(scores, patches, noise)
         # Token i belongs to query i, so the V slots split over the cameras as the queries do.
-        return Keep(visual, layout.views, tokens=tokens)
+        return KeepSet(visual, layout.views, tokens=tokens, positions="original")
 
     def end(self, outcome: QueryOutcome) -> dict[str, Any]:
         """The achieved keep ratio: distinct kept patches / V (training rows hold V with duplicates)."""

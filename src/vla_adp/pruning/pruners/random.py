@@ -1,4 +1,4 @@
-"""Random dropping (ADP paper §5.3 / Table 1 "random 50 %"; FastV's random-mask variant, peers.md §2.11).
+"""Random dropping (ADP paper §5.3 / Table 1 "random 50 %"; FastV's random-mask variant, pkunlp-icler/FastV).
 
 The paper's random-dropping experiment mirrors ADP's full setup: the action-aware gate still
 decides which queries prune (Table 1's 1.29× at 50 % is consistent with gating), only the choice of

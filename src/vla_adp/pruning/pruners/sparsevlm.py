@@ -18,7 +18,7 @@ input embeddings of every token after the image; the pruning layer itself runs o
 the cut applies to its output; recycled tokens are placed right after the kept visual tokens; the
 positions are renumbered 0..L'−1 (``position_ids[:, :L']``).
 
-Keep count (``count``):
+KeepSet count (``count``):
 * ``schedule`` (default): ρ is the *layer-averaged* share of visual tokens, the convention of the
   release's budgets (192 / 128 / 64 "equal tokens" of 576: ``score.py``'s per-layer lists, e.g.
   300 / 200 / 110 at layers 2 / 6 / 15, average over the 32 layers ≈ 192). Stage s keeps
@@ -56,9 +56,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vla_adp.cost.flops import attention_rows_flops
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import POSITION_MODES, Keep, apply_keep
+from vla_adp.seam.flops import attention_rows_flops
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.keep import POSITION_MODES, KeepSet, apply_keep_set
 
 COUNTS = ("schedule", "rank")
 RECYCLE_SHARE = 0.3  # top 30 % of the deleted tokens are recycled (+1)
@@ -215,16 +215,16 @@ class SparseVLMPruner:
             return frozenset()
         return frozenset({0, *self.config.layers, *(layer + 1 for layer in self.config.layers)})
 
-    def at_layer(self, ctx: LayerContext) -> Keep | None:
+    def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         if ctx.index == 0:
             self._pick_raters(ctx)
         keep = self._cut(ctx) if ctx.index - 1 in self.config.layers else None
         if ctx.index in self.config.layers:  # a stage right after another scores the sequence it just cut
-            self._score(ctx if keep is None else _after_cut(ctx, keep, self.positions))
+            self._score(ctx if keep is None else _after_cut(ctx, keep))
         return keep
 
     def _pick_raters(self, ctx: LayerContext) -> None:
-        layout, n = ctx.layout, len(ctx.llm.layers)
+        layout, n = ctx.layout, ctx.shape.n_layers
         last = self.config.layers[-1]
         if last + 1 >= n:
             raise ValueError(f"SparseVLM cuts before layer {last + 1} (after its last layer {last}), but this decoder "
@@ -245,10 +245,10 @@ class SparseVLMPruner:
             s, p = rater_scores(row_ctx.attention_probs(rows)[0], ctx.layout.visual)
             scores.append(s)
             mats.append(p)
-            self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+            self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
         self._scores, self._p = scores, mats
 
-    def _cut(self, ctx: LayerContext) -> Keep:
+    def _cut(self, ctx: LayerContext) -> KeepSet:
         layout, cfg = ctx.layout, self.config
         stage = cfg.layers.index(ctx.index - 1)
         picks, tokens, views = [], [], None
@@ -264,7 +264,7 @@ class SparseVLMPruner:
             views = row_views
         self._stages.append({"layer": ctx.index - 1, "visual_in": layout.n_visual, "kept": int(k),
                              "recycled": sum(views) - int(k)})
-        return Keep(torch.stack(picks), views, torch.stack(tokens))
+        return KeepSet(torch.stack(picks), views, torch.stack(tokens), positions=self.positions)
 
     def _keep_count(self, stage: int, n_visual: int, p: Tensor) -> int:
         if self.config.count == "rank":
@@ -314,9 +314,9 @@ def _row(ctx: LayerContext, b: int) -> LayerContext:
                                visual=ctx.visual[b:b + 1])
 
 
-def _after_cut(ctx: LayerContext, keep: Keep, positions: str) -> LayerContext:
-    """The same layer's context on the sequence ``keep`` leaves (the model cuts after this hook)."""
-    hidden, pos, layout = apply_keep(ctx.hidden, ctx.position_ids, ctx.layout, keep, positions)
+def _after_cut(ctx: LayerContext, keep_set: KeepSet) -> LayerContext:
+    """The same layer's context on the sequence ``keep_set`` leaves (the model cuts after this hook)."""
+    hidden, pos, layout = apply_keep_set(ctx.hidden, ctx.position_ids, ctx.layout, keep_set)
     return dataclasses.replace(ctx, hidden=hidden, position_ids=pos, layout=layout)
 
 

@@ -34,7 +34,7 @@ and 4 are added as ``scoring_flops``. The cache holds every visual token's keys/
 layer from the first reuse layer on (2 · layers · V · D_kv values).
 
 Mechanism here: a pruner cannot express "drop these rows but keep them as keys" with a
-:class:`~vla_adp.pruning.keep.Keep` alone, so the decoder offers *attention taps*
+:class:`~vla_adp.seam.keep.KeepSet` alone, so the decoder offers *attention taps*
 (:data:`vla_adp.model.llm.AttentionTap`, installed through ``LayerContext.taps``): at layer 0 this
 pruner installs one tap per layer that records the visual rows' keys/values, appends the cached
 ones of the reused tokens, and reads the attention statistics of steps 2 and 4 from the same q/k (no
@@ -70,8 +70,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import Keep
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.keep import KeepSet
 
 SCHEDULES = ("entropy", "constant")
 REFERENCE_GRID = 256  # patches per camera the reference's top-k counts are for (224 px, 14-px patches)
@@ -205,7 +205,6 @@ class VLACachePruner:
     """VLA-Cache: unchanged, task-irrelevant visual tokens reuse the previous query's keys/values."""
 
     name = "vla_cache"
-    positions = "original"
 
     def __init__(self, config: VLACacheConfig = VLACacheConfig()):
         self.config = config
@@ -269,7 +268,7 @@ class VLACachePruner:
         r = reuse_schedule(memory.entropy, self.config.growth)
         return {layer: float(r[layer]) for layer in self.config.reuse_layers if layer < len(r)}
 
-    def at_layer(self, ctx: LayerContext) -> Keep | None:
+    def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         if ctx.index == 0:
             self._install(ctx)
         if ctx.index not in self._counts:
@@ -280,7 +279,7 @@ class VLACachePruner:
         self._rows, self._reused = self._rows[stay], reused
         starts = np.cumsum((0, *self._original_views[:-1]))
         views = tuple(int(((self._rows >= a) & (self._rows < a + n)).sum()) for a, n in zip(starts, self._original_views))
-        keep = Keep(index[None].to(ctx.hidden.device), views)
+        keep = KeepSet(index[None].to(ctx.hidden.device), views, positions="original")
         self._layout = ctx.layout.with_views(views)
         return keep
 
@@ -292,7 +291,7 @@ class VLACachePruner:
             raise ValueError(f"VLA-Cache keeps one episode's cache and runs batch 1, got batch {ctx.hidden.shape[0]}")
         if ctx.key_mask is not None:
             raise ValueError("VLA-Cache does not run on padded training batches (key_mask given)")
-        n = len(ctx.llm.layers)
+        n = ctx.shape.n_layers
         if max(self.config.reuse_layers) >= n:
             raise ValueError(f"VLACacheConfig.reuse_layers={self.config.reuse_layers} but this decoder has layers "
                              f"0..{n - 1}")

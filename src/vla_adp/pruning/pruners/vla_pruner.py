@@ -16,7 +16,7 @@ Dataflow of one pruned query (one model call; hooks before layers K, K+1 and 15)
        ─► hook: select, cut (original positions) ─► layers 4..14 ─► hook: q·kᵀ of the 56 action
        rows at layer 15 on the pruned sequence (a_t, scattered back to V positions) ─► layers 15..31
 
-Reference behaviour (peers.md §2.1, the OFT fork) reproduced here: ``fastv_k=3`` with the fork's
+Reference behaviour (MINT-SJTU/VLA-Pruner ``src/openvla-oft``, ``modeling_llama._vlapruner_image_indices``) reproduced here: ``fastv_k=3`` with the fork's
 off-by-one (attention of layer 3 itself, tokens dropped from layer 4 on); action layer 15;
 window w=3, γ=0.8 in the *fixed* direction (newest 1.0, then 0.8, 0.64; the released OpenVLA code
 had it reversed, issue #7); warm-up: no pruning until the window is full, i.e. the first three
@@ -55,11 +55,11 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from vla_adp.cost.flops import attention_rows_flops
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import Keep, apply_keep
 from vla_adp.pruning.scoring import ROW_SOURCES, attention_received, layer_attention_scores, score_rows
-from vla_adp.pruning.select import keep_count
+from vla_adp.seam.budget import keep_count
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.flops import attention_rows_flops
+from vla_adp.seam.keep import KeepSet, apply_keep_set
 
 
 # -- pure math -------------------------------------------------------------------------------------
@@ -111,13 +111,14 @@ def relevance_then_diversity(semantic: Tensor, action: Tensor, features: Tensor,
 
 
 def select_vla_pruner(semantic: Tensor | None, action: Tensor | None, features: Tensor, views: tuple[int, ...],
-                      ratio: float, mode: str = "semantic_action") -> Keep:
+                      keep_ratio: float, mode: str = "semantic_action") -> KeepSet:
     """Per camera and batch row: ``semantic_action``: union of both top-k_c, diversity filter;
-    ``semantic`` / ``action``: top-k_c of that score alone (the fork's single-score modes). (B, V) -> Keep."""
+    ``semantic`` / ``action``: top-k_c of that score alone (the fork's single-score modes). (B, V) -> KeepSet
+    (original positions, as the fork)."""
     picks, counts, start = [], [], 0
     batch = features.shape[0]
     for n in views:
-        k = keep_count(n, ratio)
+        k = keep_count(n, keep_ratio)
         span = slice(start, start + n)
         if mode == "semantic_action":
             rows = [relevance_then_diversity(semantic[b, span], action[b, span], features[b, span], k)
@@ -128,15 +129,15 @@ def select_vla_pruner(semantic: Tensor | None, action: Tensor | None, features: 
         picks.append(torch.stack(rows) + start)
         counts.append(k)
         start += n
-    return Keep(torch.cat(picks, dim=1), tuple(counts))
+    return KeepSet(torch.cat(picks, dim=1), tuple(counts), positions="original")
 
 
-def scatter_visual(scores: Tensor, keep: Keep | None, n_visual: int) -> Tensor:
+def scatter_visual(scores: Tensor, keep_set: KeepSet | None, n_visual: int) -> Tensor:
     """Scores of the kept visual tokens (B, K) back onto all V positions, 0 where pruned."""
-    if keep is None:
+    if keep_set is None:
         return scores
     full = scores.new_zeros(scores.shape[0], n_visual)
-    return full.scatter(1, keep.visual.to(scores.device), scores)
+    return full.scatter(1, keep_set.visual_index.to(scores.device), scores)
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -269,7 +270,6 @@ class VLAPrunerPruner:
     """VLA-Pruner: semantic ∪ decayed action top-k per camera, then max-min diversity (OFT fork)."""
 
     name = "vla_pruner"
-    positions = "original"
 
     def __init__(self, config: VLAPrunerConfig = VLAPrunerConfig()):
         self.config = config
@@ -296,20 +296,20 @@ class VLAPrunerPruner:
             hooks |= {cfg.cut_layer} | ({cfg.fastv_k} if cfg.mode != "action" else set())
         return frozenset(hooks)
 
-    def at_layer(self, ctx: LayerContext) -> Keep | None:
+    def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         cfg = self.config
         keep = None
         if self._pruning and ctx.index == cfg.fastv_k and cfg.mode != "action":
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._semantic = layer_attention_scores(ctx, rows)
-            self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+            self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
         if self._pruning and ctx.index == cfg.cut_layer:
             keep = self._keep = self._select(ctx)
         if ctx.index == cfg.action_layer:
             self._current = self._action_scores(ctx if keep is None else _after_cut(ctx, keep))
         return keep
 
-    def _select(self, ctx: LayerContext) -> Keep:
+    def _select(self, ctx: LayerContext) -> KeepSet:
         batch = ctx.hidden.shape[0]
         if self._history[-1].shape[0] != batch:
             raise ValueError(f"VLA-Pruner history holds batch {self._history[-1].shape[0]} but this query has "
@@ -324,7 +324,7 @@ class VLAPrunerPruner:
             stop = min(stop, start + self.config.action_horizon * self.config.action_dim)
         rows = torch.arange(start, stop)
         kept = attention_received(ctx.attention_probs(rows), ctx.layout)  # (B, kept visual)
-        self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+        self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
         return scatter_visual(kept, self._keep, ctx.visual.shape[1])
 
     def end(self, outcome: QueryOutcome) -> dict[str, Any]:
@@ -338,9 +338,9 @@ class VLAPrunerPruner:
         return info
 
 
-def _after_cut(ctx: LayerContext, keep: Keep) -> LayerContext:
+def _after_cut(ctx: LayerContext, keep_set: KeepSet) -> LayerContext:
     """The context of the same layer on the already-cut sequence (action layer == cut layer)."""
-    hidden, pos, layout = apply_keep(ctx.hidden, ctx.position_ids, ctx.layout, keep, "original")
+    hidden, pos, layout = apply_keep_set(ctx.hidden, ctx.position_ids, ctx.layout, keep_set)
     return dataclasses.replace(ctx, hidden=hidden, position_ids=pos, layout=layout)
 
 

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vla_adp.cost.flops import attention_rows_flops
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.keep import Keep
+from vla_adp.seam.flops import attention_rows_flops
+from vla_adp.seam.context import LayerContext, Query, QueryOutcome
+from vla_adp.seam.keep import KeepSet
 from vla_adp.pruning.pruners.vla_pruner import MODES, _after_cut, decayed_mean, scatter_visual, select_vla_pruner
 from vla_adp.pruning.scoring import ROW_SOURCES, layer_attention_scores, score_rows
 
@@ -122,7 +122,6 @@ class VLAPrunerOpenVLA:
     """VLA-Pruner on OpenVLA: semantic ∪ decayed action-token attention, max-min diversity (fork ``src/openvla``)."""
 
     name = "vla_pruner_openvla"
-    positions = "original"
 
     def __init__(self, config: VLAPrunerOpenVLAConfig = VLAPrunerOpenVLAConfig()):
         self.config = config
@@ -151,7 +150,7 @@ class VLAPrunerOpenVLA:
             hooks |= {cfg.k} | ({cfg.score_layer} if cfg.mode != "action" else set())
         return frozenset(hooks)
 
-    def at_layer(self, ctx: LayerContext) -> Keep | None:
+    def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         if ctx.layout.n_action:
             raise ValueError("vla_pruner_openvla reads OpenVLA's decode steps; this sequence has action slots "
                              "(OpenVLA-OFT): use the vla_pruner pruner there")
@@ -160,14 +159,14 @@ class VLAPrunerOpenVLA:
         if self._pruning and ctx.index == cfg.score_layer and cfg.mode != "action":
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._semantic = layer_attention_scores(ctx, rows)
-            self._flops += attention_rows_flops(ctx.llm.args, len(rows), ctx.layout.length)
+            self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
         if self._pruning and ctx.index == cfg.k:
             keep = self._keep = self._select(ctx)
         if ctx.index == cfg.action_layer:
             here = ctx if keep is None else _after_cut(ctx, keep)
             last = torch.tensor([here.layout.stop])  # the row whose logits give action token 1
             self._add_action_row(here.attention_probs(last), here.layout)
-            self._flops += attention_rows_flops(ctx.llm.args, 1, here.layout.length)
+            self._flops += attention_rows_flops(ctx.shape, 1, here.layout.length)
         return keep
 
     def decode_layers(self) -> frozenset[int]:
@@ -193,7 +192,7 @@ class VLAPrunerOpenVLA:
         return info
 
     # -- steps ------------------------------------------------------------------------------------
-    def _select(self, ctx: LayerContext) -> Keep:
+    def _select(self, ctx: LayerContext) -> KeepSet:
         batch = ctx.hidden.shape[0]
         if self._history[-1].shape[0] != batch:
             raise ValueError(f"VLA-Pruner history holds batch {self._history[-1].shape[0]} but this query has "

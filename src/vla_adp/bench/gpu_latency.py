@@ -1,18 +1,18 @@
-"""The latency protocol on a GPU, on the path users call: ``Policy.infer`` of the full-size OFT 7B (issue 18).
+"""The latency protocol on a GPU, on the path users call: ``Policy.infer`` of the full-size OFT 7B (docs/latency.md).
 
-    python -m vla_adp.cost.gpu_latency --out DIR            # the 7B on cuda (benchmarks/gpu/run.sh)
-    python -m vla_adp.cost.gpu_latency --out DIR --dry-run  # tiny shapes on the CPU (the test suite)
+    python -m vla_adp.bench.gpu_latency --out DIR            # the 7B on cuda (benchmarks/gpu/run.sh)
+    python -m vla_adp.bench.gpu_latency --out DIR --dry-run  # tiny shapes on the CPU (the test suite)
 
 What it does, in order, inside a time budget (docs/latency.md is the protocol in prose):
 
 1. Builds a :class:`~vla_adp.policy.Policy` around the OFT 7B (LIBERO: two views, proprio, 8×7 chunk)
-   with random bf16 weights allocated on the GPU (:func:`~vla_adp.cost.bench_models.build_model_on_device`),
+   with random bf16 weights allocated on the GPU (:func:`~vla_adp.bench.models.build_model_on_device`),
    a locally trained SentencePiece tokenizer and an instruction of 32 prompt tokens (603 tokens in all).
 2. Main table: every configuration — unpruned; ADP at ρ 0.3/0.5/0.7 (static: every query prunes) and
    ADP 0.3 with its action-aware gate driven by a recorded end-effector trace; random; inverse; FastV;
    VLA-Pruner; LightVLA — under two executors, eager and CUDA graphs
    (:class:`~vla_adp.model.executor.Executor`, captured per kept length), interleaved round by round
-   (:func:`vla_adp.cost.latency.interleave`); warm-up rounds (graph captures happen there) dropped.
+   (:func:`vla_adp.bench.latency.interleave`); warm-up rounds (graph captures happen there) dropped.
    Per stage by CUDA events (the Policy's section clock), end to end by the host clock around
    ``Policy.infer`` (which returns numpy actions, so it ends synchronised).
 3. Attention backends (SDPA auto / flash / memory-efficient / math, and eager softmax) on the unpruned
@@ -43,9 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_adp.commands.common import DTYPES
+from vla_adp.utils.machine import DTYPES
 from vla_adp.constants import get_platform
-from vla_adp.cost import latency as L
+from vla_adp.bench import latency as L
 from vla_adp.cost import roofline as R
 from vla_adp.model.executor import Executor, RerunCapture
 from vla_adp.policy import Policy, Session
@@ -118,7 +118,7 @@ class ProtocolConfig:
 # -- building ----------------------------------------------------------------------------------
 def build_policy(cfg: ProtocolConfig, folder: Path) -> Policy:
     """A Policy around a random-weight model on the device, with a tokenizer trained into ``folder``."""
-    from vla_adp.cost.bench_models import build_model_on_device
+    from vla_adp.bench.models import build_model_on_device
     from vla_adp.model.checkpoint import Checkpoint
     from vla_adp.model.tiny import tiny_norm_stats, train_tokenizer
 
@@ -197,7 +197,7 @@ def build_configs(cfg: ProtocolConfig, policy: Policy, images, instruction: str)
                   error=c.error) for c in cases]
     trace = json.loads(Path(cfg.trace).read_text())["positions"]
     keep = min(cfg.keeps, key=lambda k: abs(k - 0.3))
-    gated = build_pruner("adp", keep=keep)  # the default, dynamic action-aware gate
+    gated = build_pruner("adp", keep_ratio=keep)  # the default, dynamic action-aware gate
     out.insert(1 + len(cfg.keeps), Config(f"adp@{keep:g} gate-trace", "adp", keep, Session(gated),
                                           Stream(images, instruction, chunk, trace), gated=True))
     return out
@@ -353,7 +353,7 @@ def side_table(cfg: ProtocolConfig, policy: Policy, configs: list[Config], varia
 def memory_table(policy: Policy, configs: list[Config], ex: Executor) -> dict[str, Any]:
     """Peak CUDA memory one query adds (eager and graphs), and what the allocator holds in all
     (the graphs' private pools included)."""
-    from vla_adp.cost.memory import cuda_query_memory
+    from vla_adp.bench.memory import cuda_query_memory
 
     rows = []
     for c in configs:
@@ -419,7 +419,7 @@ def run(cfg: ProtocolConfig, out_dir: str | Path, log=print) -> dict[str, Any]:
         configs = build_configs(cfg, policy, _images(policy), instruction)
         probe(policy, configs, Executor())
         n_prompt = len(policy.tokenizer.prompt_ids(instruction)) - 1
-        result["shape"] = {"seq_len": policy.layout(n_prompt).length, "n_prompt": n_prompt,
+        result["shape"] = {"seq_len": policy.model.args.token_layout(n_prompt).length, "n_prompt": n_prompt,
                            "instruction": instruction, "llm": asdict(policy.model.args.llm),
                            "n_images": policy.model.args.n_images}
         for name, needs_s, fn in sections(cfg, policy, configs, budget, log):
@@ -451,7 +451,7 @@ def sections(cfg: ProtocolConfig, policy: Policy, configs: list[Config], budget:
 
 def write(result: dict[str, Any], args, cfg: ProtocolConfig, out_dir: Path, budget: "Budget") -> None:
     """Floors next to every measured row, then ``latency.json`` and ``latency.md``."""
-    from vla_adp.cost.gpu_report import report
+    from vla_adp.bench.gpu_report import report
 
     gpu = R.get_gpu(cfg.gpu)
     n_prompt = result["shape"]["n_prompt"]
@@ -483,7 +483,7 @@ def _section(result: dict, name: str, budget: Budget, needs_s: float, fn: Callab
 
 def _images(policy: Policy) -> list[np.ndarray]:
     """LIBERO-sized (256 px) frames: the Policy resizes them to the model's input, as in closed loop."""
-    from vla_adp.cost.bench_models import synthetic_images
+    from vla_adp.bench.models import synthetic_images
 
     return synthetic_images(policy.model.args, size=256)
 

@@ -1,6 +1,6 @@
 """Accuracy–compute trade-off from logs (the paper's LIBERO figure and Table 1's SR vs FLOPs/speedup).
 
-One point per method (:mod:`~vla_adp.viz.summary`): success rate over all its episodes with a 95 %
+One point per method (:mod:`~vla_adp.report.summary`): success rate over all its episodes with a 95 %
 Wilson interval, against its expected FLOPs per query (mean over every logged query, pruned or not)
 and the speedup (FLOPs ratio, as the paper's "Speedup (Orig/Exp.)" of Tables 5–9).
 Points of one pruner are joined in order of keep ratio.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vla_adp.eval.logs import RunLog
 from vla_adp.viz.figures import pyplot, save_figure
-from vla_adp.viz.summary import baseline_method, expected_flops, full_flops, methods, pruned_share, success_rates, traits
+from vla_adp.report.summary import baseline_method, expected_flops, full_flops, methods, pruned_share, success_rates, traits
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Peak memory of one policy query, per configuration (issue 7).
+"""Peak memory of one policy query, per configuration.
 
-CPU: each configuration runs in a fresh interpreter (``python -m vla_adp.cost.memory SPEC``), because a process's peak resident set
+CPU: each configuration runs in a fresh interpreter (``python -m vla_adp.bench.memory SPEC``), because a process's peak resident set
 only grows. The child builds the model, runs the warm-up queries of that one configuration, resets
 the kernel's high-water mark (``/proc/self/clear_refs`` ← 5, Linux ≥ 4.0) so that building does not
 count, runs the measured query, and reports ``VmHWM`` (peak RSS) minus the RSS before the first
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from vla_adp.commands.common import DTYPES
+from vla_adp.utils.machine import DTYPES
 
 
 def rss_kib(field: str = "VmRSS") -> int | None:
@@ -49,8 +49,8 @@ def reset_peak() -> bool:
 
 
 def _measure(spec: dict[str, Any]) -> dict[str, Any]:
-    from vla_adp.cost.bench_models import build_model, synthetic_images, synthetic_inputs
-    from vla_adp.cost.latency import QueryRunner, build_case
+    from vla_adp.bench.models import build_model, synthetic_images, synthetic_inputs
+    from vla_adp.bench.latency import QueryRunner, build_case
 
     torch.set_num_threads(spec["threads"])
     model = build_model(spec["model"], DTYPES[spec["dtype"]], "cpu", spec["seed"])
@@ -82,7 +82,7 @@ def cpu_query_memory(spec: dict[str, Any], timeout_s: float = 600.0) -> dict[str
     src = str(Path(__file__).resolve().parents[2])  # the folder holding the vla_adp package
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     try:
-        proc = subprocess.run([sys.executable, "-m", "vla_adp.cost.memory", json.dumps(spec)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "vla_adp.bench.memory", json.dumps(spec)], env=env,
                               capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"error": f"memory probe gave no answer within {timeout_s:.0f} s"}

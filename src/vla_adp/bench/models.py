@@ -1,8 +1,8 @@
-"""Random-weight OpenVLA-OFT models and synthetic queries for the latency benchmark (issue 7).
+"""Random-weight OpenVLA-OFT models and synthetic queries for the latency benchmark.
 
 Three shapes, all with the real LIBERO token counts — two 224-px views of 16×16 patches (512 visual
 tokens), one proprio token, a 32-token prompt incl. the trailing '▁' (the paper's L_txt), 56 action
-slots and </s>: 1 + 512 + 1 + 32 + 56 + 1 = 603 tokens (environment.md, paper Tables 5–9):
+slots and </s>: 1 + 512 + 1 + 32 + 56 + 1 = 603 tokens (docs/reference.md §2, paper Tables 5–9):
 
 * ``7b``: the published shapes (:func:`~vla_adp.model.config.openvla_7b_args`), GPU only.
 * ``scaled``: every width ÷ 4 and every depth ÷ 4 of the 7B: decoder D=1024, M=2752 (the 7B's

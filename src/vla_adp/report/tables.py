@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from vla_adp.eval.logs import RunLog
 from vla_adp.eval.stats import Rate, success_rate
-from vla_adp.viz.summary import methods, success_rates, traits
+from vla_adp.report.summary import methods, success_rates, traits
 
 
 NO_EPISODES = success_rate([])  # a task one of the two methods never ran: rate nan

@@ -1,11 +1,11 @@
-"""One clock for every pruner: per-stage latency of a policy query (issue 7; style anchor 11).
+"""One clock for every pruner: per-stage latency of a policy query (docs/latency.md).
 
 A query is timed stage by stage, with the sections the model and the policy already mark:
 
     transforms (resize, crop, normalise) ─ gate (pruner.begin) ─ vision ─ projector ─
     [prune (pruner's scoring + selection) ─ gather (shorter sequence)] ─ llm ─ head ─ gate (pruner.end)
 
-and end to end (``e2e``, one clock around all of it). Discipline (environment.md "CPU timing"):
+and end to end (``e2e``, one clock around all of it). Discipline (docs/latency.md):
 configurations run *interleaved* — round r runs every configuration once, in an order rotated by r —
 so slow drifts of a shared machine hit all of them alike; warm-up rounds are dropped; results are
 medians and p90 over the rounds; speedups are ratios of medians measured in the same run, next to the
@@ -14,7 +14,7 @@ of the (single) torch thread instead of wall time, for shared machines. The FLOP
 sequence lengths comes from :func:`vla_adp.cost.flops.llm_flops` (both conventions).
 
 On a GPU, :class:`EventStopwatch` times the same sections with CUDA events (the GPU protocol on the
-``Policy.infer`` path, with CUDA graphs and ``torch.compile``, is :mod:`vla_adp.cost.gpu_latency`;
+``Policy.infer`` path, with CUDA graphs and ``torch.compile``, is :mod:`vla_adp.bench.gpu_latency`;
 docs/latency.md). **The GPU paths have not run on this project's machines yet (no GPU); the CPU path
 never uses them.**
 """
@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_adp.cost.flops import llm_flops
 from vla_adp.model import transforms as T
 from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
-from vla_adp.pruning.base import LayerContext, Query, QueryOutcome
-from vla_adp.pruning.layout import TokenLayout
 from vla_adp.pruning.scoring import layer_text_vision_scores
+from vla_adp.seam.context import LayerContext, Query
+from vla_adp.seam.decoder import DecoderShape
+from vla_adp.seam.flops import llm_flops
+from vla_adp.seam.query import run_query
 from vla_adp.utils.timing import Stopwatch, sync
 
 STAGES = ("transforms", "gate", "vision", "projector", "prune", "gather", "llm", "head")
@@ -177,7 +178,7 @@ FORCE_PRUNED = {"gate": {"schedule": "static", "limit_consecutive": False}}
 # Layer indices set for the 32-layer 7B, scaled to a shallower benchmark decoder (field: least value),
 # so that the share of layers before the cut stays about the 7B's.
 REF_LAYERS = 32
-DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"k": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1},
+DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"layer": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1},
                                             "vla_cache": {"reuse_layers": 1, "relevance_layer": 0},
                                             "sparsevlm": {"layers": 0}}
 
@@ -238,7 +239,7 @@ def build_case(spec: str | None, keep: float | None = None, n_layers: int | None
         label = name + (":" + ",".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
         label += f"@{keep:g}" if keep is not None else ""
         forced = FORCE_PRUNED if any(f.name == "gate" for f in dataclasses.fields(config_class(name))) else {}
-        pruner = build_pruner(name, keep=keep, **{**forced, **fields})
+        pruner = build_pruner(name, keep_ratio=keep, **{**forced, **fields})
     except (ImportError, TypeError) as e:  # not on this branch yet, or no keep_ratio field
         return Case(spec + (f"@{keep:g}" if keep is not None else ""), name, keep,
                     error=f"{type(e).__name__}: {e}", spec=spec)
@@ -270,17 +271,6 @@ def probe_cases(cases: list[Case], runner: "QueryRunner") -> None:
                 case.error = f"{type(e).__name__}: {e}"
 
 
-def prepare_pixels(images: list[np.ndarray], args, center_crop: bool = True) -> torch.Tensor:
-    """The policy's image path (:meth:`vla_adp.policy.Policy.images` / ``pixels``): resize, crop, normalise."""
-    towers = args.towers
-    out = []
-    for img in images:
-        img = T.resize_for_policy(img, args.image_size) if img.shape[:2] != (args.image_size,) * 2 else img
-        img = T.center_crop(img) if center_crop else img
-        out.append(T.normalize_pixels(img, [t.mean for t in towers], [t.std for t in towers]))
-    return torch.from_numpy(np.concatenate(out, axis=0))[None]
-
-
 class QueryRunner:
     """Runs timed queries of one model on one fixed observation, for any pruner."""
 
@@ -288,13 +278,10 @@ class QueryRunner:
         self.model, self.inputs, self.images = model, inputs, images
         self.clock = clock
         make_timer(model.device, clock)  # fail early on a bad clock/device pair
-        a = model.args
-        self.layout = TokenLayout((a.patches_per_image,) * a.n_images, inputs.input_ids.shape[1] - 1,
-                                  a.n_action_slots, int(a.use_proprio))
+        self.layout = model.layout(inputs)
         self.episode_step: dict[int, int] = {}  # per pruner instance: queries it has seen (one long episode)
         # The frames the model sees (resized, cropped): the same every query, VLA-Cache's best case.
-        self.frames = tuple(T.center_crop(T.resize_for_policy(img, a.image_size)
-                                          if img.shape[:2] != (a.image_size,) * 2 else img) for img in images)
+        self.frames = tuple(T.policy_image(img, model.args.image_size) for img in images)
         self._ctx: LayerContext | None = None
 
     @torch.inference_mode()
@@ -305,21 +292,17 @@ class QueryRunner:
         sync(dev)
         t0 = clock()
         with timer("transforms"):
-            pixels = prepare_pixels(self.images, self.model.args).to(dev)
+            a = self.model.args
+            pixels = T.pixel_batch([T.policy_image(img, a.image_size) for img in self.images], a.towers).to(dev)
         inputs = OFTInputs(pixels, self.inputs.input_ids, self.inputs.proprio)
-        with timer("gate"):
-            hooks = pruner.begin(self._query(pruner)) if pruner is not None else frozenset()
-        out = self.model(inputs, pruner, hooks, timer=timer)
-        actions = out.actions[0].float().cpu().numpy()
-        if pruner is not None:
-            with timer("gate"):
-                pruner.end(QueryOutcome(out.layout, actions, out.keeps))
+        r = run_query(self.model, inputs, pruner, self._query(pruner), timer=timer)
+        out, actions = r.output, r.actions
         sync(dev)
         e2e = 1e3 * (clock() - t0)
         if not np.isfinite(actions).all():
             raise RuntimeError("the benchmark model produced non-finite actions")
         ms = {s: 0.0 for s in STAGES} | timer.ms() | {"e2e": e2e}
-        return QuerySample(ms, list(out.seq_lens), out.layout.n_visual, bool(out.keeps))
+        return QuerySample(ms, list(out.seq_lens), out.layout.n_visual, bool(out.keep_sets))
 
     def _query(self, pruner) -> Query:
         """The pruner's next query of its episode, with a steadily moving end effector."""
@@ -383,13 +366,13 @@ class CaseResult:
     memory: dict[str, Any] | None = None
 
 
-def case_result(case: Case, samples: list[QuerySample], llm_args) -> CaseResult:
+def case_result(case: Case, samples: list[QuerySample], shape: DecoderShape) -> CaseResult:
     """Summaries of one case's rounds; FLOPs are the median over rounds (data-dependent pruners vary)."""
     if case.error or not samples:
         return CaseResult(case.label, case.pruner_name, case.keep, error=case.error or "no samples")
     per_stage = {k: [s.ms.get(k, 0.0) for s in samples] for k in (*STAGES, "e2e")}
     per_stage["overhead"] = [sum(s.ms.get(k, 0.0) for k in OVERHEAD) for s in samples]
-    flops = {c: float(np.median([llm_flops(llm_args, s.seq_lens, c) for s in samples]))
+    flops = {c: float(np.median([llm_flops(shape, s.seq_lens, c) for s in samples]))
              for c in ("paper", "consistent")}
     mid = samples[len(samples) // 2]
     return CaseResult(case.label, case.pruner_name, case.keep, None,

@@ -1,16 +1,16 @@
 """The decoder of a fixed sequence-length profile replayed as CUDA graphs (``vla-adp bench --cuda-graphs``).
 
 A thin use of :class:`vla_adp.model.executor.Executor` — the same graph cache ``Policy.infer`` uses
-(issue 18) — on the decoder alone: each run of layers at one length (the gather's shape effect) is one
+— on the decoder alone: each run of layers at one length (the gather's shape effect) is one
 captured segment, so pruned and unpruned shapes each get their own graphs. The full per-stage GPU
-protocol on the policy path is :mod:`vla_adp.cost.gpu_latency`. On a CPU it refuses.
+protocol on the policy path is :mod:`vla_adp.bench.gpu_latency`. On a CPU it refuses.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vla_adp.cost.latency import Summary, summarize
+from vla_adp.bench.latency import Summary, summarize
 from vla_adp.model.executor import CudaGraphCapture, Executor
 
 

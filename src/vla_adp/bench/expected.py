@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_adp.cost.latency import BASELINE, expected_speedup
+from vla_adp.bench.latency import BASELINE, expected_speedup
 
 KEEP_TOLERANCE = 0.05  # a logged keep ratio matches a benchmarked one within this
 

@@ -1,14 +1,14 @@
-"""Markdown of a GPU latency run (:mod:`vla_adp.cost.gpu_latency`; pure: JSON dict in, text out).
+"""Markdown of a GPU latency run (:mod:`vla_adp.bench.gpu_latency`; pure: JSON dict in, text out).
 
 Tables: end to end per configuration and executor next to the roofline floor; per stage against its
-floor; attention backends; ``torch.compile``; peak memory; then issue 18's targets on this run.
+floor; attention backends; ``torch.compile``; peak memory; then the targets of docs/latency.md on this run.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vla_adp.cost.bench_report import _table
+from vla_adp.bench.report import _table
 
 FLOOR_TARGET = 1.3  # unpruned model stages within 1.3× of their roofline floor
 SPEEDUP_TARGET = 1.8  # ADP ρ = 0.3 (pruned query) end to end
@@ -156,7 +156,7 @@ def report(result: dict[str, Any]) -> str:
                       *side_rows(result[name], first_call=True), ""]
     memory = result.get("memory", {"skipped": "not run (CUDA memory is measured on a GPU only)"})
     lines += ["**Peak memory**", "", *memory_rows(memory), "",
-              "**Targets (issue 18)**", "", *criteria(result), ""]
+              "**Targets**", "", *criteria(result), ""]
     return "\n".join(lines)
 
 
@@ -170,7 +170,7 @@ def prediction_report(gpus: list[str], shapes: list[str], keeps: list[float], n_
     layer 0, FastV before layer 2) at each keep ratio, for each GPU and query shape
     (:mod:`vla_adp.cost.roofline`)."""
     from vla_adp.cost import roofline as R
-    from vla_adp.pruning.select import keep_count
+    from vla_adp.seam.budget import keep_count
 
     bad = [s for s in shapes if s not in R.SHAPES]
     if bad:

@@ -13,7 +13,7 @@
   FLOPs" (Tables 5–9, γ·F_pruned + (1−γ)·F_full with γ the pruned share), measured. Speedup =
   mean unpruned FLOPs of the same queries (``flops_full``, where the log has it) or of the unpruned
   baseline method / expected FLOPs. Both come from the episode records through
-  :func:`vla_adp.eval.report.cost`, as the report's columns do.
+  :func:`vla_adp.report.runs.cost`, as the report's columns do.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vla_adp.eval.logs import RunLog
-from vla_adp.eval.report import cost
+from vla_adp.report.runs import cost
 from vla_adp.eval.schema import EpisodeRecord, QueryRecord
 from vla_adp.eval.stats import Rate, success_rate
 
