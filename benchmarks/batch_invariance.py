@@ -49,10 +49,9 @@ MOVES = {"view", "reshape", "transpose", "permute", "__getitem__", "expand", "co
 class OpComparator(TorchFunctionMode):
     """Re-runs every computing op row by row and counts the ops whose rows differ from the batch."""
 
-    def __init__(self, names: dict[int, str]):
+    def __init__(self):
         super().__init__()
-        self.names = names  # id(module) -> qualified name, maintained by hooks
-        self.where: list[str] = []
+        self.where: list[str] = []  # qualified names of the modules running now (forward hooks)
         self.stats: dict[tuple[str, str], list] = collections.OrderedDict()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -154,7 +153,7 @@ def run(policy: Policy, b: int, batch_invariant: bool, ops: bool, instruction: s
         hooks = frozenset() if make is None else frozenset({pruners[0].prune_layer})
         positions = "contiguous" if make is None else pruners[0].positions
         if ops:
-            comp = OpComparator({})
+            comp = OpComparator()
             handles = _track_modules(model, comp)
             try:
                 with comp:

@@ -96,10 +96,12 @@ def test_batched_forward_is_bit_identical_to_row_by_row(asset, threads):
                 hooks = frozenset() if layer is None else frozenset({layer})
                 positions = "contiguous" if layer in (None, 0) else "original"
                 with torch.inference_mode():
+                    model.set_batch_invariant(False)  # the reference: the plain batch-1 forward
+                    wants = [model(inputs[r], pruner(r), hooks) for r in range(len(keeps))]
+                    model.set_batch_invariant(True)
                     rows = forward_rows(model, stack_inputs(inputs), [pruner(r) for r in range(len(keeps))],
                                         hooks, positions)
-                    for r, got in enumerate(rows):
-                        want = model(inputs[r], pruner(r), hooks)
+                    for got, want in zip(rows, wants):
                         assert got.layout == want.layout and got.seq_lens == want.seq_lens
                         torch.testing.assert_close(got.hidden, want.hidden, rtol=0, atol=0)
                         torch.testing.assert_close(got.actions, want.actions, rtol=0, atol=0)
