@@ -20,6 +20,7 @@ FLOORS = [
     {"pruning"},  # pruning methods on the seam
     {"cost"},  # analytic cost models (ADP tables, roofline)
     {"policy", "envs"},
+    {"openvla_policy"},  # OpenVLA (autoregressive) on the shared Policy
     {"train", "bench"},
     {"viz"},  # pictures: overlays, episode videos, importance analysis
     {"eval"},  # closed-loop runs and their logs (records episode videos)

@@ -10,7 +10,7 @@ import torch
 from tests.test_openvla_parity import reference_llm
 from vla_adp.model.openvla.checkpoint import load_openvla_checkpoint
 from vla_adp.model.openvla.openvla import OpenVLAInputs
-from vla_adp.model.openvla.policy import OpenVLAPolicy
+from vla_adp.openvla_policy import OpenVLAPolicy
 from vla_adp.model.openvla.tiny import make_tiny_openvla_checkpoint
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.policy import PolicyConfig
@@ -109,7 +109,7 @@ def test_adp_prefill_cut_equals_transformers_on_the_pruned_sequence(ckpt, folder
 
 
 def test_fastv_caches_full_keys_before_the_cut_and_kept_keys_after(ckpt):
-    pruner = build_pruner("fastv", keep_ratio=0.5, k=2)
+    pruner = build_pruner("fastv", keep_ratio=0.5, layer=2)
     x = inputs(ckpt)
     layout = ckpt.model.layout(x.input_ids.shape[1] - 1)
     from vla_adp.seam.context import Query

@@ -12,8 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tests.test_openvla_parity import reference_llm
 from tests.test_openvla_pruning import obs
 from vla_adp.model.openvla.checkpoint import load_openvla_checkpoint
-from vla_adp.model.openvla.policy import OpenVLAPolicy
-from vla_adp.model.openvla.pruners import build_openvla_pruner
+from vla_adp.openvla_policy import OpenVLAPolicy
+from vla_adp.pruning.openvla import build_openvla_pruner
 from vla_adp.model.openvla.tiny import make_tiny_openvla_checkpoint
 from vla_adp.seam.context import LayerContext
 from vla_adp.seam.layout import TokenLayout

@@ -200,7 +200,7 @@ def test_policy_reports_original_indices_after_several_cuts(deep_policy):
 
 
 def test_bench_scales_layer_tuples_to_a_shallower_decoder():
-    from vla_adp.cost import latency as L
+    from vla_adp.bench import latency as L
 
     assert L.depth_fields("sparsevlm", 8, {}) == {"layers": (0, 2, 4)}  # 2, 6, 15 of 32
     assert L.depth_fields("vla_cache", 8, {}) == {"reuse_layers": (1, 2, 3), "relevance_layer": 4}

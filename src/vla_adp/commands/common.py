@@ -87,7 +87,7 @@ def build_pruner_from_args(args):
     if not (args.pruner or args.pruning_config):
         return None
     if getattr(args, "family", "oft") == "openvla":  # VLA-Pruner has its own OpenVLA variant
-        from vla_adp.model.openvla.pruners import build_openvla_pruner
+        from vla_adp.pruning.openvla import build_openvla_pruner
 
         return build_openvla_pruner(args.pruner, keep_ratio=args.keep, config_file=args.pruning_config)
     from vla_adp.pruning.registry import build_pruner
@@ -101,7 +101,7 @@ def load_policy(args, pruner=None):
     cfg = PolicyConfig(unnorm_key=args.unnorm_key, center_crop=center_crop_of(args),
                        action_slice=args.action_slice)
     if getattr(args, "family", "oft") == "openvla":
-        from vla_adp.model.openvla.policy import OpenVLAPolicy
+        from vla_adp.openvla_policy import OpenVLAPolicy
 
         if args.platform is not None:
             raise ValueError(f"--platform {args.platform!r} does not apply to --family openvla (one action per query, "

@@ -129,6 +129,10 @@ class OpenVLA(nn.Module):
         self.language_model = CausalLlama(args.llm)
 
     # -- embedding --------------------------------------------------------------------------
+    def set_batch_invariant(self, on: bool) -> None:
+        """Nothing to switch: the OpenVLA policy answers one query per forward (upstream generates
+        batch 1), and a batch-1 forward is its own reference (:mod:`vla_adp.model.invariance`)."""
+
     def layout(self, n_prompt: int) -> PrefillLayout:
         """The unpruned prefill layout for ``n_prompt`` ids after BOS."""
         return PrefillLayout((self.args.patches_per_image,) * self.args.n_images, n_prompt)

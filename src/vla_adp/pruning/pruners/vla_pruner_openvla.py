@@ -26,7 +26,7 @@ Deviations: attention weights are computed only for the needed rows of the two l
 keeps SDPA; the fork runs eager attention with ``output_attentions`` in all 32), in float32; the
 diversity distances in float32 (fork: bf16); batches keep one history per row (the fork: batch 1).
 Not registered in :data:`vla_adp.pruning.registry.PRUNERS` (whose sweep runs OpenVLA-OFT):
-:func:`vla_adp.model.openvla.pruners.build_openvla_pruner` maps ``vla_pruner`` to it.
+:func:`vla_adp.pruning.openvla.build_openvla_pruner` maps ``vla_pruner`` to it.
 """
 
 from __future__ import annotations

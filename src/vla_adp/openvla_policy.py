@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from vla_adp.constants import Platform
-from vla_adp.seam.flops import llm_flops
 from vla_adp.model.hub import is_repo_id, resolve_checkpoint
 from vla_adp.model.openvla.actions import unnormalize_actions
 from vla_adp.model.openvla.checkpoint import OpenVLACheckpoint, load_openvla_checkpoint
@@ -30,6 +29,7 @@ from vla_adp.model.openvla.layout import PrefillLayout
 from vla_adp.model.openvla.openvla import OpenVLAInputs
 from vla_adp.policy import Policy, PolicyConfig, Session, instruction_of
 from vla_adp.seam.context import Pruner
+from vla_adp.seam.flops import llm_flops
 from vla_adp.seam.query import end_query
 from vla_adp.utils.machine import default_dtype
 
@@ -44,7 +44,7 @@ class OpenVLAPolicy(Policy):
         if name in NEEDS_ACTION_SLOTS:
             raise ValueError(f"pruner {name!r} scores the action slots of OpenVLA-OFT's prefill; OpenVLA generates "
                              "its action tokens after the prefill, so it has none: build VLA-Pruner's OpenVLA variant "
-                             "with vla_adp.model.openvla.pruners.build_openvla_pruner('vla_pruner', ...)")
+                             "with vla_adp.pruning.openvla.build_openvla_pruner('vla_pruner', ...)")
         super().__init__(checkpoint, config, pruner)
         self.n_tokens = len(self.stats["action"]["q01"])  # upstream get_action_dim(unnorm_key)
         self.platform = dataclasses.replace(self.platform, action_dim=self.n_tokens)

@@ -20,7 +20,7 @@ NOT_ON_OPENVLA = {"lightvla": "LightVLA trains its selection with the policy; no
 
 def build_openvla_pruner(name: str | None, keep_ratio: float | None = None, config_file: str | Path | None = None,
                          **fields):
-    """A pruner for :class:`~vla_adp.model.openvla.policy.OpenVLAPolicy` (arguments as ``build_pruner``)."""
+    """A pruner for :class:`~vla_adp.openvla_policy.OpenVLAPolicy` (arguments as ``build_pruner``)."""
     import importlib
 
     settings: dict[str, Any] = dict(read_config_file(config_file)) if config_file is not None else {}
