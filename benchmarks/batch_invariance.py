@@ -151,13 +151,12 @@ def run(policy: Policy, b: int, batch_invariant: bool, ops: bool, instruction: s
     for name, make in cases(b):
         pruners = [None if make is None else make(r) for r in range(b)]
         hooks = frozenset() if make is None else frozenset({pruners[0].prune_layer})
-        positions = "contiguous" if make is None else pruners[0].positions
         if ops:
             comp = OpComparator()
             handles = _track_modules(model, comp)
             try:
                 with comp:
-                    forward_rows(model, stacked, pruners, hooks, positions)
+                    forward_rows(model, stacked, pruners, hooks)
             finally:
                 for h in handles:
                     h.remove()
@@ -167,7 +166,7 @@ def run(policy: Policy, b: int, batch_invariant: bool, ops: bool, instruction: s
             for (where, op), s in bad:
                 print(f"    {where or '<top>'} {op}: {s[1]}/{s[0]} calls differ, {s[2]} elements, "
                       f"max |diff| {s[3]:.3g}, shapes {sorted(s[4])[:3]}")
-        outs = forward_rows(model, stacked, pruners, hooks, positions)
+        outs = forward_rows(model, stacked, pruners, hooks)
         diffs = []
         model.set_batch_invariant(False)  # the reference: the plain batch-1 forward of the serial runner
         refs = [model(inputs[r], None if make is None else make(r), hooks, policy.config.action_slice,

@@ -94,13 +94,11 @@ def test_batched_forward_is_bit_identical_to_row_by_row(asset, threads):
                         keep_ratio=keeps[r], layer=layer, positions="original" if layer else "contiguous",
                         gate=GateConfig(schedule="static")))
                 hooks = frozenset() if layer is None else frozenset({layer})
-                positions = "contiguous" if layer in (None, 0) else "original"
                 with torch.inference_mode():
                     model.set_batch_invariant(False)  # the reference: the plain batch-1 forward
                     wants = [model(inputs[r], pruner(r), hooks) for r in range(len(keeps))]
                     model.set_batch_invariant(True)
-                    rows = forward_rows(model, stack_inputs(inputs), [pruner(r) for r in range(len(keeps))],
-                                        hooks, positions)
+                    rows = forward_rows(model, stack_inputs(inputs), [pruner(r) for r in range(len(keeps))], hooks)
                     for got, want in zip(rows, wants):
                         assert got.layout == want.layout and got.seq_lens == want.seq_lens
                         torch.testing.assert_close(got.hidden, want.hidden, rtol=0, atol=0)
