@@ -46,13 +46,18 @@ def train_tokenizer(path: Path, vocab_size: int = 400, extra_text: tuple[str, ..
     return path
 
 
-def tiny_args(vocab: int, platform: Platform, n_images: int = 2, image_size: int = 224, patch: int = 14,
-              llm_dim: int = 64, llm_layers: int = 2, fused: bool = True) -> OFTArgs:
+def tiny_towers(image_size: int = 224, patch: int = 14, fused: bool = True) -> tuple[VisionTowerArgs, ...]:
+    """Two-block DINOv2 (+ SigLIP when ``fused``) towers of one head each: the Prismatic backbone, tiny."""
     dino = VisionTowerArgs("vit_large_patch14_reg4_dinov2.lvd142m", image_size, patch, 64, 2, 1, 128,
                            reg_tokens=4, class_token=True, layer_scale=True,
                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     siglip = VisionTowerArgs("vit_so400m_patch14_siglip_224", image_size, patch, 72, 2, 1, 144)
-    towers = (dino, siglip) if fused else (dino,)
+    return (dino, siglip) if fused else (dino,)
+
+
+def tiny_args(vocab: int, platform: Platform, n_images: int = 2, image_size: int = 224, patch: int = 14,
+              llm_dim: int = 64, llm_layers: int = 2, fused: bool = True) -> OFTArgs:
+    towers = tiny_towers(image_size, patch, fused)
     vision = sum(t.width for t in towers)
     padded = -(-(vocab + 1) // 64) * 64  # + <PAD>, padded to a multiple of 64 as OpenVLA does
     llm = LlamaArgs(dim=llm_dim, n_layers=llm_layers, n_heads=4, n_kv_heads=4, ffn_dim=2 * llm_dim + 44,

@@ -15,11 +15,11 @@ import sentencepiece as spm
 import torch
 
 from vla_adp.constants import get_platform
-from vla_adp.model.config import LlamaArgs, VisionTowerArgs
+from vla_adp.model.config import LlamaArgs
 from vla_adp.model.openvla.checkpoint import save_openvla_checkpoint
 from vla_adp.model.openvla.config import OpenVLAArgs
 from vla_adp.model.openvla.openvla import OpenVLA
-from vla_adp.model.tiny import init_tiny_weights, tiny_norm_stats, train_tokenizer
+from vla_adp.model.tiny import init_tiny_weights, tiny_norm_stats, tiny_towers, train_tokenizer
 
 PAD = 64  # pad_to_multiple_of of the published config
 
@@ -27,11 +27,7 @@ PAD = 64  # pad_to_multiple_of of the published config
 def tiny_openvla_args(pieces: int, image_size: int = 224, patch: int = 14, llm_dim: int = 64, llm_layers: int = 2,
                       n_heads: int = 4, n_kv_heads: int = 4, fused: bool = True) -> OpenVLAArgs:
     """Tiny shapes around a tokenizer of ``pieces`` pieces (the embedding has ``pieces + 64`` rows)."""
-    dino = VisionTowerArgs("vit_large_patch14_reg4_dinov2.lvd142m", image_size, patch, 64, 2, 1, 128,
-                           reg_tokens=4, class_token=True, layer_scale=True,
-                           mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    siglip = VisionTowerArgs("vit_so400m_patch14_siglip_224", image_size, patch, 72, 2, 1, 144)
-    towers = (dino, siglip) if fused else (dino,)
+    towers = tiny_towers(image_size, patch, fused)
     vision = sum(t.width for t in towers)
     llm = LlamaArgs(dim=llm_dim, n_layers=llm_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                     ffn_dim=2 * llm_dim + 44, vocab_size=pieces + PAD, rms_eps=1e-6)
