@@ -14,14 +14,20 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def mw():
+def benches():
     sys.path.insert(0, str(BENCH))
     try:
+        import libero_pruning
         import metaworld_pruning
 
-        yield metaworld_pruning
+        yield {"metaworld_pruning": metaworld_pruning, "libero_pruning": libero_pruning}
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def mw(benches):
+    return benches["metaworld_pruning"]
 
 
 def test_report_rows_keep_the_baseline_first_and_the_benchmark_order(mw):
@@ -32,11 +38,12 @@ def test_report_rows_keep_the_baseline_first_and_the_benchmark_order(mw):
     assert mw.report_rows(rows, None) == rows and mw.pick(rows, None, "--only") == rows
 
 
+@pytest.mark.parametrize("bench", ["metaworld_pruning", "libero_pruning"])
 @pytest.mark.parametrize("flag", ["--only", "--report-rows"])
-def test_an_unknown_label_is_refused_with_the_known_ones(mw, flag, tmp_path, capsys):
+def test_an_unknown_label_is_refused_with_the_known_ones(benches, bench, flag, tmp_path, capsys):
     argv = ["--out", str(tmp_path), "--report-only", "--latency-reps", "0", "--json", str(tmp_path / "r.json"),
             flag, "VLA-Cache", "SparseVLM 0.4"]
-    assert mw.main(argv) == 2
+    assert benches[bench].main(argv) == 2
     err = capsys.readouterr().err
     assert flag in err and "'SparseVLM 0.4'" in err and "'SparseVLM 0.5'" in err
     assert not (tmp_path / "r.json").exists()
