@@ -172,11 +172,10 @@ def main(argv=None) -> int:
     if not Path(args.checkpoint).is_dir():
         print(f"no LIBERO reference policy at {args.checkpoint}", file=sys.stderr)
         return 2
-    try:
-        mw.run_benchmark(args, entries(), sys.modules[__name__])
-    except ValueError as e:  # a bad row label: the message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+    if (bad := mw.check_labels(args, entries())) is not None:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
+    mw.run_benchmark(args, entries(), sys.modules[__name__])
     return 0
 
 

@@ -379,6 +379,16 @@ def report_rows(rows: list[Entry], labels: list[str] | None) -> list[Entry]:
     return [rows[0], *pick(rows[1:], [x for x in labels if x != rows[0].label], "--report-rows")]
 
 
+def check_labels(args, rows: list[Entry]) -> str | None:
+    """The message for an unknown ``--only`` / ``--report-rows`` label, or ``None`` when all are known."""
+    try:
+        pick(rows, args.only, "--only")
+        report_rows(rows, getattr(args, "report_rows", None))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def run_benchmark(args, rows: list[Entry], bench) -> None:
     """Sweep (unless ``--report-only``), tables from the logs, latency, results: the steps every
     closed-loop pruning benchmark shares; ``bench`` supplies ``run_all``, ``collect_rows`` and
@@ -402,11 +412,11 @@ def run_benchmark(args, rows: list[Entry], bench) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    try:
-        run_benchmark(args, available(entries(), args), sys.modules[__name__])
-    except ValueError as e:  # a bad row label: the message, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+    rows = available(entries(), args)
+    if (bad := check_labels(args, rows)) is not None:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
+    run_benchmark(args, rows, sys.modules[__name__])
     return 0
 
 
