@@ -329,7 +329,8 @@ def write_results(table: list[Row], lat: dict | None, args, wall: dict[str, floa
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
     gaps = gap_lines(table)
-    text = "\n".join(["## Main table", "", *main_table(table), "", *(["## Paired gaps", "", *gaps, ""] if len(gaps) > 2 else [])])
+    paired = ["## Paired gaps", "", *gaps, ""] if len(gaps) > 2 else []  # none when no pair's rows are present
+    text = "\n".join(["## Main table", "", *main_table(table), "", *paired])
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)

@@ -69,8 +69,8 @@ def add_arguments(p) -> None:
                    help="metaworld (default): the embedded Meta-World policy on held-out goals. libero: the LIBERO "
                         "reference policy on LIBERO-Object tasks 0, 2, 8, official initial states 0-1: tasks where "
                         "the unpruned policy succeeded in 3-4 of 4 episodes of benchmarks/libero_pruning.md (it "
-                        "succeeds on ~37 %% of all LIBERO-Object episodes): a few chosen episodes that show the pipeline, not a benchmark; "
-                        "about 2 minutes on one CPU thread")
+                        "succeeds on ~37 %% of all LIBERO-Object episodes): a few chosen episodes that show the "
+                        "pipeline, not a benchmark; about 2 minutes on one CPU thread")
     p.add_argument("--checkpoint", default=None, help="policy folder (default: the shipped policy of --sim)")
     p.add_argument("--tasks", nargs="+", default=None,
                    help="Meta-World task names of the metaworld suite, or LIBERO-Object task ids 0-9 "
