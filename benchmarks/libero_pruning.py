@@ -155,6 +155,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's; smoke tests)")
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, help="run only these labels (all rows still reported)")
+    p.add_argument("--report-rows", nargs="+", default=None, metavar="LABEL",
+                   help="tables (and latency) of the baseline and these labels only")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--latency-reps", type=int, default=30)
     p.add_argument("--json", default="benchmarks/results/libero_pruning.json")
@@ -169,6 +171,9 @@ def main(argv=None) -> int:
     args = parse(argv)
     if not Path(args.checkpoint).is_dir():
         print(f"no LIBERO reference policy at {args.checkpoint}", file=sys.stderr)
+        return 2
+    if (bad := mw.check_labels(args, entries())) is not None:
+        print(f"error: {bad}", file=sys.stderr)
         return 2
     mw.run_benchmark(args, entries(), sys.modules[__name__])
     return 0

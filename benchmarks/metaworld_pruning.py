@@ -46,6 +46,8 @@ queries that pruned; ρ̂ = kept share of the visual tokens in pruned queries; C
     PYTHONPATH=src MUJOCO_GL=egl python benchmarks/metaworld_pruning.py --out runs/mwbench \
         --trials 25 --trials-main 50 --num-cpus 2
     # tables only, from the logs:   ... --report-only
+    # a sub-table of some rows (and the baseline), e.g. from a folder that holds only those:
+    #   ... --report-only --report-rows "SparseVLM 0.5" "VLA-Cache" --json J --markdown M
 """
 
 from __future__ import annotations
@@ -326,7 +328,9 @@ def write_results(table: list[Row], lat: dict | None, args, wall: dict[str, floa
                "latency_raw": lat, "rows": [dataclasses.asdict(r) | {"outcomes": None} for r in table]}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
-    text = "\n".join(["## Main table", "", *main_table(table), "", "## Paired gaps", "", *gap_lines(table), ""])
+    gaps = gap_lines(table)
+    paired = ["## Paired gaps", "", *gaps, ""] if len(gaps) > 2 else []  # none when no pair's rows are present
+    text = "\n".join(["## Main table", "", *main_table(table), "", *paired])
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
@@ -345,6 +349,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--trials-main", type=int, default=50, help="episodes per task of the baseline and ADP dyn 0.5")
     p.add_argument("--num-cpus", type=int, default=2, help="Ray workers (one torch thread each)")
     p.add_argument("--only", nargs="*", default=None, help="run only these labels (all rows still reported)")
+    p.add_argument("--report-rows", nargs="+", default=None, metavar="LABEL",
+                   help="tables (and latency) of the baseline and these labels only: a sub-table from a log folder "
+                        "that holds only some rows")
     p.add_argument("--report-only", action="store_true", help="no new episodes: tables from the logs")
     p.add_argument("--latency-reps", type=int, default=30, help="interleaved latency rounds (0: skip latency)")
     p.add_argument("--json", default="benchmarks/results/metaworld_pruning.json")
@@ -352,14 +359,47 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def pick(rows: list[Entry], labels: list[str] | None, flag: str) -> list[Entry]:
+    """The entries named by ``labels`` (``None``: all), in the benchmark's order; an unknown label is an
+    error that lists the known ones (a typo must not silently drop a row)."""
+    if labels is None:
+        return rows
+    known = [e.label for e in rows]
+    unknown = [x for x in labels if x not in known]
+    if unknown:
+        raise ValueError(f"{flag}: unknown row label(s) {unknown}; expected labels among {known}")
+    return [e for e in rows if e.label in labels]
+
+
+def report_rows(rows: list[Entry], labels: list[str] | None) -> list[Entry]:
+    """The rows of the tables: all, or (``--report-rows``) the baseline and the named ones, so a
+    sub-table (its own McNemar against the same run's baseline, latency of those rows only) can be
+    made from a log folder that holds only some rows."""
+    if labels is None:
+        return rows
+    return [rows[0], *pick(rows[1:], [x for x in labels if x != rows[0].label], "--report-rows")]
+
+
+def check_labels(args, rows: list[Entry]) -> str | None:
+    """The message for an unknown ``--only`` / ``--report-rows`` label, or ``None`` when all are known."""
+    try:
+        pick(rows, args.only, "--only")
+        report_rows(rows, getattr(args, "report_rows", None))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def run_benchmark(args, rows: list[Entry], bench) -> None:
     """Sweep (unless ``--report-only``), tables from the logs, latency, results: the steps every
     closed-loop pruning benchmark shares; ``bench`` supplies ``run_all``, ``collect_rows`` and
     ``measure_latency`` for its simulator (this module for Meta-World, ``libero_pruning`` for LIBERO)."""
     wall = {}
+    todo = pick(rows, args.only, "--only")
+    rows = report_rows(rows, getattr(args, "report_rows", None))
     if not args.report_only:
         t0 = time.perf_counter()
-        bench.run_all([e for e in rows if args.only is None or e.label in args.only], args)
+        bench.run_all(todo, args)
         wall["sweep"] = round((time.perf_counter() - t0) / 60, 1)
     table = bench.collect_rows(rows, args)
     lat = None
@@ -373,7 +413,11 @@ def run_benchmark(args, rows: list[Entry], bench) -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    run_benchmark(args, available(entries(), args), sys.modules[__name__])
+    rows = available(entries(), args)
+    if (bad := check_labels(args, rows)) is not None:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
+    run_benchmark(args, rows, sys.modules[__name__])
     return 0
 
 

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("collect", "collect scripted-expert demonstrations (Meta-World, LIBERO) into a dataset folder"),
     "train": ("train", "behaviour-clone the small OpenVLA-OFT on collected demonstrations"),
     "train-lightvla": ("train_lightvla", "fine-tune a policy through LightVLA's differentiable token selection"),
-    "demo": ("demo", "run the embedded demo (the README's first command)"),
+    "demo": ("demo", "a shipped policy with and without ADP: Meta-World (the README's first command) or --sim libero"),
     "eval": ("eval", "closed-loop evaluation (LIBERO: the OpenVLA-OFT protocol), resumable JSONL logs"),
     "report": ("report", "success rates with Wilson intervals, FLOPs, speedup and paired tests from logs"),
     "sweep": ("sweep", "evaluate a grid of pruning configs on Ray (local or a cluster)"),
