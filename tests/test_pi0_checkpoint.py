@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from vla_adp.model.checkpoint import CheckpointError
 from vla_adp.model.pi0.checkpoint import load_pi0_checkpoint, to_module_key, to_published_key
-from vla_adp.model.pi0.policy import Pi0Policy
+from vla_adp.pi0_policy import Pi0Policy
 from vla_adp.model.pi0.processor import discretize_state, normalize, prompt_text, resize_with_pad, unnormalize
 from vla_adp.model.pi0.tiny import make_tiny_pi0_checkpoint
 
