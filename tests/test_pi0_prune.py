@@ -217,3 +217,23 @@ def test_registry_pruners_keep_their_budget_per_camera(name, keep_ratio):
     idx = r.output.keep_sets[0].visual_index
     assert ((idx[:, : want[0]] < 4).all() and (idx[:, want[0]:] >= 4).all())
     assert r.output.prefix_lens[-1] == sum(want) + 12
+
+
+@pytest.mark.parametrize("layer_mode", ["inline", "probe"])
+def test_adp_at_a_later_layer(layer_mode):
+    """ADP scoring at VLM layer 1: inline cuts before layer 1; probe (the reference's extra pass through
+    GemmaDecoder.run_layers) scores there and cuts before layer 0 — same scores on a prefix without
+    proprio token or padding."""
+    model = random_model("pi05")
+    x = full_inputs(model)
+    inputs = Pi0Inputs(x.images[:1], x.image_masks[:1], x.tokens[:1], x.token_mask[:1], x.state[:1])
+    pruner = build_pruner("adp", keep_ratio=0.5, layer=1, layer_mode=layer_mode, split=None, **STATIC)
+    spy = FixedKeep(1, torch.arange(8)[None], (4, 4))
+    with torch.no_grad():
+        r = run_query(model, inputs, pruner, Query(0))
+        model(inputs, spy, frozenset({1}))
+        want = build_pruner("adp", keep_ratio=0.5, layer=1, split=None, **STATIC).scores(spy.seen[0])
+    keep = r.output.keep_sets[0]
+    assert keep.views == (2, 2) and r.output.prefix_lens == ([20, 16] if layer_mode == "inline" else [16, 16])
+    top = torch.cat([want[:, :4].topk(2).indices.sort().values, want[:, 4:].topk(2).indices.sort().values + 4], 1)
+    assert torch.equal(keep.visual_index, top)
