@@ -67,3 +67,25 @@ def test_flops_with_a_masked_camera_and_prompt_padding():
         model(inputs, noise=torch.zeros(1, a.chunk_size, a.max_action_dim))
     assert fc.get_total_flops() == pi0_flops(args, pruned_prefix_lens(args, 1.0, 0, cameras=2, prompt_tokens=5),
                                              cameras=2).total
+
+
+def test_bench_pi05_rows_on_the_tiny_model(capsys, tmp_path):
+    """`vla-adp bench --family pi05`: every pruner on one clock, FLOPs-predicted speed-ups from the
+    prefix lengths each query ran, refusals reported as rows (not raised)."""
+    import json
+
+    out = tmp_path / "pi05.json"
+    assert main(["bench", "--family", "pi05", "--model", "tiny", "--pruners", "adp", "fastv", "vla_pruner", "lightvla",
+                 "--keep", "0.5", "--reps", "2", "--warmup", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| adp@0.5 | 4 |" in text and "lightvla@0.5 | error: ValueError: pruner 'lightvla' does not run on π0" in text
+    run = json.loads(out.read_text())["runs"][0]
+    rows = {r["label"]: r for r in run["cases"]}
+    assert run["prefix_len"] == 8 + 12 and run["n_visual"] == 8
+    a = tiny_args("pi05", n_cameras=3)
+    assert rows["none"]["flops"] == pi0_flops(a, [20, 20], cameras=2).total
+    for label in ("adp@0.5", "fastv:layer=1@0.5", "vla_pruner:k=1,action_layer=1@0.5"):
+        r = rows[label]
+        assert r["pruned_share"] == 1.0 and r["kept_visual"] == 4, label  # VLA-Pruner's warm-up is over
+        assert r["speedup"]["predicted"] == pytest.approx(rows["none"]["flops"] / r["flops"])
+    assert main(["bench", "--family", "pi05", "--model", "7b"]) == 2
