@@ -173,9 +173,11 @@ class GemmaDecoder(nn.Module):
         computes it (RoPE, openpi's masked logit on ``key_mask``'s False keys); the layer keeps its own."""
         attn = self.layers[index].self_attn
         n = self.normed(index, hidden)
-        q, k, _ = attn.qkv(n)
+        (b, s, _), r = n.shape, len(rows)
+        q = attn.q_proj(n[:, rows]).view(b, r, attn.heads, attn.head_dim).transpose(1, 2)  # only the rows asked for
+        k = attn.k_proj(n).view(b, s, attn.kv_heads, attn.head_dim).transpose(1, 2)
         cos, sin = rope_cos_sin(position_ids, attn.head_dim, self.args.rope_theta, q.dtype)
-        q, k = apply_rope(q, cos, sin)[:, :, rows], apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos[:, rows], sin[:, rows]), apply_rope(k, cos, sin)
         k = k.repeat_interleave(attn.heads // attn.kv_heads, dim=1)
         logits = (q @ k.transpose(-1, -2)) * attn.head_dim ** -0.5
         if key_mask is not None:
