@@ -74,7 +74,7 @@ class Pi0Policy:
         self.cameras = [k for k, f in ckpt.features.items() if f.get("type") == "VISUAL"]
         self.action_dim = ckpt.features[ACTION]["shape"][0]
         self.platform = platform or self._platform(replan_steps)
-        self.pruner_template = pruner
+        self.pruner_template = copy.deepcopy(pruner)  # never run: new sessions start from a fresh pruner
         self.session = Session(pruner)
         self.stopwatch = Stopwatch
         self.reset()
@@ -105,7 +105,10 @@ class Pi0Policy:
         return self.session.pruner
 
     def new_session(self) -> Session:
-        return Session(copy.deepcopy(self.pruner_template))
+        """A fresh episode state with its own copy of the pruner (for serving several robots)."""
+        session = Session(copy.deepcopy(self.pruner_template))
+        session.reset()
+        return session
 
     def reset(self, session: Session | None = None) -> None:
         """New episode: query counter, recorded path and the pruner's state (ADP's gate, VLA-Pruner's history)."""
