@@ -55,11 +55,12 @@ def hand_expert_attention(model, inputs, noise):
     cos, sin = rope_cos_sin(pos, 8, 1e4, q.dtype)
     keys = torch.cat([cache.kv[1][0], apply_rope(k, cos, sin)], dim=2).expand(-1, 2, -1, -1)  # 1 kv head, 2 q heads
     probs = (apply_rope(q, cos, sin) @ keys.transpose(-1, -2) / 8 ** 0.5).softmax(-1)  # every key visible here
-    return probs[:, :, :, : cache.lengths[1]]
+    return probs[:, :, -model.args.chunk_size:, : cache.lengths[1]]  # the action rows (π0: after its state token)
 
 
-def test_expert_attention_tap_equals_a_hand_computation_and_changes_nothing():
-    model = random_model("pi05")
+@pytest.mark.parametrize("family", ["pi0", "pi05"])
+def test_expert_attention_tap_equals_a_hand_computation_and_changes_nothing(family):
+    model = random_model(family)
     inputs, noise = batch1(model), noise_for(model)
     capture = Capture({1})
     with torch.no_grad():
