@@ -54,7 +54,8 @@ class Pi0Policy:
             sessions never share a generator).
         replan_steps: actions executed per chunk (default the checkpoint's ``n_action_steps``).
         discrete_state: π0.5's state-in-prompt (LeRobot); openpi's ``pi05_libero`` turns it off.
-        platform: overrides the platform built from the checkpoint's features.
+        platform: overrides the platform built from the checkpoint's features (its ``chunk`` is then
+            the actions executed per chunk; do not also give ``replan_steps``).
     """
 
     def __init__(self, ckpt: Pi0Checkpoint, config: PolicyConfig | None = None, pruner: Pruner | None = None,
@@ -73,6 +74,8 @@ class Pi0Policy:
         self.tokenizer = PromptTokenizer(tok, self.args.tokenizer_max_length)
         self.cameras = [k for k, f in ckpt.features.items() if f.get("type") == "VISUAL"]
         self.action_dim = ckpt.features[ACTION]["shape"][0]
+        if platform is not None and replan_steps is not None:
+            raise ValueError(f"give replan_steps ({replan_steps}) or a platform (chunk {platform.chunk}), not both")
         self.platform = platform or self._platform(replan_steps)
         self.pruner_template = copy.deepcopy(pruner)  # never run: new sessions start from a fresh pruner
         self.session = Session(pruner)
