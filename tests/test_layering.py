@@ -20,7 +20,7 @@ FLOORS = [
     {"pruning"},  # pruning methods on the seam
     {"cost"},  # analytic cost models (ADP tables, roofline)
     {"policy", "envs"},
-    {"openvla_policy"},  # OpenVLA (autoregressive) on the shared Policy
+    {"openvla_policy", "pi0_policy"},  # OpenVLA (autoregressive) on the shared Policy; π0 / π0.5 beside it
     {"train", "bench"},
     {"viz"},  # pictures: overlays, episode videos, importance analysis
     {"eval"},  # closed-loop runs and their logs (records episode videos)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from vla_adp.model.checkpoint import CheckpointError
 from vla_adp.model.pi0.checkpoint import load_pi0_checkpoint, to_module_key, to_published_key
-from vla_adp.model.pi0.policy import Pi0Policy
+from vla_adp.pi0_policy import Pi0Policy
 from vla_adp.model.pi0.processor import discretize_state, normalize, prompt_text, resize_with_pad, unnormalize
 from vla_adp.model.pi0.tiny import make_tiny_pi0_checkpoint
 
@@ -211,3 +211,30 @@ def test_prompt_with_and_without_the_state(tiny_pi0):
     other = {**obs(), "observation.state": obs()["observation.state"] + 1.0}
     assert not torch.equal(with_state.inputs(other).tokens, a.tokens)
     assert torch.equal(without.inputs(other).tokens, b.tokens)
+
+
+def test_policy_on_the_seam_with_a_registry_pruner(tiny_pi0):
+    """Pi0Policy.load has Policy.load's shape; sessions keep their own pruner state; info carries the
+    query record's fields; OFT-only settings are refused."""
+    from vla_adp.policy import PolicyConfig
+    from vla_adp.pruning.pi0 import build_pi0_pruner
+
+    pruner = build_pi0_pruner("adp", keep_ratio=0.5, gate={"schedule": "static"})
+    policy = Pi0Policy.load(tiny_pi0, None, pruner, None, torch.float32, "cpu", seed=3)
+    out = policy.infer(obs())
+    info = out["info"]
+    assert info["pruner"] == "adp" and info["pruned"] and info["n_visual"] == 8 and info["kept_visual"] == 4
+    assert info["kept_per_view"] == [2, 2] and [len(k) for k in info["kept_indices"]] == [2, 2]
+    assert info["flops"] == info["flops_model"] + info["scoring_flops"] and info["flops_model"] < info["flops_full"]
+    assert info["gate_state"] == 1 and set(info["timing_ms"]) >= {"vision", "prefix", "denoise", "prune", "total"}
+    unpruned = Pi0Policy.load(tiny_pi0, seed=3).infer(obs())
+    assert unpruned["info"]["flops"] == info["flops_full"] and not np.array_equal(unpruned["actions"], out["actions"])
+    # a second session starts its own episode: same query index -> same noise -> same actions
+    session = policy.new_session()
+    again = policy.infer(obs(), session)
+    assert again["info"]["query"] == 0 and np.array_equal(again["actions"], out["actions"])
+    assert policy.session.query_index == 1 and session.pruner is not policy.pruner
+    results = policy.infer_batch([obs(), {"task": "x"}], [policy.new_session(), policy.new_session()])
+    assert np.array_equal(results[0]["actions"], out["actions"]) and isinstance(results[1], ValueError)
+    with pytest.raises(ValueError, match="PolicyConfig settings are OpenVLA-OFT's"):
+        Pi0Policy.load(tiny_pi0, PolicyConfig(center_crop=False))

@@ -7,28 +7,18 @@ from torch.utils.flop_counter import FlopCounterMode
 from vla_adp.cli import main
 from vla_adp.model.pi0.flops import (parameter_counts, pi0_flops, pruned_prefix_lens)
 from vla_adp.model.pi0 import Pi0Inputs, Pi0Model, published_args, tiny_args
-from vla_adp.model.pi0.pi0 import PrefixContext
+
+from tests.test_pi0_prune import FixedKeep
 
 
-class KeepFirst:
-    """Keeps the first ``n`` image tokens and the whole prompt from layer ``layer`` on."""
-
-    def __init__(self, layer: int, n: int, renumber: bool = False):
-        self.layer, self.n, self.renumber = layer, n, renumber
-
-    def __call__(self, ctx: PrefixContext):
-        b = ctx.hidden.shape[0]
-        text = torch.arange(*ctx.layout.text_span)
-        return torch.cat([ctx.layout.image_positions[: self.n], text])[None].expand(b, -1)
-
-
-def counted(model: Pi0Model, selector=None) -> int:
+def counted(model: Pi0Model, pruner=None) -> int:
     a = model.args
     inputs = Pi0Inputs(torch.zeros(1, a.n_cameras, 3, a.vision.image_size, a.vision.image_size),
                        torch.ones(1, a.n_cameras, dtype=torch.bool), torch.zeros(1, a.tokenizer_max_length, dtype=torch.long),
                        torch.ones(1, a.tokenizer_max_length, dtype=torch.bool), torch.zeros(1, a.max_state_dim))
+    hooks = frozenset() if pruner is None else pruner.begin(None)
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model.sample_actions(inputs, noise=torch.zeros(1, a.chunk_size, a.max_action_dim), selector=selector)
+        model(inputs, pruner, hooks, noise=torch.zeros(1, a.chunk_size, a.max_action_dim))
     return fc.get_total_flops()
 
 
@@ -39,7 +29,7 @@ def test_analytic_flops_equal_flop_counter(family):
     assert pi0_flops(args).total == counted(model)
     n = 3  # keep 3 of the 8 image tokens from layer 1 on
     lens = [args.prefix_len, args.tokenizer_max_length + n]
-    assert pi0_flops(args, lens).total == counted(model, KeepFirst(1, n))
+    assert pi0_flops(args, lens).total == counted(model, FixedKeep(1, torch.arange(n)[None], (n, 0)))
     assert pruned_prefix_lens(args, 3 / 8, 1) == lens
 
 
@@ -65,9 +55,8 @@ def test_cli_prints_the_pi05_table(capsys):
 
 
 def test_flops_with_a_masked_camera_and_prompt_padding():
-    """LIBERO's shape: 2 of 3 cameras, a short prompt; the masked slot skips SigLIP, drop_masked the rest."""
-    from vla_adp.model.pi0.prune import drop_masked
-
+    """LIBERO's shape: 2 of 3 cameras, a short prompt; the seam's prefix leaves the masked slot (no
+    SigLIP) and the prompt padding out."""
     args = tiny_args("pi05", n_cameras=3)
     model = Pi0Model(args).eval()
     a = args
@@ -75,6 +64,28 @@ def test_flops_with_a_masked_camera_and_prompt_padding():
                        torch.tensor([[True, True, False]]), torch.zeros(1, a.tokenizer_max_length, dtype=torch.long),
                        torch.arange(a.tokenizer_max_length)[None] < 5, torch.zeros(1, a.max_state_dim))
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model.sample_actions(inputs, noise=torch.zeros(1, a.chunk_size, a.max_action_dim), selector=drop_masked())
+        model(inputs, noise=torch.zeros(1, a.chunk_size, a.max_action_dim))
     assert fc.get_total_flops() == pi0_flops(args, pruned_prefix_lens(args, 1.0, 0, cameras=2, prompt_tokens=5),
                                              cameras=2).total
+
+
+def test_bench_pi05_rows_on_the_tiny_model(capsys, tmp_path):
+    """`vla-adp bench --family pi05`: every pruner on one clock, FLOPs-predicted speed-ups from the
+    prefix lengths each query ran, refusals reported as rows (not raised)."""
+    import json
+
+    out = tmp_path / "pi05.json"
+    assert main(["bench", "--family", "pi05", "--model", "tiny", "--pruners", "adp", "fastv", "vla_pruner", "lightvla",
+                 "--keep", "0.5", "--reps", "2", "--warmup", "3", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| adp@0.5 | 4 |" in text and "lightvla@0.5 | error: ValueError: pruner 'lightvla' does not run on π0" in text
+    run = json.loads(out.read_text())["runs"][0]
+    rows = {r["label"]: r for r in run["cases"]}
+    assert run["prefix_len"] == 8 + 12 and run["n_visual"] == 8
+    a = tiny_args("pi05", n_cameras=3)
+    assert rows["none"]["flops"] == pi0_flops(a, [20, 20], cameras=2).total
+    for label in ("adp@0.5", "fastv:layer=1@0.5", "vla_pruner:k=1,action_layer=1@0.5"):
+        r = rows[label]
+        assert r["pruned_share"] == 1.0 and r["kept_visual"] == 4, label  # VLA-Pruner's warm-up is over
+        assert r["speedup"]["predicted"] == pytest.approx(rows["none"]["flops"] / r["flops"])
+    assert main(["bench", "--family", "pi05", "--model", "7b"]) == 2

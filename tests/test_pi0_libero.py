@@ -1,6 +1,7 @@
 """π0.5 on LIBERO for real: the protocol's observations and one short episode with a tiny checkpoint,
-unpruned and with ADP (gate + text→image selection). The tiny random model cannot solve the task;
-this checks the protocol and the plumbing through the evaluation runner."""
+unpruned and with the registry's ADP pruner (gate + text→image selection; also on every query). The
+tiny random model cannot solve the task; this checks the protocol and the plumbing through the
+evaluation runner (query records: kept / visual counts, FLOPs)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ import pytest
 
 from vla_adp.envs.libero_pi0 import PROTOCOLS, Pi0LiberoEnv, get_protocol
 from vla_adp.eval.runner import EpisodeSettings, run_episode
-from vla_adp.model.pi0.policy import Pi0Policy
-from vla_adp.model.pi0.prune import TextImageSelector
 from vla_adp.model.pi0.tiny import make_tiny_pi0_checkpoint
-from vla_adp.pruning.config import GateConfig
-from vla_adp.pruning.gate import ActionAwareGate
+from vla_adp.pi0_policy import Pi0Policy
+from vla_adp.pruning.registry import build_pruner
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
@@ -44,20 +43,25 @@ def test_protocol_observation(env):
         get_protocol("pi")
 
 
-@pytest.mark.parametrize("adp", [False, True])
-def test_episode_runs(env, ckpt, adp):
-    gate = ActionAwareGate(GateConfig()) if adp else None
-    selector = TextImageSelector(keep_ratio=0.5) if adp else None
+@pytest.mark.parametrize("schedule", [None, "dynamic", "static"])
+def test_episode_runs(env, ckpt, schedule):
+    pruner = None if schedule is None else build_pruner("adp", keep_ratio=0.5, gate={"schedule": schedule})
     protocol = env.protocol
-    policy = Pi0Policy.load(ckpt, selector=selector, gate=gate, name="adp" if adp else None,
-                            replan_steps=protocol.replan_steps, discrete_state=protocol.discrete_state_input)
+    policy = Pi0Policy.load(ckpt, pruner=pruner, replan_steps=protocol.replan_steps,
+                            discrete_state=protocol.discrete_state_input)
     queries = []
     rec = run_episode(env, policy, 0, EpisodeSettings("pi05-test", verbose=False), queries.append)
     assert rec.error is None, rec.error
     assert rec.steps == 10 and rec.queries == 2 and len(queries) == 2  # 5 actions per chunk
-    if adp:  # query 0 is a cold-start (full vision) query; a static schedule would prune both
-        assert queries[0].gate_state == 0 and not queries[0].pruned
-    full = queries[0].flops_full
-    assert all(q.flops <= full for q in queries) and queries[0].n_visual == 2 * 4
-    # the empty third camera never counts as visual input
-    assert queries[0].kept_per_view[2] == 0
+    q0 = queries[0]
+    # the empty third camera is not part of the prefix: 2 cameras x 4 tokens
+    assert q0.n_visual == 8 and q0.extra["cameras"] == ["observation.images.image", "observation.images.image2"]
+    assert all(q.flops_full == q0.flops_full and q.flops <= q.flops_full for q in queries)
+    if schedule == "dynamic":  # queries 0..2 are cold-start (full vision) queries
+        assert [q.gate_state for q in queries] == [0, 0] and not any(q.pruned for q in queries)
+    if schedule == "static":  # ADP on every query: 0.4 / 0.6 of round(0.5 * 8) = 4 tokens
+        assert all(q.pruned and q.kept_visual == 4 and q.kept_per_view == [2, 2] for q in queries)
+        assert all(q.flops < q.flops_full and q.seq_len_pruned == q.seq_len - 4 for q in queries)
+        assert rec.pruned_queries == 2 and rec.flops_total < rec.flops_full_total
+    else:
+        assert all(q.kept_visual == 8 and q.flops == q.flops_full for q in queries)

@@ -134,29 +134,14 @@ def test_query_layout_is_optional_for_families_that_fill_it(tiny_policy):
     assert q.layout is None and dataclasses.replace(q, layout=tiny_policy.model.args.token_layout(4)).layout.n_prompt == 4
 
 
-def test_adps_scorer_runs_unchanged_on_a_pi0_prefix_described_by_the_seams_layout():
-    """π0.5's prefix as a TokenLayout (no BOS before the images, no proprio, no slots, no </s>): the
-    OFT scorer (text_vision_scores, Eq. 7–9) gives the family's own Φ (model/pi0/prune.py)."""
-    from vla_adp.model.pi0.masks import positions
-    from vla_adp.model.pi0.pi0 import PrefixContext
-    from vla_adp.model.pi0.prune import text_image_scores
-    from vla_adp.pruning.scoring import text_vision_scores
-
-    from tests.test_pi0_prune import full_inputs
-    from tests.test_pi0_model import random_model
+def test_pi0_builds_its_prefix_layout_and_decoder_shape_for_the_seam():
+    """π0.5's prefix as a TokenLayout (present cameras, then the prompt; no BOS, proprio, slots or </s>)
+    and Gemma's decoder shape (head_dim independent of the width); ADP on it: tests/test_pi0_prune.py."""
+    from tests.test_pi0_model import random_inputs, random_model
 
     model = random_model("pi05")
-    inputs = full_inputs(model)
-    with torch.no_grad():
-        embs, pad, _ = model.embed_prefix(inputs)
-        prefix = model.layout(inputs.tokens.shape[1])
-        layer = model.vlm.layers[0]
-        ctx = PrefixContext(0, embs, pad, positions(pad), layer, prefix)
-        want = text_image_scores(ctx, 0)
-        layout = TokenLayout(views=tuple(b - a for a, b in prefix.camera_spans), n_prompt=prefix.text_span[1] - prefix.text_span[0],
-                             n_action=0, n_proprio=0, n_bos=0, n_stop=0)
-        normed, _ = layer.input_layernorm(embs[0:1])
-        attn = layer.self_attn
-        phi = text_vision_scores(normed, attn.q_proj, attn.k_proj, attn.heads, attn.kv_heads, layout, "fused")
-    assert layout.length == embs.shape[1] and layout.visual.stop == prefix.text_span[0]
-    torch.testing.assert_close(phi[0], want, atol=1e-5, rtol=1e-5)
+    inputs = random_inputs(model)
+    layout = model.layout(inputs)
+    assert layout == TokenLayout(views=(4, 4), n_prompt=12, n_action=0, n_proprio=0, n_bos=0, n_stop=0)
+    assert isinstance(model.vlm, Decoder)
+    assert model.vlm.shape == DecoderShape(n_layers=2, dim=32, ffn_dim=48, n_heads=2, n_kv_heads=1, head_dim=8)

@@ -7,6 +7,7 @@ see :mod:`vla_adp.bench.latency` for the protocol and :mod:`vla_adp.bench.models
     vla-adp bench --model tiny scaled --pruners all adp:scoring=folded --reps 20 --markdown
     vla-adp bench --load bench.json --logs runs/libero_adp.jsonl       # expected per-episode speedup
     vla-adp bench --predict --gpu h100-sxm h200 a100 rtx4090           # roofline floors, no measurement
+    vla-adp bench --family pi05 --model scaled --pruners adp fastv vla_pruner --keep 0.5 0.25   # π0.5 rows
     python -m vla_adp.bench.gpu_latency --out DIR                        # the GPU protocol (docs/latency.md)
 """
 
@@ -33,6 +34,8 @@ from vla_adp.utils.machine import DTYPES
 
 
 def add_arguments(p) -> None:
+    p.add_argument("--family", choices=("oft", "pi05"), default="oft",
+                   help="oft (default) or pi05: π0.5 rows on a CPU-scaled π0.5 (vla_adp.bench.pi0; models tiny, scaled)")
     p.add_argument("--model", nargs="+", choices=MODELS, default=["scaled"],
                    help="tiny (test shapes), scaled (7B ÷ 4 in width and depth; CPU), 7b (GPU only)")
     p.add_argument("--dtype", nargs="+", choices=("fp32", "bf16"), default=None,
@@ -207,6 +210,8 @@ def run(args) -> int:
             raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
         print(prediction_report(args.gpu, args.shape, args.keep, args.prompt_tokens, args.derate))
         return 0
+    if args.family == "pi05":
+        return _run_pi0(args)
     if args.load and args.json and len(args.load) > 1:
         raise ValueError("--json writes one result; give it one --load file, not several")
     results = [_read(p) for p in args.load] if args.load else [_measure(args)]
@@ -219,6 +224,36 @@ def run(args) -> int:
         print(report(result) if args.markdown else _short(result))
     if len(results) > 1:
         print("\n".join(["### Between runs", "", *between_runs(results, args.load)]))
+    return 0
+
+
+def _run_pi0(args) -> int:
+    """π0.5 rows (:mod:`vla_adp.bench.pi0`): every model × dtype, each pruner spec at each keep ratio."""
+    from vla_adp.bench.pi0 import PI0_MODELS, measure_pi0, pi0_table
+
+    if args.load or args.logs or args.predict or args.cuda_graphs:
+        raise ValueError("--family pi05 measures only: --load, --logs, --predict and --cuda-graphs are OpenVLA-OFT's")
+    bad = [m for m in args.model if m not in PI0_MODELS]
+    if bad:
+        raise ValueError(f"--family pi05 runs the models {PI0_MODELS}, got {bad} (the published shape's FLOPs: "
+                         "vla-adp flops --family pi05)")
+    if args.reps < 1 or args.warmup < 0 or args.threads < 1 or not all(0.0 < k <= 1.0 for k in args.keep):
+        raise ValueError(f"need --reps >= 1, --warmup >= 0, --threads >= 1, keep ratios in (0, 1]; got {args.reps}, "
+                         f"{args.warmup}, {args.threads}, {args.keep}")
+    torch.set_num_threads(args.threads)
+    load_before = _load()
+    specs = [s for s in (args.pruners or ["adp", "fastv", "vla_pruner", "random"]) if s != "all"]
+    dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32"])
+    prompt = None if args.prompt_tokens == PROMPT_TOKENS else args.prompt_tokens  # None: the π0.5 default
+    runs = [measure_pi0(m, DTYPES[d], specs, args.keep, args.reps, args.warmup, prompt, args.clock, args.device, _log)
+            for m in args.model for d in dtypes]
+    result = {"command": "vla-adp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+              "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": machine(load_before), "runs": runs}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    print("\n\n".join(pi0_table(r) for r in runs))
     return 0
 
 

@@ -164,9 +164,15 @@ class LayerAccess:
         attn = self.layers[index].self_attn
         return Projections(attn.q_proj, attn.k_proj, attn.n_heads, attn.n_kv_heads, attn.head_dim)
 
-    def attention_probs(self, index: int, hidden: Tensor, position_ids: Tensor, rows: Tensor) -> Tensor:
+    def attention_probs(self, index: int, hidden: Tensor, position_ids: Tensor, rows: Tensor,
+                        key_mask: Tensor | None = None) -> Tensor:
         cos, sin = self.rope(position_ids, hidden.dtype)
-        return self.layers[index].self_attn.probs(self.normed(index, hidden), cos, sin, rows)
+        probs = self.layers[index].self_attn.probs(self.normed(index, hidden), cos, sin, rows)
+        if key_mask is None:
+            return probs
+        # masked keys out, the rest renormalised: softmax over the real keys only (as the layer's SDPA mask)
+        probs = probs * key_mask[:, None, None, :].to(probs.dtype)
+        return probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
 class LlamaDecoder(LayerAccess, nn.Module):

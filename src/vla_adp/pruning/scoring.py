@@ -42,28 +42,46 @@ def _heads(x: Tensor, n_heads: int) -> Tensor:
 
 
 def text_vision_scores(normed: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads: int, layout: TokenLayout,
-                       method: str = "fused") -> Tensor:
-    """Eq. 7–9 on layer-normed hidden states (B, S, D) -> Φ (B, V) in float32."""
-    text = normed[:, layout.text_positions().to(normed.device)]  # (B, T, D)
+                       method: str = "fused", key_mask: Tensor | None = None) -> Tensor:
+    """Eq. 7–9 on layer-normed hidden states (B, S, D) -> Φ (B, V) in float32.
+
+    ``key_mask`` (B, S): text rows where it is False (prompt padding) are left out of the mean over t.
+    """
+    positions = layout.text_positions().to(normed.device)
+    text = normed[:, positions]  # (B, T, D)
+    text_mask = None if key_mask is None else key_mask[:, positions]
     vis = normed[:, layout.visual]  # (B, V, D)
     if method == "folded":
-        u, shift = _folded_query(text, q_proj, k_proj, n_heads, n_kv_heads)
+        u, shift = _folded_query(text, q_proj, k_proj, n_heads, n_kv_heads, text_mask)
         return (vis.float() @ u[..., None]).squeeze(-1) + shift
     k = _heads(k_proj(vis), n_kv_heads).float()  # (B, Hkv, V, hd)
     k = k.repeat_interleave(n_heads // n_kv_heads, dim=1)
     scale = 1.0 / math.sqrt(k.shape[-1])
     if method == "fused":
-        q_bar = _heads(q_proj(text.float().mean(dim=1, keepdim=True).to(text.dtype)), n_heads).float()  # (B, H, 1, hd)
+        q_bar = _heads(q_proj(_text_mean(text, text_mask)[:, None].to(text.dtype)), n_heads).float()  # (B, H, 1, hd)
         return (q_bar @ k.transpose(-1, -2)).squeeze(2).mean(dim=1) * scale
     if method == "exact":
         q = _heads(q_proj(text), n_heads).float()  # (B, H, T, hd)
-        return (q @ k.transpose(-1, -2) * scale).mean(dim=(1, 2))
+        per_text = (q @ k.transpose(-1, -2) * scale).mean(dim=1)  # (B, T, V)
+        if text_mask is None:
+            return per_text.mean(dim=1)
+        w = text_mask.float()[..., None]
+        return (per_text * w).sum(dim=1) / w.sum(dim=1).clamp_min(1)
     raise ValueError(f"scoring method must be one of {SCORING_METHODS}, got {method!r}")
 
 
-def _folded_query(text: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads: int) -> tuple[Tensor, Tensor]:
+def _text_mean(text: Tensor, text_mask: Tensor | None) -> Tensor:
+    """Mean over the text rows (B, T, D) -> (B, D) float32, over the real ones where a mask is given."""
+    if text_mask is None:
+        return text.float().mean(dim=1)
+    w = text_mask.float()[..., None]
+    return (text.float() * w).sum(dim=1) / w.sum(dim=1).clamp_min(1)
+
+
+def _folded_query(text: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads: int,
+                  text_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """u (B, D) with Φ(v) = x̂_v·u + shift, from the layer-normed text rows (B, T, D); float32."""
-    q_bar = q_proj(text.float().mean(dim=1).to(text.dtype)).float()  # (B, H·hd)
+    q_bar = q_proj(_text_mean(text, text_mask).to(text.dtype)).float()  # (B, H·hd)
     b, hd = q_bar.shape[0], q_bar.shape[-1] // n_heads
     # Heads sharing a K/V head (grouped-query attention) add their queries first.
     q_kv = q_bar.view(b, n_kv_heads, n_heads // n_kv_heads, hd).sum(2).reshape(b, -1)  # (B, Hkv·hd)
@@ -75,7 +93,8 @@ def _folded_query(text: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads: int) -
 
 
 def folded_text_vision_scores(hidden: Tensor, norm: Callable[[Tensor], Tensor], weight: Tensor, eps: float,
-                              q_proj, k_proj, n_heads: int, n_kv_heads: int, layout: TokenLayout) -> Tensor:
+                              q_proj, k_proj, n_heads: int, n_kv_heads: int, layout: TokenLayout,
+                              key_mask: Tensor | None = None) -> Tensor:
     """Φ (B, V) from a layer's *input* (B, S, D), its RMSNorm folded in: only text rows are normalised.
 
     x̂_v = γ ⊙ x_v / rms(x_v), so x̂_v·u = (x_v·(γ ⊙ u)) / rms(x_v): one pass over the visual rows.
@@ -84,8 +103,9 @@ def folded_text_vision_scores(hidden: Tensor, norm: Callable[[Tensor], Tensor], 
         norm: the layer's input norm (applied to the text rows); ``weight`` γ and ``eps`` are its
             effective weight and epsilon.
     """
-    text = norm(hidden[:, layout.text_positions().to(hidden.device)])
-    u, shift = _folded_query(text, q_proj, k_proj, n_heads, n_kv_heads)
+    positions = layout.text_positions().to(hidden.device)
+    text = norm(hidden[:, positions])
+    u, shift = _folded_query(text, q_proj, k_proj, n_heads, n_kv_heads, None if key_mask is None else key_mask[:, positions])
     vis = hidden[:, layout.visual].float()  # (B, V, D)
     inv_rms = torch.rsqrt(vis.pow(2).mean(-1) + eps)  # (B, V)
     return (vis @ (weight.float() * u)[..., None]).squeeze(-1) * inv_rms + shift
@@ -97,8 +117,9 @@ def layer_text_vision_scores(ctx: LayerContext, method: str = "fused") -> Tensor
     if method == "folded":
         weight, eps = ctx.norm_scale()
         return folded_text_vision_scores(ctx.hidden, lambda x: ctx.decoder.normed(ctx.index, x), weight, eps,
-                                         proj.q, proj.k, proj.n_heads, proj.n_kv_heads, ctx.layout)
-    return text_vision_scores(ctx.normed(), proj.q, proj.k, proj.n_heads, proj.n_kv_heads, ctx.layout, method)
+                                         proj.q, proj.k, proj.n_heads, proj.n_kv_heads, ctx.layout, ctx.key_mask)
+    return text_vision_scores(ctx.normed(), proj.q, proj.k, proj.n_heads, proj.n_kv_heads, ctx.layout, method,
+                              ctx.key_mask)
 
 
 def attention_received(probs: Tensor, layout: TokenLayout) -> Tensor:

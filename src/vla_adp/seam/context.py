@@ -59,7 +59,8 @@ class LayerContext:
         layout: current layout (already pruned if an earlier layer cut).
         visual: (B, V, D) projector outputs of all visual tokens (VLA-Pruner's diversity features).
         decoder: the family's decoder accessors (:class:`~vla_adp.seam.decoder.Decoder`).
-        key_mask: (B, S) bool, False on right-padding tokens of a training batch; None otherwise.
+        key_mask: (B, S) bool, False on tokens no real token attends to (right-padding of a training
+            batch, a π0 prompt's padding); None when every token is real.
         taps: the forward's attention taps, layer index -> :data:`~vla_adp.model.llm.AttentionTap`;
             a pruner may install taps for this and later layers (VLA-Cache's key/value reuse).
             ``None`` where the forward offers none (the batched multi-episode path).
@@ -92,8 +93,10 @@ class LayerContext:
         return self.decoder.projections(self.index)
 
     def attention_probs(self, rows: Tensor) -> Tensor:
-        """Softmax attention of ``rows`` over all keys at this layer, RoPE included: (B, H, R, S)."""
-        return self.decoder.attention_probs(self.index, self.hidden, self.position_ids, rows.to(self.hidden.device))
+        """Softmax attention of ``rows`` over all keys at this layer, RoPE included: (B, H, R, S);
+        keys the ``key_mask`` hides get weight 0."""
+        return self.decoder.attention_probs(self.index, self.hidden, self.position_ids, rows.to(self.hidden.device),
+                                            key_mask=self.key_mask)
 
     def run_to(self, stop: int, hidden: Tensor, position_ids: Tensor, layout: TokenLayout) -> "LayerContext":
         """The context before layer ``stop`` after layers ``[index, stop)`` ran on another sequence

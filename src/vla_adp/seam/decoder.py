@@ -69,9 +69,11 @@ class Decoder(Protocol):
     def projections(self, index: int) -> Projections:
         """Layer ``index``'s query/key projections (no RoPE)."""
 
-    def attention_probs(self, index: int, hidden: Tensor, position_ids: Tensor, rows: Tensor) -> Tensor:
+    def attention_probs(self, index: int, hidden: Tensor, position_ids: Tensor, rows: Tensor,
+                        key_mask: Tensor | None = None) -> Tensor:
         """Softmax attention of the query ``rows`` over all keys at layer ``index``, RoPE included:
-        (B, H, R, S) in float32, from the layer's input ``hidden``."""
+        (B, H, R, S) in float32, from the layer's input ``hidden``; keys where ``key_mask`` (B, S) is
+        False (padding, a masked camera) get weight 0."""
 
     def run_layers(self, hidden: Tensor, position_ids: Tensor, start: int, stop: int,
                    key_mask: Tensor | None = None) -> Tensor:

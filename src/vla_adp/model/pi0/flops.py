@@ -15,7 +15,7 @@ With H query heads of size d, K kv heads, width D, MLP width M, S tokens attendi
 Pruning the prefix from VLM layer ℓ on (``prefix_lens``) shortens S = T at those prefix layers and T
 for the expert at the same layers; SigLIP runs on every patch of every camera slot that is present in
 some batch row (LeRobot also runs it on the empty slot; ``cameras`` counts what runs here).
-This module stands alone until the model seam gives one description of every decoder.
+The stages stay the family's own: the seam's :mod:`vla_adp.seam.flops` describes one decoder at one length.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def pruned_prefix_lens(a: Pi0Args, keep_ratio: float, layer: int, cameras: int |
     """Prefix lengths when ``round(keep_ratio · image tokens)`` image tokens stay from ``layer`` on.
 
     ``cameras`` / ``prompt_tokens`` (real ones; default: every slot) also drop the masked camera slots
-    and prompt padding at that layer, which changes no output (:func:`vla_adp.model.pi0.prune.drop_masked`).
+    and prompt padding, which changes no output (what :meth:`vla_adp.model.pi0.Pi0Model.prefix` leaves out).
     """
     if not 0 < keep_ratio <= 1:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")

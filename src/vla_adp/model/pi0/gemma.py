@@ -21,6 +21,11 @@ output is split back so that each expert applies its own o_proj, norms and MLP:
 
 Passing ``past`` (keys/values of earlier tokens, after RoPE) lets the suffix attend to a cached
 prefix: the denoising loop computes the prefix once and reuses it at every step.
+
+:class:`GemmaDecoder` is also the family's :class:`~vla_adp.seam.decoder.Decoder`: the per-layer
+accessors a pruner's :class:`~vla_adp.seam.context.LayerContext` reads (the ``(1+w)`` norm as an
+effective weight, multi-query projections with their own ``head_dim``, attention rows with RoPE and
+the prefix's key mask).
 """
 
 from __future__ import annotations
@@ -31,10 +36,8 @@ from torch import Tensor, nn
 
 from vla_adp.model.llm import apply_rope, rope_cos_sin
 from vla_adp.model.pi0.config import GemmaArgs
-
-# openpi's masked logit (``pi0_pytorch.py::_prepare_attention_masks_4d``): finite, so a fully
-# masked row (a padding query) gives a uniform softmax instead of NaNs.
-MASKED_LOGIT = -2.3819763e38
+from vla_adp.model.pi0.masks import attention_mask_2d, mask_bias
+from vla_adp.seam.decoder import DecoderShape, Projections
 
 KV = tuple[Tensor, Tensor]  # keys, values of one layer: (B, kv_heads, S, head_dim) each, after RoPE
 
@@ -144,20 +147,72 @@ class GemmaDecoder(nn.Module):
             raise ValueError("this decoder has no token embeddings (the action expert takes embeddings only)")
         return self.embed_tokens(tokens) * torch.tensor(self.args.width ** 0.5, dtype=self.embed_tokens.weight.dtype)
 
+    # -- the seam's Decoder accessors (VLM prefix layers: plain RMSNorm, no adaRMS) ------------------
+    @property
+    def shape(self) -> DecoderShape:
+        a = self.args
+        return DecoderShape(a.depth, a.width, a.mlp_dim, a.num_heads, a.num_kv_heads, a.head_dim)
 
-def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
-    """Eager grouped-query attention: q (B,H,Sq,hd), k/v (B,KV,Sk,hd), bias (B,1,Sq,Sk) -> (B,Sq,H·hd)."""
+    def normed(self, index: int, hidden: Tensor) -> Tensor:
+        return self.layers[index].input_layernorm(hidden, None)[0]
+
+    def norm_scale(self, index: int) -> tuple[Tensor, float]:
+        """Gemma stores w with the norm computing ``x/rms · (1 + w)``: the effective weight is 1 + w."""
+        norm = self.layers[index].input_layernorm
+        if not isinstance(norm, RMSNorm):
+            raise ValueError("adaRMS layers have no fixed norm weight (it depends on the time conditioning)")
+        return 1.0 + norm.weight.float(), norm.eps
+
+    def projections(self, index: int) -> Projections:
+        attn = self.layers[index].self_attn
+        return Projections(attn.q_proj, attn.k_proj, attn.heads, attn.kv_heads, attn.head_dim)
+
+    def attention_probs(self, index: int, hidden: Tensor, position_ids: Tensor, rows: Tensor,
+                        key_mask: Tensor | None = None) -> Tensor:
+        """Softmax attention (B, H, R, S) of the query ``rows`` over every key, float32, as the layer
+        computes it (RoPE, openpi's masked logit on ``key_mask``'s False keys); the layer keeps its own."""
+        attn = self.layers[index].self_attn
+        n = self.normed(index, hidden)
+        (b, s, _), r = n.shape, len(rows)
+        q = attn.q_proj(n[:, rows]).view(b, r, attn.heads, attn.head_dim).transpose(1, 2)  # only the rows asked for
+        k = attn.k_proj(n).view(b, s, attn.kv_heads, attn.head_dim).transpose(1, 2)
+        cos, sin = rope_cos_sin(position_ids, attn.head_dim, self.args.rope_theta, q.dtype)
+        q, k = apply_rope(q, cos[:, rows], sin[:, rows]), apply_rope(k, cos, sin)
+        k = k.repeat_interleave(attn.heads // attn.kv_heads, dim=1)
+        logits = (q @ k.transpose(-1, -2)) * attn.head_dim ** -0.5
+        if key_mask is not None:
+            logits = logits + mask_bias(key_mask[:, None, :].expand(-1, len(rows), -1), logits.dtype)
+        return logits.softmax(dim=-1, dtype=torch.float32)
+
+    def run_layers(self, hidden: Tensor, position_ids: Tensor, start: int, stop: int,
+                   key_mask: Tensor | None = None) -> Tensor:
+        """Layers ``[start, stop)`` over a prefix alone (one bidirectional block; ``key_mask`` hides padding)."""
+        pad = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if key_mask is None else key_mask
+        bias = mask_bias(attention_mask_2d(pad, torch.zeros_like(pad)), hidden.dtype)
+        for i in range(start, stop):
+            (hidden,), _ = mixed_layer([self.layers[i]], [hidden], [None], bias, position_ids, self.args.rope_theta)
+        return hidden
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, probs_out: list | None = None) -> Tensor:
+    """Eager grouped-query attention: q (B,H,Sq,hd), k/v (B,KV,Sk,hd), bias (B,1,Sq,Sk) -> (B,Sq,H·hd).
+
+    ``probs_out``: a list that receives the softmax weights (B, H, Sq, Sk) in float32 (an attention
+    tap for observers: the weights are the ones this attention uses, nothing is recomputed)."""
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = scores.softmax(dim=-1, dtype=torch.float32)
+    if probs_out is not None:
+        probs_out.append(probs)
+    probs = probs.to(q.dtype)
     out = probs @ v  # (B, H, Sq, hd)
     return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
 
 
 def mixed_layer(
     layers: list[GemmaLayer], xs: list[Tensor | None], conds: list[Tensor | None], bias: Tensor,
-    position_ids: Tensor, rope_theta: float, past: KV | None = None,
+    position_ids: Tensor, rope_theta: float, past: KV | None = None, probs_out: list | None = None,
 ) -> tuple[list[Tensor | None], KV]:
     """One layer of the mixture over the experts' token segments (``None`` = expert not run).
 
@@ -168,6 +223,7 @@ def mixed_layer(
         bias: additive mask (B, 1, S, S_past + S) over [past, these tokens].
         position_ids: (B, S) RoPE positions of these tokens.
         past: keys/values of earlier tokens (e.g. the cached prefix), prepended to this layer's.
+        probs_out: receives this layer's attention weights (B, H, S, S_past + S), float32 (:func:`attend`).
 
     Returns:
         Each expert's output (None where it was not run) and this layer's keys/values
@@ -183,7 +239,7 @@ def mixed_layer(
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    out = attend(q, k, v, bias)
+    out = attend(q, k, v, bias, probs_out)
     outs: list[Tensor | None] = [None] * len(xs)
     start = 0
     for i, layer, x, c in run:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vla_adp.model.pi0.gemma import MASKED_LOGIT
+# openpi's masked logit (``pi0_pytorch.py::_prepare_attention_masks_4d``): finite, so a fully
+# masked row (a padding query) gives a uniform softmax instead of NaNs.
+MASKED_LOGIT = -2.3819763e38
 
 
 def attention_mask_2d(pad: Tensor, ar: Tensor) -> Tensor:
