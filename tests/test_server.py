@@ -543,6 +543,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 120) -> str:
+    """The URL of the server ``proc`` started on ``port`` once ``/health`` answers 200."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
     port = free_port()
@@ -553,16 +567,7 @@ def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
            "--record-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        url = wait_healthy(proc, port)
         obs = make_obs(11)
         r = httpx.post(f"{url}/act", content=json_numpy.dumps(obs), timeout=60)
         plain = Policy.load(tiny_ckpt, dtype=torch.float32)
@@ -588,16 +593,7 @@ def test_cli_serves_the_openvla_family(tiny_openvla_ckpt):
            "--pruner", "adp", "--keep", "0.5"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        url = wait_healthy(proc, port)
         family = get_family("openvla")
         local = family.load(tiny_openvla_ckpt, pruner=family.build_pruner("adp", keep_ratio=0.5),
                             dtype=torch.float32)
