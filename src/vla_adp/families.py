@@ -1,7 +1,7 @@
 """The model families vla-adp runs, in one table: name → how to load its policy and build its pruners.
 
-    --family NAME ──► FAMILIES[NAME] ──► .load(checkpoint, config, pruner, platform=, dtype=, device=) ─► policy
-                                    └──► .build_pruner(name, keep_ratio=, config_file=, **fields) ──────► pruner
+    --family NAME ─► FAMILIES[NAME] ─► .load(checkpoint, config, pruner, platform=, dtype=, device=) ─► policy
+                                   └─► .build_pruner(name, keep_ratio=, config_file=, **fields) ───► pruner
 
 Every command that loads a checkpoint (``eval``, ``sweep``, ``serve``, ``predict``, ``analyze``) and the
 evaluation job (:class:`vla_adp.eval.job.EvalJob`) look the family up here, so the allowed names are

@@ -89,7 +89,7 @@ class OpenVLAPolicy(Policy):
         return results
 
     def _info(self, s: Session, layout, out) -> dict[str, Any]:
-        """OFT's ``info`` plus the decoding: the action tokens, FLOPs of the decode steps and the keys each layer held."""
+        """OFT's ``info`` plus the decoding: action tokens, decode-step FLOPs and the keys each layer held."""
         info = super()._info(s, layout, out)
         info["action_tokens"] = out.tokens[0].tolist()
         llm = self.model.args.llm

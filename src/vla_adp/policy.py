@@ -135,7 +135,8 @@ class Policy:
         return cls(cls.read_checkpoint(path, config, platform, dtype, device), config, pruner)
 
     @staticmethod
-    def read_checkpoint(path: str | Path, config: PolicyConfig, platform, dtype: torch.dtype, device: str) -> Checkpoint:
+    def read_checkpoint(path: str | Path, config: PolicyConfig, platform, dtype: torch.dtype,
+                        device: str) -> Checkpoint:
         """The family's checkpoint reader (OFT: the action head is required for ``decode="l1"``)."""
         return load_checkpoint(path, platform=platform, dtype=dtype, device=device,
                                require_action_head=config.decode == "l1")

@@ -74,7 +74,8 @@ class VLAPrunerOpenVLAConfig:
     def __post_init__(self) -> None:
         check_shared_fields(self)
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.layer must be an int >= 1 (layer K-1 is scored), got {self.layer!r}")
+            raise ValueError(f"VLAPrunerOpenVLAConfig.layer must be an int >= 1 (layer K-1 is scored), "
+                             f"got {self.layer!r}")
 
     @property
     def score_layer(self) -> int:
