@@ -89,7 +89,7 @@ def scoring_table(run: dict[str, Any]) -> list[str]:
              f"{s['flops'] / 1e9:.3f} ({s['flops_pct_of_unpruned_llm']:.2f} %)"]
             for m, s in run.get("scoring", {}).items()]
     return _table(["Φ method", "ms med (p90)", "% of unpruned e2e", "% of unpruned LLM",
-                   "GFLOPs (% of unpruned LLM FLOPs)"], rows)
+                   "GFLOPs (% of unpruned LLM FLOPs)"], rows) if rows else []
 
 
 def criteria(run: dict[str, Any]) -> list[str]:
@@ -124,7 +124,8 @@ def run_section(run: dict[str, Any]) -> list[str]:
                          ("Layer-0 scoring alone", scoring_table(run)), ("CUDA graphs", graphs_table(run))):
         if table:
             lines += [f"**{title}**", "", *table, ""]
-    return lines + ["**Criteria**", "", *criteria(run), ""]
+    met = criteria(run)
+    return lines + (["**Criteria**", "", *met, ""] if met else [])
 
 
 def _spread(s: dict) -> float:
