@@ -180,12 +180,13 @@ def test_one_episode_with_and_without_adp(tiny_ckpt, tmp_path, capsys, lend_env)
 
 def test_openvla_family_episode_with_and_without_adp(tiny_openvla_ckpt, tmp_path, capsys, lend_env):
     """``vla-adp eval --family openvla``: one action per query (7 greedy tokens), ADP cutting the prefill."""
-    log = tmp_path / "eval.jsonl"
+    log, cfg = tmp_path / "eval.jsonl", tmp_path / "adp.json"
+    cfg.write_text(json.dumps({"initial_state": 1}))  # prune from the first query (cold start state 1)
     cmd = ["eval", "libero", "--family", "openvla", "--checkpoint", str(tiny_openvla_ckpt), "--suite", "libero_spatial",
            "--tasks", "0", "--trials", "1", "--max-steps", "12", "--fast-render", "--log", str(log), "--device", "cpu",
            "--quiet"]
     assert main(cmd) == 0
-    assert main(cmd + ["--pruner", "adp", "--keep", "0.5", "--pruning-config", str(_initial_state_1(tmp_path))]) == 0
+    assert main(cmd + ["--pruner", "adp", "--keep", "0.5", "--pruning-config", str(cfg)]) == 0
     logs = read_log(log)
     assert len(logs.runs) == 2 and all(r.config["method"]["family"] == "openvla" for r in logs.runs)
     base_hash, adp_hash = (r.config_hash for r in logs.runs)
@@ -199,12 +200,6 @@ def test_openvla_family_episode_with_and_without_adp(tiny_openvla_ckpt, tmp_path
     assert main(["eval", "libero", "--family", "openvla", "--checkpoint", str(tiny_openvla_ckpt), "--suite",
                  "libero_spatial", "--platform", "libero", "--log", str(tmp_path / "x.jsonl")]) == 2
     assert "--platform 'libero' does not apply to --family openvla" in capsys.readouterr().err
-
-
-def _initial_state_1(tmp_path: Path) -> Path:
-    cfg = tmp_path / "adp.json"
-    cfg.write_text(json.dumps({"initial_state": 1}))  # prune from the first query (cold start state 1)
-    return cfg
 
 
 def test_overlay_video_of_a_libero_episode(tiny_ckpt, env, tmp_path, lend_env):
