@@ -316,12 +316,17 @@ def _side_shape(state: dict, key: str, kind: str) -> tuple[int, ...]:
     return tuple(state[key].shape)
 
 
-def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | None, platform: Platform,
-                preprocessor: dict | None = None, n_images: int | None = None) -> OFTArgs:
+def derive_prismatic(config: dict, shapes: dict, preprocessor: dict | None = None,
+                     ) -> tuple[tuple[VisionTowerArgs, ...], tuple[int, ...]]:
+    """The Prismatic backbone both families share: the vision towers (``timm_model_ids``, fused or not,
+    their pixel statistics from ``preprocessor_config.json``, checked against ``image_sizes``) and the
+    projector's hidden widths, from ``config.json`` and the weights' shapes."""
     ids = config.get("timm_model_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise CheckpointError(f"config.json: 'timm_model_ids' is {ids!r}, expected a list of timm model names")
-    fused = bool(config.get("use_fused_vision_backbone", len(ids) > 1))
+    fused = config.get("use_fused_vision_backbone", len(ids) > 1)
+    if not isinstance(fused, bool):
+        raise CheckpointError(f"config.json: 'use_fused_vision_backbone' is {fused!r}, expected true or false")
     ids = ids[:2] if fused else ids[:1]
     pre = preprocessor or {}
     means, stds = pre.get("means") or [None] * len(ids), pre.get("stds") or [None] * len(ids)
@@ -339,7 +344,12 @@ def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | N
     if n_fc < 2 or any(f"projector.fc{i}.weight" not in shapes for i in range(1, n_fc)):
         raise CheckpointError(f"{weights_name(shapes)} lack the projector ('projector.fc1.weight', "
                               "'projector.fc2.weight', ...)")
-    proj_hidden = tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
+    return towers, tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
+
+
+def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | None, platform: Platform,
+                preprocessor: dict | None = None, n_images: int | None = None) -> OFTArgs:
+    towers, proj_hidden = derive_prismatic(config, shapes, preprocessor)
     llm = derive_llm(config.get("text_config") or {}, shapes)
     head_hidden, head_blocks, action_dim = 4096, 2, platform.action_dim
     if head is not None:

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from vla_adp.constants import Platform
-from vla_adp.model.checkpoint import (TOWER_PREFIXES, CheckpointError, Shapes, check_tokenizer, derive_llm, derive_tower,
-                                      first_line, is_finite_number, json_type, load_main_state, positive_int,
-                                      preprocessor_config, published_config, read_checkpoint_json, read_shapes,
-                                      to_published_key, verify_state, weight_map, weights_name, write_shards)
+from vla_adp.model.checkpoint import (CheckpointError, Shapes, check_tokenizer, derive_llm, derive_prismatic, first_line,
+                                      is_finite_number, json_type, load_main_state, positive_int, preprocessor_config,
+                                      published_config, read_checkpoint_json, read_shapes, to_published_key,
+                                      verify_state, weight_map, weights_name, write_shards)
 from vla_adp.model.openvla.config import OpenVLAArgs
 from vla_adp.model.openvla.openvla import OpenVLA
 
@@ -113,28 +113,11 @@ def check_action_stats(stats: dict, where: str) -> None:
 
 # -- shapes -> args --------------------------------------------------------------------------
 def derive_openvla_args(config: dict, shapes: dict, preprocessor: dict | None = None) -> OpenVLAArgs:
-    ids = config.get("timm_model_ids")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise CheckpointError(f"config.json: 'timm_model_ids' is {ids!r}, expected a list of timm model names")
-    fused = config.get("use_fused_vision_backbone", len(ids) > 1)
-    if not isinstance(fused, bool):
-        raise CheckpointError(f"config.json: 'use_fused_vision_backbone' is {fused!r}, expected true or false")
-    ids = ids[:2] if fused else ids[:1]
-    pre = preprocessor or {}
-    means, stds = pre.get("means") or [None] * len(ids), pre.get("stds") or [None] * len(ids)
-    if not (isinstance(means, list) and isinstance(stds, list) and len(means) >= len(ids) and len(stds) >= len(ids)):
-        raise CheckpointError(f"preprocessor_config.json: 'means' and 'stds' must be lists with one entry per vision "
-                              f"tower ({len(ids)}), got {means!r} and {stds!r}")
-    towers = tuple(derive_tower(t, p, shapes, m, s) for t, p, m, s in zip(ids, TOWER_PREFIXES, means, stds))
-    sizes = config.get("image_sizes")
-    if sizes is not None and (not isinstance(sizes, list) or not all(is_finite_number(s) for s in sizes)
-                              or any(int(s) != t.image_size for s, t in zip(sizes, towers))):
-        raise CheckpointError(f"config.json image_sizes {sizes!r} disagree with {weights_name(shapes)}' "
-                              f"{[t.image_size for t in towers]}")
+    towers, projector_hidden = derive_prismatic(config, shapes, preprocessor)
     llm = derive_llm(config.get("text_config") or {}, shapes)
     try:
         return OpenVLAArgs(
-            towers=towers, llm=llm, projector_hidden=_projector_hidden(shapes),
+            towers=towers, llm=llm, projector_hidden=projector_hidden,
             pad_to_multiple_of=positive_int(config, "pad_to_multiple_of", "config.json", 64),
             n_action_bins=positive_int(config, "n_action_bins", "config.json", 256),
         )
@@ -142,15 +125,6 @@ def derive_openvla_args(config: dict, shapes: dict, preprocessor: dict | None = 
         if isinstance(e, CheckpointError):
             raise
         raise CheckpointError(f"config.json and {weights_name(shapes)} describe no valid OpenVLA: {e}") from None
-
-
-def _projector_hidden(shapes: dict) -> tuple[int, ...]:
-    fcs = [k.split(".")[1][2:] for k in shapes if k.startswith("projector.fc") and k.endswith(".weight")]
-    n_fc = max((int(i) for i in fcs if i.isdigit()), default=0)
-    if n_fc < 2 or any(f"projector.fc{i}.weight" not in shapes for i in range(1, n_fc)):
-        raise CheckpointError(f"{weights_name(shapes)} lack the projector ('projector.fc1.weight', "
-                              "'projector.fc2.weight', ...)")
-    return tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
 
 
 def _check_vocabulary(tokenizer_file: Path, args: OpenVLAArgs) -> None:
