@@ -3,7 +3,7 @@
     --family NAME ─► FAMILIES[NAME] ─► .load(checkpoint, config, pruner, platform=, dtype=, device=) ─► policy
                                    └─► .build_pruner(name, keep_ratio=, config_file=, **fields) ───► pruner
 
-Every command that loads a checkpoint (``eval``, ``sweep``, ``serve``, ``predict``, ``analyze``) and the
+Every command that loads a checkpoint (``eval``, ``sweep``, ``serve``, ``predict``, ``analyze``; ``bench``'s choice of model), the
 evaluation job (:class:`vla_adp.eval.job.EvalJob`) look the family up here, so the allowed names are
 defined once. A family is a policy class with OFT's ``load(path, config, pruner, platform=, dtype=,
 device=)`` classmethod and ``infer``/``reset``/``new_session`` (:class:`vla_adp.policy.Policy`), a pruner
@@ -12,7 +12,8 @@ factory with :func:`vla_adp.pruning.registry.build_pruner`'s signature, and the 
 pruner registry does), so listing the families loads no model code.
 
 Adding a family is one entry: e.g. ``ModelFamily("pi0", "...", policy="vla_adp.pi0_policy:Pi0Policy",
-config=None)`` (``config=None``: its ``load`` gets ``config=None`` and uses its own default).
+config="vla_adp.pi0_policy:<a function of unnorm_key, center_crop, action_slice>")``; the entry's
+modules must sit on a floor below ``families`` in tests/test_layering.py (a test checks it).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class ModelFamily:
         name: the ``--family`` value (an identifier).
         description: one line for ``--help``.
         policy: ``"module:Class"`` of the policy; ``Class.load(path, config, pruner, platform=, dtype=, device=)``.
-        config: ``"module:Class"`` of the config ``load`` takes (built from the evaluation job's
-            ``policy`` fields); ``None``: the family has none of its own and ``load`` gets ``None``.
+        config: ``"module:callable"`` building the config ``load`` takes from keyword fields: the
+            evaluation job's ``policy`` dict and the CLI's ``unnorm_key``, ``center_crop`` and
+            ``action_slice`` (a config class, or a function mapping those onto the family's own config);
+            ``None``: the family has no config and ``load`` gets ``None``.
         pruner_factory: ``"module:function"`` building a pruner as
             :func:`vla_adp.pruning.registry.build_pruner` does (a family maps method names to its own
             variants there).
