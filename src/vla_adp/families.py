@@ -3,9 +3,9 @@
     --family NAME ─► FAMILIES[NAME] ─► .load(checkpoint, config, pruner, platform=, dtype=, device=) ─► policy
                                    └─► .build_pruner(name, keep_ratio=, config_file=, **fields) ───► pruner
 
-Every command that loads a checkpoint (``eval``, ``sweep``, ``serve``, ``predict``, ``analyze``; ``bench``'s choice of model), the
-evaluation job (:class:`vla_adp.eval.job.EvalJob`) look the family up here, so the allowed names are
-defined once. A family is a policy class with OFT's ``load(path, config, pruner, platform=, dtype=,
+Every command that loads a checkpoint (``eval``, ``sweep``, ``serve``, ``predict``, ``analyze``), the
+evaluation job (:class:`vla_adp.eval.job.EvalJob`) and ``bench``'s ``--family`` look the family up
+here, so the allowed names are defined once. A family is a policy class with OFT's ``load(path, config, pruner, platform=, dtype=,
 device=)`` classmethod and ``infer``/``reset``/``new_session`` (:class:`vla_adp.policy.Policy`), a pruner
 factory with :func:`vla_adp.pruning.registry.build_pruner`'s signature, and the config class its
 ``load`` takes. Entries name them as ``"module:attribute"`` and import them only when used (as the
