@@ -5,11 +5,11 @@
 
 Every command that loads a checkpoint (``eval``, ``sweep``, ``serve``, ``predict``, ``analyze``), the
 evaluation job (:class:`vla_adp.eval.job.EvalJob`) and ``bench``'s ``--family`` look the family up
-here, so the allowed names are defined once. A family is a policy class with OFT's ``load(path, config, pruner, platform=, dtype=,
-device=)`` classmethod and ``infer``/``reset``/``new_session`` (:class:`vla_adp.policy.Policy`), a pruner
-factory with :func:`vla_adp.pruning.registry.build_pruner`'s signature, and the config class its
-``load`` takes. Entries name them as ``"module:attribute"`` and import them only when used (as the
-pruner registry does), so listing the families loads no model code.
+here, so the allowed names are defined once. A family is a policy class with OFT's ``load(path,
+config, pruner, platform=, dtype=, device=)`` classmethod and ``infer``/``reset``/``new_session``
+(:class:`vla_adp.policy.Policy`), a pruner factory with :func:`vla_adp.pruning.registry.build_pruner`'s
+signature, and the config its ``load`` takes. Entries name them as ``"module:attribute"`` and import
+them only when used (as the pruner registry does), so listing the families loads no model code.
 
 Adding a family is one entry: e.g. ``ModelFamily("pi0", "...", policy="vla_adp.pi0_policy:Pi0Policy",
 config="vla_adp.pi0_policy:<a function of unnorm_key, center_crop, action_slice>")``; the entry's
