@@ -1,4 +1,4 @@
-"""Arguments several commands share (checkpoint, device, dtype, pruner)."""
+"""Arguments several commands share (checkpoint, model family, device, dtype, pruner)."""
 
 from __future__ import annotations
 
