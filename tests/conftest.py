@@ -44,3 +44,13 @@ def make_obs(seed: int = 0, size: int = 224, instruction: str = "pick up the bla
 @pytest.fixture
 def obs():
     return make_obs()
+
+
+@pytest.fixture(scope="session")
+def tiny_openvla_ckpt(tmp_path_factory):
+    """A tiny ``openvla/openvla-7b``-layout folder (LIBERO statistics), written by the command users run."""
+    from vla_adp.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny-openvla") / "openvla-7b"
+    assert main(["make-tiny-checkpoint", str(folder), "--family", "openvla", "--seed", "4"]) == 0
+    return folder

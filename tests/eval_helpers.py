@@ -40,7 +40,7 @@ class ToyEnv:
         self.t, self.pos = 0, np.array([0.0, 0.0, float(episode)])
         return self._obs()
 
-    def step(self, action) -> StepResult:
+    def step(self, action, images: bool = True) -> StepResult:  # the Env protocol (images always made)
         self.t += 1
         if self.raise_at is not None and self.t == self.raise_at:
             raise RuntimeError(f"toy env exploded at step {self.t}")

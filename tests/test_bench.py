@@ -232,3 +232,24 @@ def test_query_runner_on_a_real_pruner_records_kept_tokens(tiny_runner):
     assert sample.pruned and sample.kept_visual == 256
     assert sample.seq_lens == [1 + 256 + 1 + 5 + 56 + 1] * model.args.llm.n_layers
     assert set(L.STAGES) <= set(sample.ms) and sample.ms["e2e"] > 0
+
+
+def test_openvla_rows_time_the_prefill_and_the_decoding(tmp_path, capsys):
+    """``--family openvla``: one image (256 visual tokens, 289 prefill tokens), the family's pruner variants,
+    the decoding as its own stage; a method the family refuses is a row with the reason."""
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "tiny", "--family", "openvla", "--dtype", "fp32", "--keep", "0.5", "--pruners",
+                 "adp", "vla_pruner", "lightvla", "--reps", "1", "--warmup", "3", "--no-memory", "--json", str(out),
+                 "--markdown"]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    assert (run["family"], run["seq_len"], run["n_visual"], run["scoring"]) == ("openvla", 289, 256, {})
+    rows = {c["pruner"]: c for c in run["cases"]}
+    assert rows["adp"]["kept_visual"]["median"] == 128 and rows["adp"]["seq_lens"][-1] == 161
+    assert rows["vla_pruner"]["label"] == "vla_pruner:layer=1,action_layer=1@0.5"  # the OpenVLA variant's fields
+    assert rows["vla_pruner"]["pruned_share"] == 1.0  # the 3 warm-up rounds filled its history
+    assert "does not run on OpenVLA" in rows["lightvla"]["error"]
+    for c in (rows[None], rows["adp"]):
+        assert c["stages"]["decode"]["median"] > 0 and c["stages"]["head"]["median"] == 0
+    text = capsys.readouterr().out
+    assert "### tiny · openvla · fp32 · cpu" in text
+    assert "| decode |" in text and "| head |" not in text

@@ -113,6 +113,8 @@ BROKEN = {
     "unknown timm model": (edit_json(CONFIG, lambda c: c.update(timm_model_ids=["no_such_vit"] * 2)), CONFIG, "no_such_vit"),
     "image sizes disagree": (edit_json(CONFIG, lambda c: c.update(image_sizes=[448, 448])), CONFIG, "image_sizes"),
     "image sizes a string": (edit_json(CONFIG, lambda c: c.update(image_sizes="224")), CONFIG, "image_sizes"),
+    "fused flag a string": (edit_json(CONFIG, lambda c: c.update(use_fused_vision_backbone="false")), CONFIG,
+                            "use_fused_vision_backbone"),
     "num_images a string": (edit_json(CONFIG, lambda c: c.update(num_images_in_input="two")), CONFIG, "num_images_in_input"),
     "num_images zero": (edit_json(CONFIG, lambda c: c.update(num_images_in_input=0)), CONFIG, "num_images_in_input"),
     "vla_adp a list": (edit_json(CONFIG, lambda c: c.update(vla_adp=[])), CONFIG, "'vla_adp' is a JSON array"),

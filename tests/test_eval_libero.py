@@ -178,6 +178,30 @@ def test_one_episode_with_and_without_adp(tiny_ckpt, tmp_path, capsys, lend_env)
     assert "pruner=none" in out and "pruner=adp" in out and "n=1" in out
 
 
+def test_openvla_family_episode_with_and_without_adp(tiny_openvla_ckpt, tmp_path, capsys, lend_env):
+    """``vla-adp eval --family openvla``: one action per query (7 greedy tokens), ADP cutting the prefill."""
+    log, cfg = tmp_path / "eval.jsonl", tmp_path / "adp.json"
+    cfg.write_text(json.dumps({"initial_state": 1}))  # prune from the first query (cold start state 1)
+    cmd = ["eval", "libero", "--family", "openvla", "--checkpoint", str(tiny_openvla_ckpt), "--suite", "libero_spatial",
+           "--tasks", "0", "--trials", "1", "--max-steps", "12", "--fast-render", "--log", str(log), "--device", "cpu",
+           "--quiet"]
+    assert main(cmd) == 0
+    assert main(cmd + ["--pruner", "adp", "--keep", "0.5", "--pruning-config", str(cfg)]) == 0
+    logs = read_log(log)
+    assert len(logs.runs) == 2 and all(r.config["method"]["family"] == "openvla" for r in logs.runs)
+    base_hash, adp_hash = (r.config_hash for r in logs.runs)
+    for e in logs.episodes.values():
+        assert (e.error, e.steps) == (None, 12) and e.queries == 12  # one action per query
+    base = [q for q in logs.all_queries() if q.config_hash == base_hash]
+    adp = [q for q in logs.all_queries() if q.config_hash == adp_hash]
+    assert not any(q.pruned for q in base) and all(q.n_visual == 256 and q.kept_visual == 256 for q in base)
+    assert adp[0].pruned and adp[0].kept_visual == 128 and adp[0].flops < adp[0].flops_full
+    assert base[0].eef_pos == adp[0].eef_pos  # same initial state after the same wait steps
+    assert main(["eval", "libero", "--family", "openvla", "--checkpoint", str(tiny_openvla_ckpt), "--suite",
+                 "libero_spatial", "--platform", "libero", "--log", str(tmp_path / "x.jsonl")]) == 2
+    assert "--platform 'libero' does not apply to --family openvla" in capsys.readouterr().err
+
+
 def test_overlay_video_of_a_libero_episode(tiny_ckpt, env, tmp_path, lend_env):
     import imageio.v2 as imageio
 

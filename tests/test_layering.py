@@ -21,6 +21,7 @@ FLOORS = [
     {"cost"},  # analytic cost models (ADP tables, roofline)
     {"policy", "envs"},
     {"openvla_policy", "pi0_policy"},  # OpenVLA (autoregressive) on the shared Policy; π0 / π0.5 beside it
+    {"families"},  # the table of model families (policy class, pruner factory per family)
     {"train", "bench"},
     {"viz"},  # pictures: overlays, episode videos, importance analysis
     {"eval"},  # closed-loop runs and their logs (records episode videos)
@@ -58,3 +59,16 @@ def test_every_package_has_a_floor():
 def test_no_package_imports_one_above_it():
     upward = sorted({(a, b, f) for a, b, f in package_imports() if FLOOR[b] >= FLOOR[a]})
     assert upward == [], "imports that run upward or sideways: " + "; ".join(f"{f}: {a} -> {b}" for a, b, f in upward)
+
+
+def test_family_references_sit_below_families():
+    """The table names its policies and pruner factories as strings (imported lazily): they count as imports."""
+    from vla_adp.families import FAMILIES, resolve
+
+    for fam in FAMILIES.values():
+        for ref in (fam.policy, fam.config, fam.pruner_factory):
+            if ref is None:
+                continue
+            package = ref.split(":")[0].split(".")[1]
+            assert FLOOR[package] < FLOOR["families"], f"{fam.name}: {ref} is not below the families floor"
+            assert callable(resolve(ref)), ref

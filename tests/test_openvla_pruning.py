@@ -87,7 +87,7 @@ def test_adp_prefill_cut_equals_transformers_on_the_pruned_sequence(ckpt, folder
     the reference is transformers' generate on that shorter sequence, so the cache held only kept keys."""
     pruner = build_pruner("adp", keep_ratio=0.25, **STATIC)
     x = inputs(ckpt, seed=1, instruction="push the red button down")
-    layout = ckpt.model.layout(x.input_ids.shape[1] - 1)
+    layout = ckpt.model.layout(x)
     from vla_adp.seam.context import Query
 
     hooks = pruner.begin(Query(0, layout))
@@ -111,7 +111,7 @@ def test_adp_prefill_cut_equals_transformers_on_the_pruned_sequence(ckpt, folder
 def test_fastv_caches_full_keys_before_the_cut_and_kept_keys_after(ckpt):
     pruner = build_pruner("fastv", keep_ratio=0.5, layer=2)
     x = inputs(ckpt)
-    layout = ckpt.model.layout(x.input_ids.shape[1] - 1)
+    layout = ckpt.model.layout(x)
     from vla_adp.seam.context import Query
 
     with torch.no_grad():

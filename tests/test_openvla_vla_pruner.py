@@ -21,7 +21,7 @@ from vla_adp.pruning.pruners.fastv import FastVPruner
 from vla_adp.pruning.pruners.vla_pruner_openvla import VLAPrunerOpenVLA
 
 ATOL = 1e-5
-SETTINGS = {"k": 2, "action_layer": 3}  # the tiny decoder has 4 layers: score layer 1, cut before 2
+SETTINGS = {"layer": 2, "action_layer": 3}  # the tiny decoder has 4 layers: score layer 1, cut before 2
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_keep_one_is_unpruned_and_unobserved(ckpt):
 def test_builder_maps_names_and_fork_flags():
     p = build_openvla_pruner("vla_pruner", fastv_r=0.75, use_prefil_attention=True, av_hist_w=2)
     assert isinstance(p, VLAPrunerOpenVLA)
-    assert (p.config.keep_ratio, p.config.attention_source, p.config.history, p.config.k) == (0.25, "prefill", 2, 3)
+    assert (p.config.keep_ratio, p.config.attention_source, p.config.history, p.config.layer) == (0.25, "prefill", 2, 3)
     assert isinstance(build_openvla_pruner("fastv", keep_ratio=0.5), FastVPruner)
     with pytest.raises(ValueError, match="LightVLA trains its selection"):
         build_openvla_pruner("lightvla")

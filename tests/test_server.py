@@ -543,6 +543,20 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_healthy(proc: subprocess.Popen, port: int, timeout_s: float = 120) -> str:
+    """The URL of the server ``proc`` started on ``port`` once ``/health`` answers 200."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
     port = free_port()
@@ -553,16 +567,7 @@ def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
            "--record-dir", str(tmp_path)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.2)
+        url = wait_healthy(proc, port)
         obs = make_obs(11)
         r = httpx.post(f"{url}/act", content=json_numpy.dumps(obs), timeout=60)
         plain = Policy.load(tiny_ckpt, dtype=torch.float32)
@@ -574,3 +579,34 @@ def test_cli_serves_an_oft_client(tiny_ckpt, policy, tmp_path):
     import imageio.v2 as imageio
 
     assert len(imageio.mimread(tmp_path / f"session-{ANON}" / "episode-0000.mp4")) == 1  # finished at shutdown
+
+
+@pytest.mark.slow
+def test_cli_serves_the_openvla_family(tiny_openvla_ckpt):
+    """``vla-adp serve --family openvla``: the table loads OpenVLA and builds its pruner; one action per query."""
+    from vla_adp.families import get_family
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    cmd = [sys.executable, "-m", "vla_adp", "serve", "--family", "openvla", "--checkpoint", str(tiny_openvla_ckpt),
+           "--port", str(port), "--dtype", "fp32", "--device", "cpu", "--log-level", "warning",
+           "--pruner", "adp", "--keep", "0.5"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = wait_healthy(proc, port)
+        family = get_family("openvla")
+        local = family.load(tiny_openvla_ckpt, pruner=family.build_pruner("adp", keep_ratio=0.5),
+                            dtype=torch.float32)
+        for i in range(4):  # one episode in the anonymous session: ADP's gate follows it as the local one
+            obs = {k: v for k, v in make_obs(20 + i).items() if k != "wrist_image"}  # OpenVLA: one camera
+            r = httpx.post(f"{url}/act", content=json_numpy.dumps(obs), timeout=60)
+            assert r.status_code == 200, r.text
+            got = np.stack(json_numpy.loads(r.text))
+            want = local.infer(obs)["actions"]
+            assert got.shape == (1, 7)
+            np.testing.assert_array_equal(got, want)
+        assert local.session.query_index == 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out

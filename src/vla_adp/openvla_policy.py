@@ -5,15 +5,15 @@ Mirrors upstream's LIBERO path (``experiments/robot/openvla_utils.py`` ``get_vla
 transforms do, the prompt ``In: What action should the robot take to {instruction.lower()}?\\nOut:``
 with BOS and the trailing '▁', greedy decoding of ``len(q01)`` action tokens with the KV cache, bin
 de-tokenisation and q01/q99 un-normalisation under the mask (no ``+ 1e-8``). No proprio token: the
-state is read only by a pruner's gate (ADP). Everything else (sessions, the pruner protocol, ``info``,
-timing) is :class:`~vla_adp.policy.Policy`'s; ``PolicyConfig.action_slice`` and ``decode`` are OFT's
-and have no effect here.
+state is read only by a pruner's gate (ADP). Everything else (``infer``: sessions, the pruner protocol
+through :func:`vla_adp.seam.query.run_query`, ``info``, timing) is :class:`~vla_adp.policy.Policy`'s;
+this class supplies the inputs, the forward options and the un-normalisation. ``PolicyConfig.action_slice``
+and ``decode`` are OFT's and have no effect here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from vla_adp.constants import Platform
-from vla_adp.model.hub import is_repo_id, resolve_checkpoint
 from vla_adp.model.openvla.actions import unnormalize_actions
 from vla_adp.model.openvla.checkpoint import OpenVLACheckpoint, load_openvla_checkpoint
 from vla_adp.model.openvla.flops import decode_flops
@@ -30,8 +29,6 @@ from vla_adp.model.openvla.openvla import OpenVLAInputs
 from vla_adp.policy import Policy, PolicyConfig, Session, instruction_of
 from vla_adp.seam.context import Pruner
 from vla_adp.seam.flops import llm_flops
-from vla_adp.seam.query import end_query
-from vla_adp.utils.machine import default_dtype
 
 # Pruners whose scores need the OFT sequence's action slots in the prefill; OpenVLA has none there.
 NEEDS_ACTION_SLOTS = ("vla_pruner",)
@@ -54,49 +51,30 @@ class OpenVLAPolicy(Policy):
         if executor is not None:
             raise ValueError("OpenVLA runs eagerly; the CUDA-graph / compiled executor covers OpenVLA-OFT only")
 
-    @classmethod
-    def load(cls, path: str | Path, config: PolicyConfig = PolicyConfig(), pruner: Pruner | None = None,
-             platform: Platform | None = None, dtype: torch.dtype | None = None,
-             device: str = "cpu") -> "OpenVLAPolicy":
-        """``path``: an ``openvla/openvla-7b``-layout folder, or a Hub repo id (resolved as OFT's)."""
-        if not Path(path).exists() and is_repo_id(str(path)):
-            path = resolve_checkpoint(path)
-        dtype = default_dtype(device) if dtype is None else dtype
-        return cls(load_openvla_checkpoint(path, dtype=dtype, device=device, platform=platform), config, pruner)
+    @staticmethod
+    def read_checkpoint(path: str | Path, config: PolicyConfig, platform: Platform | None, dtype: torch.dtype,
+                        device: str) -> OpenVLACheckpoint:
+        """An ``openvla/openvla-7b``-layout folder (``Policy.load`` resolves Hub repo ids and the dtype first)."""
+        return load_openvla_checkpoint(path, dtype=dtype, device=device, platform=platform)
 
     # -- transforms ------------------------------------------------------------------------
-    def inputs(self, obs: dict) -> tuple[OpenVLAInputs, PrefillLayout]:
+    def inputs(self, obs: dict, images: list[np.ndarray] | None = None) -> tuple[OpenVLAInputs, PrefillLayout]:
+        """Model inputs of one observation (one image, the prompt; no proprio) and their prefill layout."""
+        images = self.images(obs) if images is None else images
         ids = torch.tensor([self.tokenizer.prompt_ids(instruction_of(obs))])
         dev = self.model.device
-        inputs = OpenVLAInputs(self.pixels(self.images(obs)).to(dev), ids.to(dev))
-        return inputs, self.layout(ids.shape[1] - 1)
+        inputs = OpenVLAInputs(self.pixels(images).to(dev), ids.to(dev))
+        return inputs, self.model.layout(inputs)
 
-    def layout(self, n_prompt: int) -> PrefillLayout:
-        return self.model.layout(n_prompt)
+    def forward_options(self) -> dict[str, Any]:
+        """Greedy decoding of one action's tokens (``len(q01)`` of the statistics, upstream's ``get_action_dim``)."""
+        return {"n_tokens": self.n_tokens}
 
     def actions(self, normalised) -> np.ndarray:
         """(1, action_dim): upstream's q01/q99 rule on the float64 bin centres (no ``+ 1e-8``)."""
         return unnormalize_actions(normalised[0].cpu().numpy(), self.stats["action"])
 
     # -- inference -------------------------------------------------------------------------
-    @torch.inference_mode()
-    def infer(self, obs: dict, session: Session | None = None) -> dict[str, Any]:
-        """One action (1, action_dim), un-normalised, and what happened in ``info``."""
-        s = session or self.session
-        t0 = time.perf_counter()
-        timer = self.stopwatch(self.model.device)
-        with timer("transforms"):
-            inputs, layout = self.inputs(obs)
-        query = self.query(s, layout, obs)
-        with timer("gate"):
-            hooks = s.pruner.begin(query) if s.pruner is not None else frozenset()
-        out = self.model(inputs, s.pruner, hooks, self.n_tokens, timer)
-        actions = self.actions(out.actions)
-        result = self._finish(s, layout, out, actions, end_query(s.pruner, out, actions, timer))
-        result["info"]["action_tokens"] = out.tokens[0].tolist()
-        result["info"]["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
-        return result
-
     @torch.inference_mode()
     def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
         """One :meth:`infer` per observation (upstream generates batch 1); bad observations fail alone."""
@@ -111,8 +89,9 @@ class OpenVLAPolicy(Policy):
         return results
 
     def _info(self, s: Session, layout, out) -> dict[str, Any]:
-        """OFT's ``info`` plus the cached decoding: FLOPs of the decode steps and the keys each layer held."""
+        """OFT's ``info`` plus the decoding: action tokens, decode-step FLOPs and the keys each layer held."""
         info = super()._info(s, layout, out)
+        info["action_tokens"] = out.tokens[0].tolist()
         llm = self.model.args.llm
         full = decode_flops(llm, [layout.length] * llm.n_layers, self.n_tokens)
         dec = decode_flops(llm, out.cache_lens, self.n_tokens)

@@ -132,9 +132,14 @@ class Policy:
         if not Path(path).exists() and is_repo_id(str(path)):
             path = resolve_checkpoint(path)
         dtype = default_dtype(device) if dtype is None else dtype
-        ckpt = load_checkpoint(path, platform=platform, dtype=dtype, device=device,
+        return cls(cls.read_checkpoint(path, config, platform, dtype, device), config, pruner)
+
+    @staticmethod
+    def read_checkpoint(path: str | Path, config: PolicyConfig, platform, dtype: torch.dtype,
+                        device: str) -> Checkpoint:
+        """The family's checkpoint reader (OFT: the action head is required for ``decode="l1"``)."""
+        return load_checkpoint(path, platform=platform, dtype=dtype, device=device,
                                require_action_head=config.decode == "l1")
-        return cls(ckpt, config, pruner)
 
     def set_executor(self, executor: Executor | None) -> None:
         """How the model's fixed-shape blocks run: eagerly (None), as CUDA graphs captured per kept
@@ -198,10 +203,15 @@ class Policy:
             images = self.images(obs)
             inputs, layout = self.inputs(obs, images)
         r = run_query(self.model, inputs, s.pruner, self.query(s, layout, obs, images), self.actions, timer,
-                      action_slice=self.config.action_slice, decode=self.config.decode)
+                      **self.forward_options())
         result = self._finish(s, r.query.layout, r.output, r.actions, r.report)
         result["info"]["timing_ms"] = {**timer.ms(), "total": 1e3 * (time.perf_counter() - t0)}
         return result
+
+    def forward_options(self) -> dict[str, Any]:
+        """What the model's forward takes besides inputs, pruner and hooks (OFT: which hidden states
+        are the action slots and how they are decoded). Families with other options override it."""
+        return {"action_slice": self.config.action_slice, "decode": self.config.decode}
 
     def actions(self, normalised) -> np.ndarray:
         """Batch row 0 of the model's normalised chunk in the environment's units (OFT: q01/q99 with

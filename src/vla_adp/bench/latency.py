@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from vla_adp.model import transforms as T
+from vla_adp.model.openvla.openvla import OpenVLA, OpenVLAInputs
 from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
 from vla_adp.pruning.scoring import layer_text_vision_scores
 from vla_adp.seam.context import LayerContext, Query
@@ -42,7 +44,7 @@ from vla_adp.seam.flops import llm_flops
 from vla_adp.seam.query import run_query
 from vla_adp.utils.timing import Stopwatch, sync
 
-STAGES = ("transforms", "gate", "vision", "projector", "prune", "gather", "llm", "head")
+STAGES = ("transforms", "gate", "vision", "projector", "prune", "gather", "llm", "head", "decode")  # decode: OpenVLA
 OVERHEAD = ("gate", "prune", "gather")  # what a pruner adds on top of the shorter LLM pass
 BASELINE = "none"
 
@@ -179,6 +181,7 @@ FORCE_PRUNED = {"gate": {"schedule": "static", "limit_consecutive": False}}
 # so that the share of layers before the cut stays about the 7B's.
 REF_LAYERS = 32
 DEPTH_FIELDS: dict[str, dict[str, int]] = {"fastv": {"layer": 1}, "vla_pruner": {"fastv_k": 0, "action_layer": 1},
+                                            "vla_pruner_openvla": {"layer": 1, "action_layer": 1},
                                             "vla_cache": {"reuse_layers": 1, "relevance_layer": 0},
                                             "sparsevlm": {"layers": 0}}
 
@@ -198,13 +201,18 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, fields
 
 
-def depth_fields(name: str, n_layers: int | None, given: dict[str, Any]) -> dict[str, int]:
-    """The pruner's 7B layer indices scaled to ``n_layers`` (those the user did not set)."""
+def depth_fields(name: str, n_layers: int | None, given: dict[str, Any], config_cls=None) -> dict[str, int]:
+    """The pruner's 7B layer indices scaled to ``n_layers`` (those the user did not set).
+
+    Args:
+        name: the pruner's ``name`` (a family's variant has its own: ``vla_pruner_openvla``).
+        config_cls: its config class (default: the registry's for ``name``).
+    """
     if not n_layers or n_layers == REF_LAYERS:
         return {}
     from vla_adp.pruning.registry import config_class
 
-    defaults = {f.name: f.default for f in dataclasses.fields(config_class(name))}
+    defaults = {f.name: f.default for f in dataclasses.fields(config_cls or config_class(name))}
 
     def scale(v: int, least: int) -> int:
         return max(least, min(n_layers - 1, round(v * n_layers / REF_LAYERS)))
@@ -222,31 +230,40 @@ def keep_free(name: str) -> bool:
     return any(f.name == "keep_ratio" and f.default is None for f in dataclasses.fields(config_class(name)))
 
 
-def build_case(spec: str | None, keep: float | None = None, n_layers: int | None = None) -> Case:
+def build_case(spec: str | None, keep: float | None = None, n_layers: int | None = None,
+               family: str = "oft") -> Case:
     """A benchmark configuration; a pruner that cannot be built is kept with the reason as ``error``.
 
     Args:
         spec: ``name[:field=value,...]`` or None / ``none`` for the unpruned query.
         n_layers: the benchmark decoder's depth, for :func:`depth_fields`.
+        family: the model family (:data:`vla_adp.families.FAMILIES`); it builds the pruner (its variant
+            of the method, or a refusal reported as the case's error).
     """
     if spec in (None, BASELINE):
         return Case(BASELINE)
-    from vla_adp.pruning.registry import build_pruner, config_class
+    from vla_adp.families import get_family
+    from vla_adp.pruning.registry import config_class
 
     name, fields = parse_spec(spec)
+    build = get_family(family).build_pruner
+    tag = f"@{keep:g}" if keep is not None else ""
     try:
-        fields = {**depth_fields(name, n_layers, fields), **fields}
+        variant = build(name)  # the family's variant with its defaults: its name, config fields and depths
+    except (ImportError, TypeError, ValueError) as e:  # not on this branch yet, or the family refuses the method
+        return Case(spec + tag, name, keep, error=f"{type(e).__name__}: {e}", spec=spec)
+    try:
+        fields = {**depth_fields(variant.name, n_layers, fields, type(variant.config)), **fields}
         label = name + (":" + ",".join(f"{k}={v}" for k, v in fields.items()) if fields else "")
-        label += f"@{keep:g}" if keep is not None else ""
+        label += tag
         forced = FORCE_PRUNED if any(f.name == "gate" for f in dataclasses.fields(config_class(name))) else {}
-        pruner = build_pruner(name, keep_ratio=keep, **{**forced, **fields})
-    except (ImportError, TypeError) as e:  # not on this branch yet, or no keep_ratio field
-        return Case(spec + (f"@{keep:g}" if keep is not None else ""), name, keep,
-                    error=f"{type(e).__name__}: {e}", spec=spec)
+        pruner = build(name, keep_ratio=keep, **{**forced, **fields})
+    except (ImportError, TypeError) as e:  # no keep_ratio field
+        return Case(spec + tag, name, keep, error=f"{type(e).__name__}: {e}", spec=spec)
     return Case(label, name, keep, pruner, spec=label.rsplit("@", 1)[0])
 
 
-def build_cases(specs: list[str], keeps: list[float], n_layers: int | None = None) -> list[Case]:
+def build_cases(specs: list[str], keeps: list[float], n_layers: int | None = None, family: str = "oft") -> list[Case]:
     """The unpruned case, then every spec at every keep ratio (once, keep None, if it ignores keep)."""
     cases = [build_case(None)]
     for spec in specs:
@@ -254,7 +271,7 @@ def build_cases(specs: list[str], keeps: list[float], n_layers: int | None = Non
             free = keep_free(parse_spec(spec)[0])
         except ImportError:
             free = False  # build_case reports the import error
-        cases += [build_case(spec, k, n_layers) for k in ([None] if free else keeps)]
+        cases += [build_case(spec, k, n_layers, family) for k in ([None] if free else keeps)]
     return cases
 
 
@@ -274,12 +291,16 @@ def probe_cases(cases: list[Case], runner: "QueryRunner") -> None:
 class QueryRunner:
     """Runs timed queries of one model on one fixed observation, for any pruner."""
 
-    def __init__(self, model: OpenVLAOFT, inputs: OFTInputs, images: list[np.ndarray], clock: str = "wall"):
+    def __init__(self, model: OpenVLAOFT | OpenVLA, inputs: OFTInputs | OpenVLAInputs, images: list[np.ndarray],
+                 clock: str = "wall"):
         self.model, self.inputs, self.images = model, inputs, images
         self.clock = clock
         make_timer(model.device, clock)  # fail early on a bad clock/device pair
         self.layout = model.layout(inputs)
-        self.episode_step: dict[int, int] = {}  # per pruner instance: queries it has seen (one long episode)
+        # Queries each live pruner instance has seen (one long episode); weak keys, not id(): a later
+        # pruner could reuse a dead one's id and start mid-episode. The unpruned query counts on its own.
+        self.episode_step: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._unpruned_step = 0
         # The frames the model sees (resized, cropped): the same every query, VLA-Cache's best case.
         self.frames = tuple(T.policy_image(img, model.args.image_size) for img in images)
         self._ctx: LayerContext | None = None
@@ -294,7 +315,7 @@ class QueryRunner:
         with timer("transforms"):
             a = self.model.args
             pixels = T.pixel_batch([T.policy_image(img, a.image_size) for img in self.images], a.towers).to(dev)
-        inputs = OFTInputs(pixels, self.inputs.input_ids, self.inputs.proprio)
+        inputs = dataclasses.replace(self.inputs, pixels=pixels)
         r = run_query(self.model, inputs, pruner, self._query(pruner), timer=timer)
         out, actions = r.output, r.actions
         sync(dev)
@@ -306,8 +327,11 @@ class QueryRunner:
 
     def _query(self, pruner) -> Query:
         """The pruner's next query of its episode, with a steadily moving end effector."""
-        index = self.episode_step.get(id(pruner), 0)
-        self.episode_step[id(pruner)] = index + 1
+        if pruner is None:
+            index, self._unpruned_step = self._unpruned_step, self._unpruned_step + 1
+        else:
+            index = self.episode_step.get(pruner, 0)
+            self.episode_step[pruner] = index + 1
         pos = np.array([0.01 * index, 0.0, 0.0])
         return Query(index, self.layout, eef_pos=pos, eef_rotvec=np.zeros(3), images=self.frames)
 

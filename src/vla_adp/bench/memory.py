@@ -53,9 +53,10 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     from vla_adp.bench.latency import QueryRunner, build_case
 
     torch.set_num_threads(spec["threads"])
-    model = build_model(spec["model"], DTYPES[spec["dtype"]], "cpu", spec["seed"])
+    family = spec.get("family", "oft")
+    model = build_model(spec["model"], DTYPES[spec["dtype"]], "cpu", spec["seed"], family=family)
     runner = QueryRunner(model, synthetic_inputs(model.args, n_prompt=spec["n_prompt"]), synthetic_images(model.args))
-    case = build_case(spec["pruner"], spec["keep"])
+    case = build_case(spec["pruner"], spec["keep"], family=family)
     if case.error:
         return {"error": case.error}
     before = rss_kib()
@@ -73,7 +74,7 @@ def cpu_query_memory(spec: dict[str, Any], timeout_s: float = 600.0) -> dict[str
     """Peak memory of ``spec``'s configuration measured in a fresh interpreter (see module docstring).
 
     Args:
-        spec: ``model``, ``dtype``, ``seed``, ``n_prompt``, ``threads``, ``pruner`` (a spec; None =
+        spec: ``model``, ``family`` (default ``oft``), ``dtype``, ``seed``, ``n_prompt``, ``threads``, ``pruner`` (a spec; None =
             unpruned), ``keep``, ``queries`` (warm-up included; VLA-Pruner needs a few before it prunes).
 
     Returns:

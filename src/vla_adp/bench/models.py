@@ -12,6 +12,10 @@ slots and </s>: 1 + 512 + 1 + 32 + 56 + 1 = 603 tokens (docs/reference.md §2, p
   One thing does not scale alike: a layer-0 scorer costs a share of *one* layer, and the scaled
   decoder has 8 layers instead of 32, so its scoring share is ~4× the 7B's (the report says so).
 * ``tiny``: :func:`~vla_adp.model.tiny.tiny_args` (the test checkpoints: D=64, 2 layers).
+
+``family="openvla"`` builds autoregressive OpenVLA (:mod:`vla_adp.model.openvla`) of the same towers,
+projector and decoder, with one 224-px image as ``openvla/openvla-7b`` (256 visual tokens, no proprio,
+no action slots: 1 + 256 + 32 = 289 prefill tokens) and seven greedy action tokens decoded after it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import torch
 
 from vla_adp.constants import BOS_ID, get_platform
 from vla_adp.model.config import LlamaArgs, OFTArgs, VisionTowerArgs, openvla_7b_args
+from vla_adp.model.openvla.config import OpenVLAArgs
+from vla_adp.model.openvla.openvla import OpenVLA, OpenVLAInputs
 from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
 
 MODELS = ("tiny", "scaled", "7b")
@@ -60,6 +66,17 @@ def model_args(name: str) -> OFTArgs:
     raise ValueError(f"benchmark model must be one of {MODELS}, got {name!r}")
 
 
+def openvla_args(name: str) -> OpenVLAArgs:
+    """OpenVLA with the towers, projector and decoder of benchmark model ``name``, one image (as openvla-7b)."""
+    a = model_args(name)
+    return OpenVLAArgs(towers=a.towers, llm=a.llm, projector_hidden=a.projector_hidden, n_images=1,
+                       pad_to_multiple_of=a.pad_to_multiple_of)
+
+
+# family -> (args of a benchmark model, the model class); families without a benchmark model are refused
+BENCH_MODELS = {"oft": (model_args, OpenVLAOFT), "openvla": (openvla_args, OpenVLA)}
+
+
 @contextmanager
 def _default_dtype(dtype: torch.dtype):
     saved = torch.get_default_dtype()
@@ -70,22 +87,26 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(saved)
 
 
-def build_model(name: str, dtype: torch.dtype, device: str = "cpu", seed: int = 0) -> OpenVLAOFT:
-    """A random-weight model built directly in ``dtype`` on ``device`` (no fp32 copy of the 7B).
+def build_model(name: str, dtype: torch.dtype, device: str = "cpu", seed: int = 0, family: str = "oft"):
+    """A random-weight model of ``family`` built directly in ``dtype`` on ``device`` (no fp32 copy of the 7B).
 
     Weights use the modules' default initialisations (finite, no denormal-heavy tensors); timing
     does not depend on their values.
     """
+    if family not in BENCH_MODELS:
+        raise ValueError(f"no benchmark model for family {family!r}; the benchmark builds {sorted(BENCH_MODELS)}")
     if name == "7b" and torch.device(device).type == "cpu":
         raise ValueError("the full 7B model is benchmarked on a GPU only (--device cuda); on the CPU use --model scaled")
+    make_args, cls = BENCH_MODELS[family]
     torch.manual_seed(seed)
     with _default_dtype(dtype), torch.device(device):
-        model = OpenVLAOFT(model_args(name))
+        model = cls(make_args(name))
     return model.eval()
 
 
-def synthetic_inputs(args: OFTArgs, device: str = "cpu", n_prompt: int = PROMPT_TOKENS, seed: int = 0) -> OFTInputs:
-    """Model inputs of the real shapes: normalised pixels, BOS + ``n_prompt`` ids, a proprio state."""
+def synthetic_inputs(args: OFTArgs | OpenVLAArgs, device: str = "cpu", n_prompt: int = PROMPT_TOKENS,
+                     seed: int = 0) -> OFTInputs | OpenVLAInputs:
+    """Model inputs of the real shapes: normalised pixels, BOS + ``n_prompt`` ids, a proprio state (OFT)."""
     if n_prompt < 1:
         raise ValueError(f"the prompt needs at least one token (the trailing '▁'), got n_prompt={n_prompt!r}")
     g = torch.Generator().manual_seed(seed)
@@ -94,6 +115,8 @@ def synthetic_inputs(args: OFTArgs, device: str = "cpu", n_prompt: int = PROMPT_
     n_real = args.llm.vocab_size - args.pad_to_multiple_of
     ids = torch.randint(3, max(4, n_real), (1, n_prompt), generator=g)
     ids = torch.cat([torch.tensor([[BOS_ID]]), ids], dim=1)
+    if isinstance(args, OpenVLAArgs):
+        return OpenVLAInputs(pixels.to(device), ids.to(device))
     proprio = torch.randn(1, args.proprio_dim, generator=g) if args.use_proprio else None
     return OFTInputs(pixels.to(device), ids.to(device), None if proprio is None else proprio.to(device))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-STAGE_COLUMNS = ("transforms", "gate", "vision", "projector", "prune", "gather", "llm", "head", "e2e")
+STAGE_COLUMNS = ("transforms", "gate", "vision", "projector", "prune", "gather", "llm", "head", "decode", "e2e")
+ACTION_STAGES = ("head", "decode")  # OFT's action head, OpenVLA's token decoding: a run shows the one it has
 REALISE_TARGET = 0.95  # target (docs/latency.md): measured LLM speedup ≥ 95 % of the FLOPs-predicted one
 SCORING_TARGET_PCT = 1.0  # target (docs/latency.md): layer-0 scoring ≤ 1 % of an unpruned forward
 
@@ -66,11 +67,19 @@ def _memory(mem: dict) -> str:
     return _f(mem.get("query_mib"), ".0f")
 
 
+def run_label(run: dict[str, Any]) -> str:
+    """``model dtype device``, the family after the model when it is not OFT."""
+    family = "" if run.get("family", "oft") == "oft" else f" {run['family']}"
+    return f"{run['model']}{family} {run['dtype']} {run['device']}"
+
+
 def stage_table(run: dict[str, Any]) -> list[str]:
     """Median (p90) ms of every stage of every configuration."""
-    rows = [[c["label"], *(_ms(c["stages"].get(k)) for k in STAGE_COLUMNS)]
-            for c in run["cases"] if not c.get("error")]
-    header = [{"prune": "prune (score+select)"}.get(k, k) for k in STAGE_COLUMNS]
+    ok = [c for c in run["cases"] if not c.get("error")]
+    columns = [k for k in STAGE_COLUMNS if k not in ACTION_STAGES
+               or any((c["stages"].get(k) or {}).get("median", 0.0) > 0 for c in ok)]
+    rows = [[c["label"], *(_ms(c["stages"].get(k)) for k in columns)] for c in ok]
+    header = [{"prune": "prune (score+select)"}.get(k, k) for k in columns]
     return _table(["config", *header], rows)
 
 
@@ -80,7 +89,7 @@ def scoring_table(run: dict[str, Any]) -> list[str]:
              f"{s['flops'] / 1e9:.3f} ({s['flops_pct_of_unpruned_llm']:.2f} %)"]
             for m, s in run.get("scoring", {}).items()]
     return _table(["Φ method", "ms med (p90)", "% of unpruned e2e", "% of unpruned LLM",
-                   "GFLOPs (% of unpruned LLM FLOPs)"], rows)
+                   "GFLOPs (% of unpruned LLM FLOPs)"], rows) if rows else []
 
 
 def criteria(run: dict[str, Any]) -> list[str]:
@@ -106,7 +115,8 @@ def graphs_table(run: dict[str, Any]) -> list[str]:
 def run_section(run: dict[str, Any]) -> list[str]:
     base = next(c for c in run["cases"] if c["label"] == "none")
     noise = base["stages"]["e2e"]
-    lines = [f"### {run['model']} · {run['dtype']} · {run['device']} · {run['threads']} thread(s) · "
+    family = "" if run.get("family", "oft") == "oft" else f" · {run['family']}"
+    lines = [f"### {run['model']}{family} · {run['dtype']} · {run['device']} · {run['threads']} thread(s) · "
              f"{run.get('clock', 'wall')} clock · "
              f"{run['seq_len']} tokens ({run['n_visual']} visual) · {run['reps']} rounds after {run['warmup']} warm-up",
              "", f"Model: {run['shape']}. Unpruned e2e spread (p90−p10)/median = {_spread(noise):.1%}.", ""]
@@ -114,7 +124,8 @@ def run_section(run: dict[str, Any]) -> list[str]:
                          ("Layer-0 scoring alone", scoring_table(run)), ("CUDA graphs", graphs_table(run))):
         if table:
             lines += [f"**{title}**", "", *table, ""]
-    return lines + ["**Criteria**", "", *criteria(run), ""]
+    met = criteria(run)
+    return lines + (["**Criteria**", "", *met, ""] if met else [])
 
 
 def _spread(s: dict) -> float:
@@ -138,7 +149,7 @@ def between_runs(results: list[dict[str, Any]], names: list[str]) -> list[str]:
             for c in run["cases"]:
                 s = c.get("speedup")
                 if s:
-                    rows.append([name, f"{run['model']} {run['dtype']} {run.get('clock', 'wall')}",
+                    rows.append([name, f"{run_label(run).rsplit(' ', 1)[0]} {run.get('clock', 'wall')}",
                                  result["machine"]["load_before"].split()[0], c["label"], f"{s['llm']:.2f}",
                                  f"{s['predicted_consistent']:.2f}", f"{s['realised']:.1%}", phi or "–"])
     return _table(["result", "run", "load", "config", "meas. LLM speedup", "pred. (consistent)", "realised",

@@ -28,6 +28,7 @@ import torch
 from vla_adp.bench import latency as L
 from vla_adp.bench.models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
 from vla_adp.bench.report import between_runs, report
+from vla_adp.families import DEFAULT_FAMILY, FAMILIES
 from vla_adp.seam.flops import SCORING_METHODS
 from vla_adp.utils.files import read_json
 from vla_adp.utils.machine import DTYPES
@@ -38,6 +39,9 @@ def add_arguments(p) -> None:
                    help="oft (default) or pi05: π0.5 rows on a CPU-scaled π0.5 (vla_adp.bench.pi0; models tiny, scaled)")
     p.add_argument("--model", nargs="+", choices=MODELS, default=["scaled"],
                    help="tiny (test shapes), scaled (7B ÷ 4 in width and depth; CPU), 7b (GPU only)")
+    p.add_argument("--family", nargs="+", choices=sorted(FAMILIES), default=[DEFAULT_FAMILY],
+                   help="model families to time (default oft); openvla: one image, the prefill pruned, 7 action "
+                        "tokens decoded after it (layer-0 Φ, CUDA graphs: oft only)")
     p.add_argument("--dtype", nargs="+", choices=("fp32", "bf16"), default=None,
                    help="default: fp32 and bf16 on the CPU, bf16 on a GPU")
     p.add_argument("--keep", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="keep ratios (matched across pruners)")
@@ -72,6 +76,8 @@ def _check(args) -> None:
         raise ValueError(f"need --reps >= 1, --warmup >= 0, --threads >= 1; got {args.reps}, {args.warmup}, {args.threads}")
     if args.cuda_graphs and not args.device.startswith("cuda"):
         raise ValueError("--cuda-graphs replays decoder shapes on a GPU; it needs --device cuda")
+    if args.cuda_graphs and args.family != [DEFAULT_FAMILY]:
+        raise ValueError(f"--cuda-graphs replays OpenVLA-OFT's decoder only; got --family {' '.join(args.family)}")
     if args.clock == "thread" and args.threads != 1:
         raise ValueError(f"--clock thread counts one thread's CPU time; it needs --threads 1, got {args.threads}")
     bad = [k for k in args.keep if not 0.0 < k <= 1.0]
@@ -94,22 +100,26 @@ def pruner_specs(args) -> list[str]:
     return list(dict.fromkeys(specs))
 
 
-def measure_run(model_name: str, dtype: str, args, log=print) -> dict[str, Any]:
-    """Every configuration of one model × dtype, interleaved; summaries, speedups, memory."""
+def measure_run(model_name: str, dtype: str, args, log=print, family: str = DEFAULT_FAMILY) -> dict[str, Any]:
+    """Every configuration of one model × dtype × family, interleaved; summaries, speedups, memory.
+
+    Layer-0 Φ alone is timed on OFT runs only (the same scorer on the same decoder layer).
+    """
     device = torch.device(args.device)
-    model = build_model(model_name, DTYPES[dtype], str(device))
+    model = build_model(model_name, DTYPES[dtype], str(device), family=family)
     inputs = synthetic_inputs(model.args, str(device), args.prompt_tokens)
     runner = L.QueryRunner(model, inputs, synthetic_images(model.args), args.clock)
-    cases = L.build_cases(pruner_specs(args), args.keep, model.args.llm.n_layers)
+    cases = L.build_cases(pruner_specs(args), args.keep, model.args.llm.n_layers, family)
     L.probe_cases(cases, runner)
+    scoring = args.scoring if family == DEFAULT_FAMILY else []
     tasks = {c.label: (lambda c=c: runner.query(c.pruner)) for c in cases if not c.error}
-    tasks |= {f"phi:{m}": (lambda m=m: runner.scoring(m)) for m in args.scoring}
-    log(f"[bench] {model_name} {dtype} {device}: {len(tasks)} tasks × ({args.warmup} + {args.reps}) rounds")
+    tasks |= {f"phi:{m}": (lambda m=m: runner.scoring(m)) for m in scoring}
+    log(f"[bench] {model_name} {family} {dtype} {device}: {len(tasks)} tasks × ({args.warmup} + {args.reps}) rounds")
     samples = L.interleave(tasks, args.reps, args.warmup, lambda r, n: log(f"[bench]   round {r}/{n}"))
     results = [L.case_result(c, samples.get(c.label, []), model.args.llm.shape) for c in cases]
-    run = _run_header(model_name, dtype, device, model, runner, args)
+    run = _run_header(model_name, dtype, device, model, runner, args) | {"family": family}
     run["cases"] = _with_speedups(results)
-    run["scoring"] = _scoring(samples, results[0], args.scoring, model.args.llm, runner.layout)
+    run["scoring"] = _scoring(samples, results[0], scoring, model.args.llm, runner.layout)
     if not args.no_memory:
         _add_memory(run, model_name, dtype, cases, runner, args, log)
     if args.cuda_graphs:
@@ -169,7 +179,8 @@ def _add_memory(run, model_name, dtype, cases, runner, args, log) -> None:
             row["memory"] = cuda_query_memory(lambda: runner.query(case.pruner))
             continue
         log(f"[bench]   memory probe {case.label}")
-        spec = {"model": model_name, "dtype": dtype, "seed": 0, "n_prompt": args.prompt_tokens,
+        spec = {"model": model_name, "family": run["family"], "dtype": dtype, "seed": 0,
+                "n_prompt": args.prompt_tokens,
                 "threads": args.threads, "pruner": case.spec,
                 "keep": case.keep, "queries": args.warmup + 1}
         row["memory"] = cpu_query_memory(spec)
@@ -269,7 +280,7 @@ def _measure(args) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     load_before = _load()
     dtypes = args.dtype or (["bf16"] if args.device.startswith("cuda") else ["fp32", "bf16"])
-    runs = [measure_run(m, d, args, _log) for m in args.model for d in dtypes]
+    runs = [measure_run(m, d, args, _log, f) for f in args.family for m in args.model for d in dtypes]
     return {"command": "vla-adp bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
             "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine(load_before), "runs": runs}
@@ -277,22 +288,23 @@ def _measure(args) -> dict[str, Any]:
 
 def _expected(result: dict, logs: list[str]) -> list[dict[str, Any]]:
     from vla_adp.bench.expected import expected_rows, read_query_records
+    from vla_adp.bench.report import run_label
 
     out = []
     for log in logs:
         records = read_query_records(log)
         for run in result["runs"]:
-            label = f"{run['model']} {run['dtype']} {run['device']}"
+            label = run_label(run)
             out.append({"log": log, "run": label, "rows": expected_rows(run, records)})
     return out
 
 
 def _short(result: dict) -> str:
-    from vla_adp.bench.report import criteria, expected_table, side_by_side
+    from vla_adp.bench.report import criteria, expected_table, run_label, side_by_side
 
     lines = []
     for run in result["runs"]:
-        lines += [f"{run['model']} {run['dtype']} {run['device']}: {run['seq_len']} tokens", *side_by_side(run),
+        lines += [f"{run_label(run)}: {run['seq_len']} tokens", *side_by_side(run),
                   *criteria(run), ""]
     for exp in result.get("expected", []):
         lines += [f"expected per-episode speedup: {exp['log']} on {exp['run']}", *expected_table(exp["rows"]), ""]

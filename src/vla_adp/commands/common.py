@@ -1,4 +1,4 @@
-"""Arguments several commands share (checkpoint, device, dtype, pruner)."""
+"""Arguments several commands share (checkpoint, model family, device, dtype, pruner)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from vla_adp.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, get_family
 from vla_adp.seam.layout import ACTION_SLICES
 from vla_adp.utils.machine import DTYPES, default_dtype
 
@@ -33,13 +34,10 @@ def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop (default: crop unless the checkpoint records otherwise)")
 
 
-FAMILIES = ("oft", "openvla")
-
-
 def add_family_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", choices=FAMILIES, default="oft",
-                   help="model family of --checkpoint: oft (OpenVLA-OFT, default) or openvla (autoregressive, "
-                        "openvla/openvla-7b's layout: one action per query, 7 greedy tokens)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=DEFAULT_FAMILY,
+                   help="model family of --checkpoint: " + "; ".join(f"{f.name}: {f.description}"
+                                                                    for f in FAMILIES.values()))
 
 
 def resolve_checkpoint_arg(args) -> None:
@@ -82,29 +80,20 @@ def add_pruner_args(p: argparse.ArgumentParser) -> None:
                    help="JSON file with pruner settings (reference ADP field names accepted)")
 
 
+def family_of(args) -> ModelFamily:
+    """The :class:`~vla_adp.families.ModelFamily` of ``--family`` (commands without it: the default)."""
+    return get_family(getattr(args, "family", DEFAULT_FAMILY))
+
+
 def build_pruner_from_args(args):
-    """The pruner the arguments ask for, or None."""
+    """The pruner the arguments ask for (the family's variant of the method), or None."""
     if not (args.pruner or args.pruning_config):
         return None
-    if getattr(args, "family", "oft") == "openvla":  # VLA-Pruner has its own OpenVLA variant
-        from vla_adp.pruning.openvla import build_openvla_pruner
-
-        return build_openvla_pruner(args.pruner, keep_ratio=args.keep, config_file=args.pruning_config)
-    from vla_adp.pruning.registry import build_pruner
-
-    return build_pruner(args.pruner, keep_ratio=args.keep, config_file=args.pruning_config)
+    return family_of(args).build_pruner(args.pruner, keep_ratio=args.keep, config_file=args.pruning_config)
 
 
 def load_policy(args, pruner=None):
-    from vla_adp.policy import Policy, PolicyConfig
-
-    cfg = PolicyConfig(unnorm_key=args.unnorm_key, center_crop=center_crop_of(args),
-                       action_slice=args.action_slice)
-    if getattr(args, "family", "oft") == "openvla":
-        from vla_adp.openvla_policy import OpenVLAPolicy
-
-        if args.platform is not None:
-            raise ValueError(f"--platform {args.platform!r} does not apply to --family openvla (one action per query, "
-                             "its width from the dataset statistics)")
-        return OpenVLAPolicy.load(args.checkpoint, cfg, pruner, dtype=dtype_of(args), device=args.device)
-    return Policy.load(args.checkpoint, cfg, pruner, platform=args.platform, dtype=dtype_of(args), device=args.device)
+    family = family_of(args)
+    cfg = family.make_config(unnorm_key=args.unnorm_key, center_crop=center_crop_of(args),
+                             action_slice=args.action_slice)
+    return family.load(args.checkpoint, cfg, pruner, platform=args.platform, dtype=dtype_of(args), device=args.device)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_adp.commands.common import add_checkpoint_args, add_pruner_args, center_crop_of
+from vla_adp.commands.common import add_checkpoint_args, add_family_arg, add_pruner_args, center_crop_of
 
 
 def add_arguments(p) -> None:
@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("env", choices=sorted(ENV_FACTORIES), help="benchmark")
     add_checkpoint_args(p)
+    add_family_arg(p)
     add_pruner_args(p)
     p.add_argument("--suite", required=True, help="e.g. libero_spatial, libero_object, libero_goal, libero_10")
     p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: every task)")
@@ -149,7 +150,7 @@ def job_settings(args) -> dict:
     if trials < 1 or args.first_trial < 0:
         raise ValueError(f"--trials (or num_trials_per_task) must be >= 1 and --first-trial >= 0, "
                          f"got {trials} and {args.first_trial}")
-    return dict(checkpoint=args.checkpoint, tasks=tuple(args.tasks) if args.tasks else None,
+    return dict(checkpoint=args.checkpoint, family=args.family, tasks=tuple(args.tasks) if args.tasks else None,
                 episodes=(args.first_trial, args.first_trial + trials), seed=args.seed,
                 max_steps=args.max_steps, render=render_of(args), open_loop=args.open_loop,
                 policy={"unnorm_key": args.unnorm_key, "center_crop": center_crop_of(args),

@@ -16,13 +16,15 @@ import logging
 import os
 from pathlib import Path
 
-from vla_adp.commands.common import add_checkpoint_args, add_pruner_args, build_pruner_from_args, load_policy
+from vla_adp.commands.common import (add_checkpoint_args, add_family_arg, add_pruner_args, build_pruner_from_args,
+                                     load_policy)
 
 PORTS = {"oft": 8777, "openpi": 8000, "vla-eval": 8000}  # deploy.py's, openpi's and vla-eval's defaults
 
 
 def add_arguments(p) -> None:
     add_checkpoint_args(p)
+    add_family_arg(p)
     add_pruner_args(p)
     p.add_argument("--protocol", choices=sorted(PORTS), default="oft",
                    help="oft = OpenVLA-OFT deploy.py over HTTP (default); openpi = openpi's websocket protocol "

@@ -8,7 +8,7 @@ sweep per suite into the same ``--out``.
 
 from __future__ import annotations
 
-from vla_adp.commands.common import add_checkpoint_args
+from vla_adp.commands.common import add_checkpoint_args, add_family_arg
 
 
 def add_arguments(p) -> None:
@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--grid", required=True, help="grid JSON (see vla_adp.eval.sweep)")
     p.add_argument("--env", choices=sorted(ENV_FACTORIES), default="libero")
     add_checkpoint_args(p)
+    add_family_arg(p)
     p.add_argument("--suite", nargs="+", required=True, help="suites to run every config on")
     p.add_argument("--out", required=True, help="sweep folder (one JSONL file per Ray task)")
     p.add_argument("--tasks", type=int, nargs="+", default=None, help="task ids (default: every task)")

@@ -28,6 +28,7 @@ from typing import Any
 from vla_adp.eval.logs import LogLock, LogWriter, checkpoint_identity, config_hash, finished_episodes, jsonable
 from vla_adp.eval.runner import EpisodeSettings, run_suite
 from vla_adp.eval.schema import EpisodeRecord, RunRecord
+from vla_adp.families import DEFAULT_FAMILY, get_family
 from vla_adp.utils.machine import DTYPES, machine, versions
 
 # env name -> module implementing the factory interface above
@@ -51,6 +52,8 @@ class EvalJob:
         env: key of :data:`ENV_FACTORIES`.
         suite: suite name (``libero_spatial``, ...).
         checkpoint: checkpoint folder.
+        family: the model family of ``checkpoint`` (a key of :data:`vla_adp.families.FAMILIES`); it
+            loads the policy and builds the pruner. Part of the run's identity unless ``oft``.
         log: JSONL log file (appended; finished episodes of the same config are skipped).
         tasks: task ids; ``None`` = every task of the suite.
         episodes: ``(start, stop)``: episode i starts from initial state i.
@@ -102,9 +105,11 @@ class EvalJob:
     envs: int = 1
     batch: int | None = None
     instruction_shift: int = 0
+    family: str = DEFAULT_FAMILY
 
     def __post_init__(self) -> None:
         env_module(self.env)
+        get_family(self.family).check_options(platform=self.platform)  # an unknown family lists the known ones
         if not isinstance(self.instruction_shift, int) or isinstance(self.instruction_shift, bool):
             raise ValueError(f"instruction_shift must be an int, got {self.instruction_shift!r}")
         if self.instruction_shift and self.envs > 1:
@@ -150,11 +155,11 @@ def checkpoint_hints(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def build_pruner(job: EvalJob):
+    """The job's pruner, built by its family (which may map a method to its own variant), or None."""
     if not job.has_pruner:
         return None
-    from vla_adp.pruning.registry import build_pruner as build
-
-    return build(job.pruner, keep_ratio=job.keep, config_file=job.pruning_config, **job.pruner_fields)
+    return get_family(job.family).build_pruner(job.pruner, keep_ratio=job.keep, config_file=job.pruning_config,
+                                               **job.pruner_fields)
 
 
 def pruner_identity(job: EvalJob, pruner) -> dict[str, Any] | None:
@@ -193,6 +198,8 @@ def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
         config["method"]["realtime"] = job.realtime_config.identity()
     if job.instruction_shift:  # likewise
         config["method"]["instruction_shift"] = job.instruction_shift
+    if job.family != DEFAULT_FAMILY:  # likewise: OFT runs keep the hashes they had before families
+        config["method"]["family"] = job.family
     return config
 
 
@@ -202,9 +209,8 @@ def run_record(job: EvalJob, config: dict[str, Any]) -> RunRecord:
 
 
 def load_policy(job: EvalJob, pruner):
-    from vla_adp.policy import Policy, PolicyConfig
-
-    return Policy.load(job.checkpoint, PolicyConfig(**job.policy), pruner, platform=job.platform,
+    family = get_family(job.family)
+    return family.load(job.checkpoint, family.make_config(**job.policy), pruner, platform=job.platform,
                        dtype=DTYPES[job.dtype], device=job.device)
 
 

@@ -9,7 +9,8 @@ Grid file (JSON)::
     }
 
 ``grid`` is a Cartesian product, ``configs`` are extra explicit configs, ``base`` is merged into
-every entry. Keys ``pruner``, ``keep`` and ``pruning_config`` go to ``build_pruner`` as such; every
+every entry. Keys ``pruner``, ``keep`` and ``pruning_config`` go to ``build_pruner`` as such;
+``family`` sets the model family of the checkpoint (default: ``--family``); every
 other key is a pruner setting (ours or the reference's names: ``qk_layer``, ``decision_method``,
 ...). An entry with ``"pruner": null`` is the unpruned baseline (its other keys are dropped).
 Every config is built once before anything runs, so a typo fails at once and names the entry.
@@ -40,6 +41,7 @@ from vla_adp.eval.job import EvalJob, build_pruner, run_config, run_job, task_id
 from vla_adp.eval.logs import config_hash, finished_episodes, jsonable
 
 PRUNER_KEYS = ("pruner", "keep", "pruning_config")
+JOB_KEYS = ("family",)  # EvalJob fields a grid entry may set besides the pruner
 GRID_KEYS = ("grid", "configs", "base")
 
 
@@ -79,12 +81,14 @@ def expand_grid(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def normalise(entry: dict[str, Any]) -> dict[str, Any]:
-    """{"pruner", "keep", "pruning_config", "fields"}; the baseline keeps no pruner settings."""
+    """{"pruner", "keep", "pruning_config", "fields"} plus the :data:`JOB_KEYS` the entry sets; the
+    baseline keeps no pruner settings."""
     cfg = {k: entry.get(k) for k in PRUNER_KEYS}
-    fields = {k: v for k, v in entry.items() if k not in PRUNER_KEYS}
+    job = {k: entry[k] for k in JOB_KEYS if k in entry}
+    fields = {k: v for k, v in entry.items() if k not in PRUNER_KEYS and k not in JOB_KEYS}
     if cfg["pruner"] is None and cfg["pruning_config"] is None:
-        return {"pruner": None, "keep": None, "pruning_config": None, "fields": {}}
-    return {**cfg, "fields": fields}
+        return {"pruner": None, "keep": None, "pruning_config": None, "fields": {}, **job}
+    return {**cfg, "fields": fields, **job}
 
 
 def read_grid(path: str | Path) -> list[dict[str, Any]]:
@@ -100,8 +104,8 @@ class Chunk:
 
 
 def with_config(template: EvalJob, cfg: dict[str, Any]) -> EvalJob:
-    return dataclasses.replace(template, pruner=cfg["pruner"], keep=cfg["keep"],
-                               pruning_config=cfg["pruning_config"], pruner_fields=dict(cfg["fields"]))
+    return dataclasses.replace(template, pruner=cfg["pruner"], keep=cfg["keep"], pruning_config=cfg["pruning_config"],
+                               pruner_fields=dict(cfg["fields"]), **{k: cfg[k] for k in JOB_KEYS if k in cfg})
 
 
 def plan(template: EvalJob, configs: list[dict[str, Any]], suites: list[str], out: str | Path,
@@ -113,8 +117,8 @@ def plan(template: EvalJob, configs: list[dict[str, Any]], suites: list[str], ou
     chunks = []
     for i, cfg in enumerate(configs):
         for suite in suites:
-            job = with_config(dataclasses.replace(template, suite=suite), cfg)
             try:
+                job = with_config(dataclasses.replace(template, suite=suite), cfg)
                 h = config_hash(run_config(job, build_pruner(job)))
             except (ValueError, TypeError) as e:
                 raise ValueError(f"config {i} {json.dumps(jsonable(cfg))}: {e}") from None

@@ -61,7 +61,7 @@ FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}  # safetensor
 
 
 # -- small readers ---------------------------------------------------------------------------
-def _read_json(path: Path, expect: type | None = dict) -> Any:
+def read_checkpoint_json(path: Path, expect: type | None = dict) -> Any:
     """A JSON file's content (of type ``expect`` if given); every failure names the file."""
     if not path.is_file():
         raise CheckpointError(f"missing file {path.name} in {path.parent}")
@@ -75,16 +75,16 @@ def _read_json(path: Path, expect: type | None = dict) -> Any:
         raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
     if expect is not None and not isinstance(data, expect):
         raise CheckpointError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
-                              f"found a JSON {_json_type(data)}")
+                              f"found a JSON {json_type(data)}")
     return data
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
         type(value), "number")
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:200] if text else ''}"
 
@@ -109,7 +109,7 @@ def _load_side_state(path: Path) -> SideState:
     try:  # weights_only: tensors and plain containers only, no code from the file runs
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or truncated file, a pickle that wants to run code, ...
-        raise CheckpointError(f"{path}: cannot read the state dict safely ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot read the state dict safely ({first_line(e)})") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
     for k, v in state.items():
@@ -134,7 +134,7 @@ def weight_map(folder: Path) -> dict[str, str]:
     """key -> shard file, from the index (or the single ``model.safetensors``)."""
     index = folder / INDEX_FILE
     if index.is_file():
-        wm = _read_json(index).get("weight_map")
+        wm = read_checkpoint_json(index).get("weight_map")
         if not isinstance(wm, dict) or not wm:
             raise CheckpointError(f"{index}: no 'weight_map' object")
         for key, shard in wm.items():
@@ -151,7 +151,7 @@ def weight_map(folder: Path) -> dict[str, str]:
             with safe_open(str(single), "pt") as f:
                 return {k: single.name for k in f.keys()}
         except Exception as e:
-            raise CheckpointError(f"{single}: not a readable safetensors file ({_first_line(e)})") from None
+            raise CheckpointError(f"{single}: not a readable safetensors file ({first_line(e)})") from None
     raise CheckpointError(f"{folder}: missing {INDEX_FILE} (or model.safetensors)")
 
 
@@ -166,7 +166,7 @@ def read_shapes(folder: Path, wm: dict[str, str]) -> dict[str, tuple[int, ...]]:
                     sl = f.get_slice(k)
                     shapes[k], dtypes[k] = tuple(sl.get_shape()), sl.get_dtype()
         except Exception as e:
-            raise CheckpointError(f"{folder / shard}: not a readable safetensors file ({_first_line(e)})") from None
+            raise CheckpointError(f"{folder / shard}: not a readable safetensors file ({first_line(e)})") from None
         for k, dt in dtypes.items():
             if dt not in FLOAT_DTYPES:
                 raise CheckpointError(f"{shard}: tensor {k!r} is stored as {dt}, expected a floating-point type "
@@ -177,7 +177,7 @@ def read_shapes(folder: Path, wm: dict[str, str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _weights_name(shapes: dict) -> str:
+def weights_name(shapes: dict) -> str:
     """How error messages name the weight files (set by :func:`load_checkpoint`)."""
     return getattr(shapes, "source", "the weights")
 
@@ -224,17 +224,17 @@ def _family(timm_id: str) -> str:
 def derive_tower(timm_id: str, prefix: str, shapes: dict, mean=None, std=None) -> VisionTowerArgs:
     def shape(name: str) -> tuple[int, ...]:
         if prefix + name not in shapes:
-            raise CheckpointError(f"{_weights_name(shapes)}: no tensor {prefix + name!r}, needed to derive the "
+            raise CheckpointError(f"{weights_name(shapes)}: no tensor {prefix + name!r}, needed to derive the "
                                   f"{timm_id} tower geometry")
         return shapes[prefix + name]
 
     if len(shape("patch_embed.proj.weight")) != 4:
-        raise CheckpointError(f"{_weights_name(shapes)}: {prefix}patch_embed.proj.weight has shape "
+        raise CheckpointError(f"{weights_name(shapes)}: {prefix}patch_embed.proj.weight has shape "
                               f"{shape('patch_embed.proj.weight')}, expected (width, 3, patch, patch)")
     width, _, patch, _ = shape("patch_embed.proj.weight")
     blocks = [k[len(prefix):].split(".")[1] for k in shapes if k.startswith(prefix + "blocks.")]
     if not blocks or not all(b.isdigit() for b in blocks):
-        raise CheckpointError(f"{_weights_name(shapes)}: no numbered {prefix}blocks.<i>.* tensors")
+        raise CheckpointError(f"{weights_name(shapes)}: no numbered {prefix}blocks.<i>.* tensors")
     depth = 1 + max(int(b) for b in blocks)
     class_token = prefix + "cls_token" in shapes
     reg_tokens = shapes[prefix + "reg_token"][1] if prefix + "reg_token" in shapes else 0
@@ -244,14 +244,14 @@ def derive_tower(timm_id: str, prefix: str, shapes: dict, mean=None, std=None) -
     n_patches = n_pos - (1 if class_token and not no_embed_class else 0)
     grid = math.isqrt(max(n_patches, 0))
     if n_patches < 1 or grid * grid != n_patches:
-        raise CheckpointError(f"{_weights_name(shapes)}: {prefix}pos_embed has shape {pos}: not a square patch grid")
+        raise CheckpointError(f"{weights_name(shapes)}: {prefix}pos_embed has shape {pos}: not a square patch grid")
     if width % head_dim:
-        raise CheckpointError(f"{_weights_name(shapes)}: {prefix} width {width} is not a multiple of {timm_id}'s "
+        raise CheckpointError(f"{weights_name(shapes)}: {prefix} width {width} is not a multiple of {timm_id}'s "
                               f"head size {head_dim}")
     imagenet = _family(timm_id) == "dinov2"
     mean, std = mean or (IMAGENET_MEAN if imagenet else (0.5, 0.5, 0.5)), std or (IMAGENET_STD if imagenet else (0.5, 0.5, 0.5))
     for name, v in (("means", mean), ("stds", std)):
-        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(_finite(x) for x in v)
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(is_finite_number(x) for x in v)
                 and (name == "means" or all(x > 0 for x in v))):
             raise CheckpointError(f"preprocessor_config.json: {name} entry {v!r} for {timm_id}, expected 3 finite "
                                   f"numbers{' > 0' if name == 'stds' else ''} (one per RGB channel)")
@@ -263,11 +263,11 @@ def derive_tower(timm_id: str, prefix: str, shapes: dict, mean=None, std=None) -
     )
 
 
-def _finite(x: Any) -> bool:
+def is_finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _positive_int(d: dict, key: str, where: str, default: Any = None) -> int:
+def positive_int(d: dict, key: str, where: str, default: Any = None) -> int:
     value = d.get(key, default)
     if value is None:
         raise CheckpointError(f"{where} lacks {key!r} (a positive integer)")
@@ -278,7 +278,7 @@ def _positive_int(d: dict, key: str, where: str, default: Any = None) -> int:
 
 def _positive_float(d: dict, key: str, where: str, default: float) -> float:
     value = d.get(key, default)
-    if not _finite(value) or value <= 0:
+    if not is_finite_number(value) or value <= 0:
         raise CheckpointError(f"{where}: {key!r} is {value!r}, expected a positive number")
     return float(value)
 
@@ -286,14 +286,14 @@ def _positive_float(d: dict, key: str, where: str, default: float) -> float:
 def derive_llm(text: dict, shapes: dict) -> LlamaArgs:
     where = "config.json text_config"
     if not isinstance(text, dict):
-        raise CheckpointError(f"config.json: 'text_config' is a JSON {_json_type(text)}, expected an object")
-    heads = _positive_int(text, "num_attention_heads", where)
+        raise CheckpointError(f"config.json: 'text_config' is a JSON {json_type(text)}, expected an object")
+    heads = positive_int(text, "num_attention_heads", where)
     try:
         args = LlamaArgs(
-            dim=_positive_int(text, "hidden_size", where), n_layers=_positive_int(text, "num_hidden_layers", where),
-            n_heads=heads, n_kv_heads=_positive_int(text, "num_key_value_heads", where, heads) if
+            dim=positive_int(text, "hidden_size", where), n_layers=positive_int(text, "num_hidden_layers", where),
+            n_heads=heads, n_kv_heads=positive_int(text, "num_key_value_heads", where, heads) if
             text.get("num_key_value_heads") is not None else heads,
-            ffn_dim=_positive_int(text, "intermediate_size", where), vocab_size=_positive_int(text, "vocab_size", where),
+            ffn_dim=positive_int(text, "intermediate_size", where), vocab_size=positive_int(text, "vocab_size", where),
             rms_eps=_positive_float(text, "rms_norm_eps", where, 1e-6),
             rope_theta=_positive_float(text, "rope_theta", where, 10000.0),
         )
@@ -304,7 +304,7 @@ def derive_llm(text: dict, shapes: dict) -> LlamaArgs:
     layers = [k.split(".")[3] for k in shapes if k.startswith("language_model.model.layers.")]
     n_stored = 1 + max((int(i) for i in layers if i.isdigit()), default=-1)
     if n_stored != args.n_layers:
-        raise CheckpointError(f"config.json says {args.n_layers} decoder layers, {_weights_name(shapes)} hold {n_stored}")
+        raise CheckpointError(f"config.json says {args.n_layers} decoder layers, {weights_name(shapes)} hold {n_stored}")
     if text.get("rope_scaling"):
         raise CheckpointError(f"config.json: rope_scaling {text['rope_scaling']!r} is not supported (OpenVLA uses none)")
     return args
@@ -316,12 +316,17 @@ def _side_shape(state: dict, key: str, kind: str) -> tuple[int, ...]:
     return tuple(state[key].shape)
 
 
-def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | None, platform: Platform,
-                preprocessor: dict | None = None, n_images: int | None = None) -> OFTArgs:
+def derive_prismatic(config: dict, shapes: dict, preprocessor: dict | None = None,
+                     ) -> tuple[tuple[VisionTowerArgs, ...], tuple[int, ...]]:
+    """The Prismatic backbone both families share: the vision towers (``timm_model_ids``, fused or not,
+    their pixel statistics from ``preprocessor_config.json``, checked against ``image_sizes``) and the
+    projector's hidden widths, from ``config.json`` and the weights' shapes."""
     ids = config.get("timm_model_ids")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
         raise CheckpointError(f"config.json: 'timm_model_ids' is {ids!r}, expected a list of timm model names")
-    fused = bool(config.get("use_fused_vision_backbone", len(ids) > 1))
+    fused = config.get("use_fused_vision_backbone", len(ids) > 1)
+    if not isinstance(fused, bool):
+        raise CheckpointError(f"config.json: 'use_fused_vision_backbone' is {fused!r}, expected true or false")
     ids = ids[:2] if fused else ids[:1]
     pre = preprocessor or {}
     means, stds = pre.get("means") or [None] * len(ids), pre.get("stds") or [None] * len(ids)
@@ -330,16 +335,21 @@ def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | N
                               f"tower ({len(ids)}), got {means!r} and {stds!r}")
     towers = tuple(derive_tower(t, p, shapes, m, s) for t, p, m, s in zip(ids, TOWER_PREFIXES, means, stds))
     sizes = config.get("image_sizes")
-    if sizes is not None and (not isinstance(sizes, list) or not all(_finite(s) for s in sizes)
+    if sizes is not None and (not isinstance(sizes, list) or not all(is_finite_number(s) for s in sizes)
                               or any(int(s) != t.image_size for s, t in zip(sizes, towers))):
-        raise CheckpointError(f"config.json image_sizes {sizes!r} disagree with {_weights_name(shapes)}' "
+        raise CheckpointError(f"config.json image_sizes {sizes!r} disagree with {weights_name(shapes)}' "
                               f"{[t.image_size for t in towers]}")
     fcs = [k.split(".")[1][2:] for k in shapes if k.startswith("projector.fc") and k.endswith(".weight")]
     n_fc = max((int(i) for i in fcs if i.isdigit()), default=0)
     if n_fc < 2 or any(f"projector.fc{i}.weight" not in shapes for i in range(1, n_fc)):
-        raise CheckpointError(f"{_weights_name(shapes)} lack the projector ('projector.fc1.weight', "
+        raise CheckpointError(f"{weights_name(shapes)} lack the projector ('projector.fc1.weight', "
                               "'projector.fc2.weight', ...)")
-    proj_hidden = tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
+    return towers, tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
+
+
+def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | None, platform: Platform,
+                preprocessor: dict | None = None, n_images: int | None = None) -> OFTArgs:
+    towers, proj_hidden = derive_prismatic(config, shapes, preprocessor)
     llm = derive_llm(config.get("text_config") or {}, shapes)
     head_hidden, head_blocks, action_dim = 4096, 2, platform.action_dim
     if head is not None:
@@ -356,15 +366,15 @@ def derive_args(config: dict, shapes: dict, head: dict | None, proprio: dict | N
         return OFTArgs(
             towers=towers, llm=llm, projector_hidden=proj_hidden, proprio_dim=proprio_dim, action_dim=action_dim,
             chunk=platform.chunk, head_hidden=head_hidden, head_blocks=head_blocks,
-            n_images=n_images or _positive_int(config, "num_images_in_input", "config.json", 2),
+            n_images=n_images or positive_int(config, "num_images_in_input", "config.json", 2),
             use_proprio=proprio is not None,
-            pad_to_multiple_of=_positive_int(config, "pad_to_multiple_of", "config.json", 64),
-            n_action_bins=_positive_int(config, "n_action_bins", "config.json", 256),
+            pad_to_multiple_of=positive_int(config, "pad_to_multiple_of", "config.json", 64),
+            n_action_bins=positive_int(config, "n_action_bins", "config.json", 256),
         )
     except ValueError as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"config.json and {_weights_name(shapes)} describe no valid model: {e}") from None
+        raise CheckpointError(f"config.json and {weights_name(shapes)} describe no valid model: {e}") from None
 
 
 def check_norm_stats(stats: dict, platform: Platform, use_proprio: bool, path: Path | str) -> None:
@@ -377,17 +387,17 @@ def check_norm_stats(stats: dict, platform: Platform, use_proprio: bool, path: P
     for dataset, entry in stats.items():
         where = f"{path}: dataset {dataset!r}"
         if not isinstance(entry, dict):
-            raise CheckpointError(f"{where} is a JSON {_json_type(entry)}, expected an object with 'action'")
+            raise CheckpointError(f"{where} is a JSON {json_type(entry)}, expected an object with 'action'")
         parts = [("action", platform.action_dim)] + ([("proprio", platform.proprio_dim)] if use_proprio else [])
         for part, dim in parts:
             block = entry.get(part)
             if not isinstance(block, dict):
-                raise CheckpointError(f"{where} has no {part!r} object (found {_json_type(block)}), expected one with "
+                raise CheckpointError(f"{where} has no {part!r} object (found {json_type(block)}), expected one with "
                                       f"{lo!r} and {hi!r} ({dim} numbers each, platform {platform.name!r})")
             for key in (lo, hi):
                 v = block.get(key)
-                if not (isinstance(v, list) and len(v) == dim and all(_finite(x) for x in v)):
-                    found = f"{len(v)} values" if isinstance(v, list) else f"a JSON {_json_type(v)}"
+                if not (isinstance(v, list) and len(v) == dim and all(is_finite_number(x) for x in v)):
+                    found = f"{len(v)} values" if isinstance(v, list) else f"a JSON {json_type(v)}"
                     raise CheckpointError(f"{where}: {part}.{key} is {found}" + (
                         " with a non-number or non-finite value" if isinstance(v, list) and len(v) == dim else "")
                         + f", expected {dim} finite numbers ({part} dimension of platform {platform.name!r})")
@@ -398,7 +408,7 @@ def check_norm_stats(stats: dict, platform: Platform, use_proprio: bool, path: P
 
 
 # -- strict state loading ----------------------------------------------------------------------
-def _verify(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
+def verify_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str,
             files: dict[str, str] | None = None) -> None:
     """Strict: same keys, same shapes; the first problem is named with its published key (and the
     file holding it, from ``files``: published key -> file name)."""
@@ -419,11 +429,11 @@ def _verify(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], s
 
 
 def _check_and_assign(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    _verify(module.state_dict(), state, source)
+    verify_state(module.state_dict(), state, source)
     module.load_state_dict(state, strict=True, assign=True)
 
 
-def _load_main_state(folder: Path, wm: dict[str, str], dtype, device) -> dict[str, torch.Tensor]:
+def load_main_state(folder: Path, wm: dict[str, str], dtype, device) -> dict[str, torch.Tensor]:
     state = {}
     for shard in sorted(set(wm.values())):
         try:
@@ -435,7 +445,7 @@ def _load_main_state(folder: Path, wm: dict[str, str], dtype, device) -> dict[st
         except CheckpointError:
             raise
         except Exception as e:  # a data region cut short, ...
-            raise CheckpointError(f"{folder / shard}: cannot read the tensors ({_first_line(e)})") from None
+            raise CheckpointError(f"{folder / shard}: cannot read the tensors ({first_line(e)})") from None
     return state
 
 
@@ -478,10 +488,10 @@ def load_checkpoint(
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
-    config = _read_json(folder / "config.json")
+    config = read_checkpoint_json(folder / "config.json")
     platform = platform_of(config, platform)
     stats_file = folder / "dataset_statistics.json"
-    stats = _read_json(stats_file)
+    stats = read_checkpoint_json(stats_file)
     for unsupported, what in (("vision_backbone--", "FiLM (OFT+)"), ("noisy_action_projector--", "diffusion-head")):
         if any(unsupported in p.name for p in folder.glob("*.pt")):
             raise CheckpointError(f"{folder}: {what} checkpoints are not supported (found '{unsupported}*.pt')")
@@ -494,16 +504,16 @@ def load_checkpoint(
     shards = sorted(set(wm.values()))
     shapes.source = shards[0] if len(shards) == 1 else f"the weight shards {shards}"
     pre_file = folder / "preprocessor_config.json"
-    pre = _read_json(pre_file) if pre_file.is_file() else None
+    pre = read_checkpoint_json(pre_file) if pre_file.is_file() else None
     args = derive_args(config, shapes, head, proprio, platform, pre, n_images)
     check_norm_stats(stats, platform, args.use_proprio, stats_file)
-    tok = _check_tokenizer(folder / "tokenizer.model", args.llm.vocab_size)
+    tok = check_tokenizer(folder / "tokenizer.model", args.llm.vocab_size)
     try:
         with torch.device("meta"):
             model = OpenVLAOFT(args, with_action_head=head is not None)
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"config.json and {shapes.source} describe no buildable model ({_first_line(e)})") from None
-    main = _load_main_state(folder, wm, dtype, device)
+        raise CheckpointError(f"config.json and {shapes.source} describe no buildable model ({first_line(e)})") from None
+    main = load_main_state(folder, wm, dtype, device)
     _check_main(model, main, shapes.source, wm)
     if head is not None:
         _check_and_assign(model.action_head, _to(head, dtype, device), head_file.name)
@@ -513,7 +523,7 @@ def load_checkpoint(
     return Checkpoint(model.eval(), args, folder, config, stats, tok, platform)
 
 
-def _check_tokenizer(path: Path, vocab_size: int) -> Path:
+def check_tokenizer(path: Path, vocab_size: int) -> Path:
     """A readable SentencePiece model with the OFT prompt pieces, no larger than the embedding."""
     from vla_adp.model.tokenizer import PromptTokenizer
 
@@ -532,7 +542,7 @@ def _check_tokenizer(path: Path, vocab_size: int) -> Path:
 def _check_main(model: OpenVLAOFT, state: dict, source: str, files: dict[str, str]) -> None:
     side = ("action_head.", "proprio_projector.")
     main_modules = {k: v for k, v in model.state_dict().items() if not k.startswith(side)}
-    _verify(main_modules, state, source, files)
+    verify_state(main_modules, state, source, files)
     model.load_state_dict(state, strict=False, assign=True)
 
 
@@ -602,7 +612,7 @@ def platform_of(config: dict, platform: str | Platform | None) -> Platform:
     """An explicit platform wins; else the one our writers record; else LIBERO (the published checkpoints)."""
     ours = config.get("vla_adp")
     if ours is not None and not isinstance(ours, dict):
-        raise CheckpointError(f"config.json: 'vla_adp' is a JSON {_json_type(ours)}, expected an object")
+        raise CheckpointError(f"config.json: 'vla_adp' is a JSON {json_type(ours)}, expected an object")
     if not isinstance((ours or {}).get("center_crop", True), bool):
         raise CheckpointError(f"config.json: vla_adp.center_crop is {ours['center_crop']!r}, expected true or false")
     if platform is not None:
@@ -652,7 +662,7 @@ def save_checkpoint(
     side = ("action_head.", "proprio_projector.")
     state = {to_published_key(k): v.detach().to(dtype).contiguous().cpu()
              for k, v in model.state_dict().items() if not k.startswith(side)}
-    _write_shards(folder, state, max_shard_bytes)
+    write_shards(folder, state, max_shard_bytes)
     for name, module in (("action_head", model.action_head), ("proprio_projector", model.proprio_projector)):
         for old in folder.glob(f"{name}--*_checkpoint.pt"):  # re-saving at a new step: the loader wants one
             old.unlink()
@@ -670,7 +680,7 @@ def save_checkpoint(
     return folder
 
 
-def _write_shards(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
+def write_shards(folder: Path, state: dict[str, torch.Tensor], max_shard_bytes: int) -> None:
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k, v in state.items():

@@ -21,7 +21,7 @@ import numpy as np
 from torch import Tensor
 
 from vla_adp.seam.decoder import Decoder, DecoderShape, Projections
-from vla_adp.seam.keep import KeepSet
+from vla_adp.seam.keep import KeepSet, apply_keep_set
 from vla_adp.seam.layout import TokenLayout
 
 
@@ -97,6 +97,12 @@ class LayerContext:
         keys the ``key_mask`` hides get weight 0."""
         return self.decoder.attention_probs(self.index, self.hidden, self.position_ids, rows.to(self.hidden.device),
                                             key_mask=self.key_mask)
+
+    def after_cut(self, keep_set: KeepSet) -> "LayerContext":
+        """This layer's context on the sequence ``keep_set`` leaves: what the layer runs on when the hook
+        returns ``keep_set`` (a pruner that reads the cutting layer itself scores that sequence)."""
+        hidden, pos, layout = apply_keep_set(self.hidden, self.position_ids, self.layout, keep_set)
+        return dataclasses.replace(self, hidden=hidden, position_ids=pos, layout=layout)
 
     def run_to(self, stop: int, hidden: Tensor, position_ids: Tensor, layout: TokenLayout) -> "LayerContext":
         """The context before layer ``stop`` after layers ``[index, stop)`` ran on another sequence

@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from vla_adp.constants import Platform
-from vla_adp.model.checkpoint import (TOWER_PREFIXES, CheckpointError, Shapes, _check_tokenizer, _finite, _first_line,
-                                      _json_type, _load_main_state, _positive_int, _read_json, _verify, _write_shards,
-                                      derive_llm, derive_tower, preprocessor_config, published_config, read_shapes,
-                                      to_published_key, weight_map, _weights_name)
+from vla_adp.model.checkpoint import (CheckpointError, Shapes, check_tokenizer, derive_llm, derive_prismatic, first_line,
+                                      is_finite_number, json_type, load_main_state, positive_int, preprocessor_config,
+                                      published_config, read_checkpoint_json, read_shapes, to_published_key,
+                                      verify_state, weight_map, weights_name, write_shards)
 from vla_adp.model.openvla.config import OpenVLAArgs
 from vla_adp.model.openvla.openvla import OpenVLA
 
@@ -72,13 +72,13 @@ def read_norm_stats(folder: Path, config: dict) -> tuple[dict, str]:
     """``dataset_statistics.json`` if present (upstream's override), else ``config.json``'s ``norm_stats``."""
     path = folder / STATS_FILE
     if path.is_file():
-        return _read_json(path), str(path)
+        return read_checkpoint_json(path), str(path)
     stats = config.get("norm_stats")
     if stats is None:
         raise CheckpointError(f"{folder}: no {STATS_FILE} and no 'norm_stats' in config.json; one of them must hold "
                               "the action statistics (q01/q99) used to un-normalise actions")
     if not isinstance(stats, dict):
-        raise CheckpointError(f"{folder / 'config.json'}: 'norm_stats' is a JSON {_json_type(stats)}, expected an object")
+        raise CheckpointError(f"{folder / 'config.json'}: 'norm_stats' is a JSON {json_type(stats)}, expected an object")
     return stats, f"{folder / 'config.json'} norm_stats"
 
 
@@ -91,15 +91,15 @@ def check_action_stats(stats: dict, where: str) -> None:
         at = f"{where}: dataset {dataset!r}"
         block = entry.get("action") if isinstance(entry, dict) else None
         if not isinstance(block, dict):
-            found = _json_type(entry) if not isinstance(entry, dict) else f"{_json_type(block)} 'action'"
+            found = json_type(entry) if not isinstance(entry, dict) else f"{json_type(block)} 'action'"
             raise CheckpointError(f"{at} is a JSON {found}, expected an object with an 'action' object "
                                   "holding 'q01' and 'q99'")
         lengths = []
         for key in ("q01", "q99"):
             v = block.get(key)
-            if not (isinstance(v, list) and v and all(_finite(x) for x in v)):
+            if not (isinstance(v, list) and v and all(is_finite_number(x) for x in v)):
                 found = f"{len(v)} values with a non-number or non-finite value" if isinstance(v, list) and v \
-                    else f"a JSON {_json_type(v)}" if not isinstance(v, list) else "an empty list"
+                    else f"a JSON {json_type(v)}" if not isinstance(v, list) else "an empty list"
                 raise CheckpointError(f"{at}: action.{key} is {found}, expected a list of finite numbers "
                                       "(one per action dimension)")
             lengths.append(len(v))
@@ -113,44 +113,18 @@ def check_action_stats(stats: dict, where: str) -> None:
 
 # -- shapes -> args --------------------------------------------------------------------------
 def derive_openvla_args(config: dict, shapes: dict, preprocessor: dict | None = None) -> OpenVLAArgs:
-    ids = config.get("timm_model_ids")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise CheckpointError(f"config.json: 'timm_model_ids' is {ids!r}, expected a list of timm model names")
-    fused = config.get("use_fused_vision_backbone", len(ids) > 1)
-    if not isinstance(fused, bool):
-        raise CheckpointError(f"config.json: 'use_fused_vision_backbone' is {fused!r}, expected true or false")
-    ids = ids[:2] if fused else ids[:1]
-    pre = preprocessor or {}
-    means, stds = pre.get("means") or [None] * len(ids), pre.get("stds") or [None] * len(ids)
-    if not (isinstance(means, list) and isinstance(stds, list) and len(means) >= len(ids) and len(stds) >= len(ids)):
-        raise CheckpointError(f"preprocessor_config.json: 'means' and 'stds' must be lists with one entry per vision "
-                              f"tower ({len(ids)}), got {means!r} and {stds!r}")
-    towers = tuple(derive_tower(t, p, shapes, m, s) for t, p, m, s in zip(ids, TOWER_PREFIXES, means, stds))
-    sizes = config.get("image_sizes")
-    if sizes is not None and (not isinstance(sizes, list) or not all(_finite(s) for s in sizes)
-                              or any(int(s) != t.image_size for s, t in zip(sizes, towers))):
-        raise CheckpointError(f"config.json image_sizes {sizes!r} disagree with {_weights_name(shapes)}' "
-                              f"{[t.image_size for t in towers]}")
+    towers, projector_hidden = derive_prismatic(config, shapes, preprocessor)
     llm = derive_llm(config.get("text_config") or {}, shapes)
     try:
         return OpenVLAArgs(
-            towers=towers, llm=llm, projector_hidden=_projector_hidden(shapes),
-            pad_to_multiple_of=_positive_int(config, "pad_to_multiple_of", "config.json", 64),
-            n_action_bins=_positive_int(config, "n_action_bins", "config.json", 256),
+            towers=towers, llm=llm, projector_hidden=projector_hidden,
+            pad_to_multiple_of=positive_int(config, "pad_to_multiple_of", "config.json", 64),
+            n_action_bins=positive_int(config, "n_action_bins", "config.json", 256),
         )
     except ValueError as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"config.json and {_weights_name(shapes)} describe no valid OpenVLA: {e}") from None
-
-
-def _projector_hidden(shapes: dict) -> tuple[int, ...]:
-    fcs = [k.split(".")[1][2:] for k in shapes if k.startswith("projector.fc") and k.endswith(".weight")]
-    n_fc = max((int(i) for i in fcs if i.isdigit()), default=0)
-    if n_fc < 2 or any(f"projector.fc{i}.weight" not in shapes for i in range(1, n_fc)):
-        raise CheckpointError(f"{_weights_name(shapes)} lack the projector ('projector.fc1.weight', "
-                              "'projector.fc2.weight', ...)")
-    return tuple(shapes[f"projector.fc{i}.weight"][0] for i in range(1, n_fc))
+        raise CheckpointError(f"config.json and {weights_name(shapes)} describe no valid OpenVLA: {e}") from None
 
 
 def _check_vocabulary(tokenizer_file: Path, args: OpenVLAArgs) -> None:
@@ -176,7 +150,7 @@ def load_openvla_checkpoint(path: str | Path, dtype: torch.dtype = torch.bfloat1
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
-    config = _read_json(folder / "config.json")
+    config = read_checkpoint_json(folder / "config.json")
     check_config(config, folder)
     stats, stats_where = read_norm_stats(folder, config)
     check_action_stats(stats, stats_where)
@@ -185,16 +159,16 @@ def load_openvla_checkpoint(path: str | Path, dtype: torch.dtype = torch.bfloat1
     shards = sorted(set(wm.values()))
     shapes.source = shards[0] if len(shards) == 1 else f"the weight shards {shards}"
     pre_file = folder / "preprocessor_config.json"
-    args = derive_openvla_args(config, shapes, _read_json(pre_file) if pre_file.is_file() else None)
-    tok = _check_tokenizer(folder / "tokenizer.model", args.llm.vocab_size)
+    args = derive_openvla_args(config, shapes, read_checkpoint_json(pre_file) if pre_file.is_file() else None)
+    tok = check_tokenizer(folder / "tokenizer.model", args.llm.vocab_size)
     _check_vocabulary(tok, args)
     try:
         with torch.device("meta"):
             model = OpenVLA(args)
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"config.json and {shapes.source} describe no buildable model ({_first_line(e)})") from None
-    state = _load_main_state(folder, wm, dtype, device)
-    _verify(model.state_dict(), state, shapes.source, wm)
+        raise CheckpointError(f"config.json and {shapes.source} describe no buildable model ({first_line(e)})") from None
+    state = load_main_state(folder, wm, dtype, device)
+    verify_state(model.state_dict(), state, shapes.source, wm)
     model.load_state_dict(state, strict=True, assign=True)
     plat = platform or default_platform(stats)
     return OpenVLACheckpoint(model.eval(), args, folder, config, stats, tok, plat)
@@ -224,7 +198,7 @@ def save_openvla_checkpoint(model: OpenVLA, folder: str | Path, norm_stats: dict
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {to_published_key(k): v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()}
-    _write_shards(folder, state, max_shard_bytes)
+    write_shards(folder, state, max_shard_bytes)
     (folder / "config.json").write_text(json.dumps(openvla_config(model.args, norm_stats, hints), indent=2))
     (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(model.args), indent=2))
     if write_statistics_file:

@@ -133,9 +133,9 @@ class OpenVLA(nn.Module):
         """Nothing to switch: the OpenVLA policy answers one query per forward (upstream generates
         batch 1), and a batch-1 forward is its own reference (:mod:`vla_adp.model.invariance`)."""
 
-    def layout(self, n_prompt: int) -> PrefillLayout:
-        """The unpruned prefill layout for ``n_prompt`` ids after BOS."""
-        return PrefillLayout((self.args.patches_per_image,) * self.args.n_images, n_prompt)
+    def layout(self, inputs: OpenVLAInputs) -> PrefillLayout:
+        """The unpruned prefill layout of ``inputs`` (the seam's ``model.layout(inputs)``, as OFT's)."""
+        return PrefillLayout((self.args.patches_per_image,) * self.args.n_images, inputs.input_ids.shape[1] - 1)
 
     def embed(self, inputs: OpenVLAInputs, timer=NullStopwatch()) -> tuple[Tensor, Tensor, PrefillLayout]:
         """[BOS | visual | prompt] embeddings (B, L, D), the projector outputs (B, V, D), the layout."""
@@ -148,7 +148,7 @@ class OpenVLA(nn.Module):
             visual = self.projector(patches)  # (B, V, D)
             tok = self.language_model.embed_tokens(inputs.input_ids)  # (B, 1+P, D)
             hidden = torch.cat([tok[:, :1], visual, tok[:, 1:]], dim=1)
-        return hidden, visual, self.layout(inputs.input_ids.shape[1] - 1)
+        return hidden, visual, self.layout(inputs)
 
     # -- prefill ----------------------------------------------------------------------------
     def prefill(self, inputs: OpenVLAInputs, pruner: Pruner | None = None, hooks: frozenset[int] = frozenset(),

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from vla_adp.seam.flops import attention_rows_flops
 from vla_adp.seam.context import LayerContext, Query, QueryOutcome
-from vla_adp.seam.keep import POSITION_MODES, KeepSet, apply_keep_set
+from vla_adp.seam.keep import POSITION_MODES, KeepSet
 
 COUNTS = ("schedule", "rank")
 RECYCLE_SHARE = 0.3  # top 30 % of the deleted tokens are recycled (+1)
@@ -220,7 +220,7 @@ class SparseVLMPruner:
             self._pick_raters(ctx)
         keep = self._cut(ctx) if ctx.index - 1 in self.config.layers else None
         if ctx.index in self.config.layers:  # a stage right after another scores the sequence it just cut
-            self._score(ctx if keep is None else _after_cut(ctx, keep))
+            self._score(ctx if keep is None else ctx.after_cut(keep))
         return keep
 
     def _pick_raters(self, ctx: LayerContext) -> None:
@@ -312,12 +312,6 @@ class SparseVLMPruner:
 def _row(ctx: LayerContext, b: int) -> LayerContext:
     return dataclasses.replace(ctx, hidden=ctx.hidden[b:b + 1], position_ids=ctx.position_ids[b:b + 1],
                                visual=ctx.visual[b:b + 1])
-
-
-def _after_cut(ctx: LayerContext, keep_set: KeepSet) -> LayerContext:
-    """The same layer's context on the sequence ``keep_set`` leaves (the model cuts after this hook)."""
-    hidden, pos, layout = apply_keep_set(ctx.hidden, ctx.position_ids, ctx.layout, keep_set)
-    return dataclasses.replace(ctx, hidden=hidden, position_ids=pos, layout=layout)
 
 
 PRUNER = SparseVLMPruner

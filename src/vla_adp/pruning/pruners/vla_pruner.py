@@ -59,7 +59,7 @@ from vla_adp.pruning.scoring import ROW_SOURCES, attention_received, layer_atten
 from vla_adp.seam.budget import keep_count
 from vla_adp.seam.context import LayerContext, Query, QueryOutcome
 from vla_adp.seam.flops import attention_rows_flops
-from vla_adp.seam.keep import KeepSet, apply_keep_set
+from vla_adp.seam.keep import KeepSet
 
 
 # -- pure math -------------------------------------------------------------------------------------
@@ -141,6 +141,27 @@ def scatter_visual(scores: Tensor, keep_set: KeepSet | None, n_visual: int) -> T
 
 
 # -- config ----------------------------------------------------------------------------------------
+def _is_int(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def check_shared_fields(cfg) -> None:
+    """The fields both VLA-Pruner variants have (this one and the OpenVLA one), errors naming the class."""
+    name = type(cfg).__name__
+    if not isinstance(cfg.keep_ratio, (int, float)) or not 0.0 < cfg.keep_ratio <= 1.0:
+        raise ValueError(f"{name}.keep_ratio must be in (0, 1], got {cfg.keep_ratio!r}")
+    if not _is_int(cfg.action_layer, 0):
+        raise ValueError(f"{name}.action_layer must be an int >= 0, got {cfg.action_layer!r}")
+    if not _is_int(cfg.history, 1):
+        raise ValueError(f"{name}.history must be an int >= 1, got {cfg.history!r}")
+    if not isinstance(cfg.decay, (int, float)) or not 0.0 < cfg.decay <= 1.0:
+        raise ValueError(f"{name}.decay must be in (0, 1], got {cfg.decay!r}")
+    if cfg.attention_source not in ROW_SOURCES:
+        raise ValueError(f"{name}.attention_source must be one of {ROW_SOURCES}, got {cfg.attention_source!r}")
+    if cfg.mode not in MODES:
+        raise ValueError(f"{name}.mode must be one of {MODES}, got {cfg.mode!r}")
+
+
 @dataclass(frozen=True)
 class VLAPrunerConfig:
     """VLA-Pruner settings (OpenVLA-OFT fork defaults).
@@ -173,24 +194,17 @@ class VLAPrunerConfig:
     action_dim: int = 7
 
     def __post_init__(self) -> None:
-        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
-            raise ValueError(f"VLAPrunerConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
-        for name in ("fastv_k", "action_layer"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"VLAPrunerConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
-        if not isinstance(self.history, int) or self.history < 1:
-            raise ValueError(f"VLAPrunerConfig.history must be an int >= 1, got {self.history!r}")
-        if not 0.0 < self.decay <= 1.0:
-            raise ValueError(f"VLAPrunerConfig.decay must be in (0, 1], got {self.decay!r}")
-        if self.attention_source not in ROW_SOURCES:
-            raise ValueError(f"VLAPrunerConfig.attention_source must be one of {ROW_SOURCES}, "
-                             f"got {self.attention_source!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"VLAPrunerConfig.mode must be one of {MODES}, got {self.mode!r}")
+        check_shared_fields(self)
+        if isinstance(self.fastv_k, bool) or not isinstance(self.fastv_k, int) or self.fastv_k < 0:
+            raise ValueError(f"VLAPrunerConfig.fastv_k must be an int >= 0, got {self.fastv_k!r}")
         if not isinstance(self.action_horizon, int) or self.action_horizon < 0:
             raise ValueError(f"VLAPrunerConfig.action_horizon must be an int >= 0, got {self.action_horizon!r}")
         if not isinstance(self.action_dim, int) or self.action_dim < 1:
             raise ValueError(f"VLAPrunerConfig.action_dim must be an int >= 1, got {self.action_dim!r}")
+
+    @property
+    def score_layer(self) -> int:
+        return self.fastv_k
 
     @property
     def cut_layer(self) -> int:
@@ -293,20 +307,20 @@ class VLAPrunerPruner:
         self._pruning = len(self._history) == cfg.history
         hooks = {cfg.action_layer}
         if self._pruning:
-            hooks |= {cfg.cut_layer} | ({cfg.fastv_k} if cfg.mode != "action" else set())
+            hooks |= {cfg.cut_layer} | ({cfg.score_layer} if cfg.mode != "action" else set())
         return frozenset(hooks)
 
     def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         cfg = self.config
         keep = None
-        if self._pruning and ctx.index == cfg.fastv_k and cfg.mode != "action":
+        if self._pruning and ctx.index == cfg.score_layer and cfg.mode != "action":
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._semantic = layer_attention_scores(ctx, rows)
             self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
         if self._pruning and ctx.index == cfg.cut_layer:
             keep = self._keep = self._select(ctx)
         if ctx.index == cfg.action_layer:
-            self._current = self._action_scores(ctx if keep is None else _after_cut(ctx, keep))
+            self._current = self._action_scores(ctx if keep is None else ctx.after_cut(keep))
         return keep
 
     def _select(self, ctx: LayerContext) -> KeepSet:
@@ -332,16 +346,10 @@ class VLAPrunerPruner:
         if self._current is not None:
             self._history.append(self._current.detach())
         info = {"keep_ratio": self.config.keep_ratio, "vla_pruner_warmup": warmup,
-                "vla_pruner_history": len(self._history), "scoring_layer": self.config.fastv_k,
+                "vla_pruner_history": len(self._history), "scoring_layer": self.config.score_layer,
                 "action_layer": self.config.action_layer, "scoring_flops": self._flops}
         self._clear_query()
         return info
-
-
-def _after_cut(ctx: LayerContext, keep_set: KeepSet) -> LayerContext:
-    """The context of the same layer on the already-cut sequence (action layer == cut layer)."""
-    hidden, pos, layout = apply_keep_set(ctx.hidden, ctx.position_ids, ctx.layout, keep_set)
-    return dataclasses.replace(ctx, hidden=hidden, position_ids=pos, layout=layout)
 
 
 PRUNER = VLAPrunerPruner

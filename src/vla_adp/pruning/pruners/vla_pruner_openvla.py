@@ -31,7 +31,6 @@ Not registered in :data:`vla_adp.pruning.registry.PRUNERS` (whose sweep runs Ope
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +40,11 @@ from torch import Tensor
 from vla_adp.seam.flops import attention_rows_flops
 from vla_adp.seam.context import LayerContext, Query, QueryOutcome
 from vla_adp.seam.keep import KeepSet
-from vla_adp.pruning.pruners.vla_pruner import MODES, _after_cut, decayed_mean, scatter_visual, select_vla_pruner
-from vla_adp.pruning.scoring import ROW_SOURCES, layer_attention_scores, score_rows
+from vla_adp.pruning.pruners.vla_pruner import VLAPrunerPruner, check_shared_fields, scatter_visual
+from vla_adp.pruning.scoring import layer_attention_scores, score_rows
 
 # The fork's flags (src/openvla run_libero_eval.py GenerateConfig / OpenVLAConfig) -> our fields.
-FORK_FIELDS = {"fastv_k": "k", "av_hist_w": "history", "temporal_w": "history", "av_decay": "decay",
+FORK_FIELDS = {"fastv_k": "layer", "av_hist_w": "history", "temporal_w": "history", "av_decay": "decay",
                "temporal_gamma": "decay"}
 
 
@@ -55,7 +54,8 @@ class VLAPrunerOpenVLAConfig:
 
     Args:
         keep_ratio: ρ; the image keeps round(ρ·256) tokens (1.0 = unpruned, bit for bit).
-        k: FastV's K: attention of layer K−1 gives the semantic score, tokens are dropped before layer K.
+        layer: FastV's K, as :class:`~vla_adp.pruning.pruners.fastv.FastVConfig`'s ``layer``: attention of
+            layer K−1 gives the semantic score, tokens are dropped before layer K (the fork's ``fastv_k``).
         action_layer: layer whose action-producing rows feed the history (15).
         history: window length w; also the warm-up (queries run unpruned until it is full).
         decay: γ; weight γ^age, newest entry age 0.
@@ -64,7 +64,7 @@ class VLAPrunerOpenVLAConfig:
     """
 
     keep_ratio: float = 0.5
-    k: int = 3
+    layer: int = 3
     action_layer: int = 15
     history: int = 3
     decay: float = 0.8
@@ -72,25 +72,18 @@ class VLAPrunerOpenVLAConfig:
     mode: str = "semantic_action"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.keep_ratio, (int, float)) or not 0.0 < self.keep_ratio <= 1.0:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.keep_ratio must be in (0, 1], got {self.keep_ratio!r}")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.k must be an int >= 1 (layer K-1 is scored), got {self.k!r}")
-        if isinstance(self.action_layer, bool) or not isinstance(self.action_layer, int) or self.action_layer < 0:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.action_layer must be an int >= 0, got {self.action_layer!r}")
-        if isinstance(self.history, bool) or not isinstance(self.history, int) or self.history < 1:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.history must be an int >= 1, got {self.history!r}")
-        if not isinstance(self.decay, (int, float)) or not 0.0 < self.decay <= 1.0:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.decay must be in (0, 1], got {self.decay!r}")
-        if self.attention_source not in ROW_SOURCES:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.attention_source must be one of {ROW_SOURCES}, "
-                             f"got {self.attention_source!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.mode must be one of {MODES}, got {self.mode!r}")
+        check_shared_fields(self)
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
+            raise ValueError(f"VLAPrunerOpenVLAConfig.layer must be an int >= 1 (layer K-1 is scored), "
+                             f"got {self.layer!r}")
 
     @property
     def score_layer(self) -> int:
-        return self.k - 1
+        return self.layer - 1
+
+    @property
+    def cut_layer(self) -> int:
+        return self.layer
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VLAPrunerOpenVLAConfig":
@@ -118,37 +111,28 @@ class VLAPrunerOpenVLAConfig:
         return cls(**out)
 
 
-class VLAPrunerOpenVLA:
-    """VLA-Pruner on OpenVLA: semantic ∪ decayed action-token attention, max-min diversity (fork ``src/openvla``)."""
+class VLAPrunerOpenVLA(VLAPrunerPruner):
+    """VLA-Pruner on OpenVLA: semantic ∪ decayed action-token attention, max-min diversity (fork ``src/openvla``).
+
+    The OFT variant's warm-up, hooks and selection; the action score comes from the prefill's last row
+    and the decode steps instead of the action slots.
+    """
 
     name = "vla_pruner_openvla"
 
     def __init__(self, config: VLAPrunerOpenVLAConfig = VLAPrunerOpenVLAConfig()):
-        self.config = config
-        self.reset()
-
-    def reset(self) -> None:
-        """New episode: empty action history, so the warm-up starts again (the fork's ``reset_av_history``)."""
-        self._history: deque[Tensor] = deque(maxlen=self.config.history)
-        self._clear_query()
+        super().__init__(config)
 
     def _clear_query(self) -> None:
-        self._observing = self._pruning = False
-        self._semantic = self._keep = self._action_sum = None
-        self._rows, self._n_visual, self._flops = 0, 0, 0.0
+        super()._clear_query()
+        self._observing = False
+        self._action_sum, self._rows, self._n_visual = None, 0, 0
 
     # -- the Pruner protocol --------------------------------------------------------------------
     def begin(self, query: Query) -> frozenset[int]:
-        self._clear_query()
-        cfg = self.config
-        if cfg.keep_ratio >= 1.0:
-            return frozenset()
-        self._observing = True
-        self._pruning = len(self._history) == cfg.history
-        hooks = {cfg.action_layer}
-        if self._pruning:
-            hooks |= {cfg.k} | ({cfg.score_layer} if cfg.mode != "action" else set())
-        return frozenset(hooks)
+        hooks = super().begin(query)
+        self._observing = bool(hooks)  # the action layer is watched on every query that may prune
+        return hooks
 
     def at_layer(self, ctx: LayerContext) -> KeepSet | None:
         if ctx.layout.n_action:
@@ -160,10 +144,10 @@ class VLAPrunerOpenVLA:
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._semantic = layer_attention_scores(ctx, rows)
             self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
-        if self._pruning and ctx.index == cfg.k:
+        if self._pruning and ctx.index == cfg.cut_layer:
             keep = self._keep = self._select(ctx)
         if ctx.index == cfg.action_layer:
-            here = ctx if keep is None else _after_cut(ctx, keep)
+            here = ctx if keep is None else ctx.after_cut(keep)
             last = torch.tensor([here.layout.stop])  # the row whose logits give action token 1
             self._add_action_row(here.attention_probs(last), here.layout)
             self._flops += attention_rows_flops(ctx.shape, 1, here.layout.length)
@@ -192,19 +176,10 @@ class VLAPrunerOpenVLA:
         return info
 
     # -- steps ------------------------------------------------------------------------------------
-    def _select(self, ctx: LayerContext) -> KeepSet:
-        batch = ctx.hidden.shape[0]
-        if self._history[-1].shape[0] != batch:
-            raise ValueError(f"VLA-Pruner history holds batch {self._history[-1].shape[0]} but this query has "
-                             f"batch {batch}; call reset() when the batch changes")
-        cfg = self.config
-        action = decayed_mean(self._history, cfg.decay) if cfg.mode != "semantic" else None
-        return select_vla_pruner(self._semantic, action, ctx.visual, ctx.layout.views, cfg.keep_ratio, cfg.mode)
-
     def _add_action_row(self, probs: Tensor, layout) -> None:
         """Add one action-producing row's image attention (heads averaged), on all V patches."""
         seen = probs[..., layout.visual].float().mean(dim=(1, 2))  # (B, visual tokens this layer cached)
-        cut = self._keep is not None and self.config.action_layer >= self.config.k
+        cut = self._keep is not None and self.config.action_layer >= self.config.cut_layer
         row = scatter_visual(seen, self._keep if cut else None, self._n_visual)
         self._action_sum = row if self._action_sum is None else self._action_sum + row
         self._rows += 1

@@ -1,0 +1,117 @@
+"""The model families vla-adp runs, in one table: name → how to load its policy and build its pruners.
+
+    --family NAME ─► FAMILIES[NAME] ─► .load(checkpoint, config, pruner, platform=, dtype=, device=) ─► policy
+                                   └─► .build_pruner(name, keep_ratio=, config_file=, **fields) ───► pruner
+
+Every command that loads a checkpoint (``eval``, ``sweep``, ``serve``, ``predict``, ``analyze``), the
+evaluation job (:class:`vla_adp.eval.job.EvalJob`) and ``bench``'s ``--family`` look the family up
+here, so the allowed names are defined once. A family is a policy class with OFT's ``load(path,
+config, pruner, platform=, dtype=, device=)`` classmethod and ``infer``/``reset``/``new_session``
+(:class:`vla_adp.policy.Policy`), a pruner factory with :func:`vla_adp.pruning.registry.build_pruner`'s
+signature, and the config its ``load`` takes. Entries name them as ``"module:attribute"`` and import
+them only when used (as the pruner registry does), so listing the families loads no model code.
+
+Adding a family is one entry: e.g. ``ModelFamily("pi0", "...", policy="vla_adp.pi0_policy:Pi0Policy",
+config="vla_adp.pi0_policy:<a function of unnorm_key, center_crop, action_slice>")``; the entry's
+modules must sit on a floor below ``families`` in tests/test_layering.py (a test checks it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOAD_OPTIONS = ("platform",)  # load options a family may refuse (the others apply to every family)
+_REF = re.compile(r"^vla_adp(\.\w+)+:\w+$")
+
+
+def resolve(ref: str) -> Any:
+    """The attribute a ``"package.module:attribute"`` reference names (imports the module)."""
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family.
+
+    Args:
+        name: the ``--family`` value (an identifier).
+        description: one line for ``--help``.
+        policy: ``"module:Class"`` of the policy; ``Class.load(path, config, pruner, platform=, dtype=, device=)``.
+        config: ``"module:callable"`` building the config ``load`` takes from keyword fields: the
+            evaluation job's ``policy`` dict and the CLI's ``unnorm_key``, ``center_crop`` and
+            ``action_slice`` (a config class, or a function mapping those onto the family's own config);
+            ``None``: the family has no config and ``load`` gets ``None``.
+        pruner_factory: ``"module:function"`` building a pruner as
+            :func:`vla_adp.pruning.registry.build_pruner` does (a family maps method names to its own
+            variants there).
+        refused: ``(option, why)`` pairs: load options (of :data:`LOAD_OPTIONS`) that do not apply to
+            this family; giving one is an error that says why.
+    """
+
+    name: str
+    description: str
+    policy: str
+    config: str | None = "vla_adp.policy:PolicyConfig"
+    pruner_factory: str = "vla_adp.pruning.registry:build_pruner"
+    refused: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ValueError(f"ModelFamily.name must be an identifier, got {self.name!r}")
+        for field in ("policy", "config", "pruner_factory"):
+            ref = getattr(self, field)
+            if not (ref is None and field == "config") and not (isinstance(ref, str) and _REF.match(ref)):
+                raise ValueError(f"ModelFamily {self.name!r}: {field} must be 'vla_adp.module:attribute', got {ref!r}")
+        bad = [opt for opt, _ in self.refused if opt not in LOAD_OPTIONS]
+        if bad:
+            raise ValueError(f"ModelFamily {self.name!r}: refused options {bad} are not load options {LOAD_OPTIONS}")
+
+    def check_options(self, **options: Any) -> None:
+        """Refuse the load options (given, i.e. not ``None``) that do not apply to this family."""
+        for option, why in self.refused:
+            if options.get(option) is not None:
+                raise ValueError(f"--{option} {options[option]!r} does not apply to --family {self.name} ({why})")
+
+    def make_config(self, **fields: Any):
+        """The family's policy config from keyword fields (``None`` when it has no config class)."""
+        if self.config is None:
+            if any(v is not None for v in fields.values()):
+                raise ValueError(f"--family {self.name} takes no policy settings, got {sorted(fields)}")
+            return None
+        return resolve(self.config)(**fields)
+
+    def load(self, checkpoint: str | Path, config: Any = None, pruner: Any = None, platform: Any = None,
+             dtype: Any = None, device: str = "cpu"):
+        """The family's policy around ``checkpoint`` (a folder or a Hub repo id); ``config=None``: the default."""
+        self.check_options(platform=platform)
+        if config is None and self.config is not None:
+            config = self.make_config()
+        return resolve(self.policy).load(checkpoint, config, pruner, platform=platform, dtype=dtype, device=device)
+
+    def build_pruner(self, name: str | None, keep_ratio: float | None = None, config_file: str | Path | None = None,
+                     **fields: Any):
+        """A pruner for this family's policy (arguments as :func:`vla_adp.pruning.registry.build_pruner`)."""
+        return resolve(self.pruner_factory)(name, keep_ratio=keep_ratio, config_file=config_file, **fields)
+
+
+DEFAULT_FAMILY = "oft"
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
+    ModelFamily("oft", "OpenVLA-OFT (parallel decoding of an action chunk; the default)",
+                policy="vla_adp.policy:Policy"),
+    ModelFamily("openvla", "OpenVLA, autoregressive (openvla/openvla-7b's layout: one action per query, "
+                "greedy action tokens)", policy="vla_adp.openvla_policy:OpenVLAPolicy",
+                pruner_factory="vla_adp.pruning.openvla:build_openvla_pruner",
+                refused=(("platform", "one action per query, its width from the dataset statistics"),)),
+)}
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called ``name``; an unknown name is an error listing the known ones."""
+    if not isinstance(name, str) or name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
