@@ -107,7 +107,9 @@ class SideState(dict):
 
 def _load_side_state(path: Path) -> SideState:
     try:  # weights_only: tensors and plain containers only, no code from the file runs
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols; our error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or truncated file, a pickle that wants to run code, ...
         raise CheckpointError(f"{path}: cannot read the state dict safely ({first_line(e)})") from None
     if not isinstance(state, dict):
