@@ -89,3 +89,14 @@ def test_bench_pi05_rows_on_the_tiny_model(capsys, tmp_path):
         assert r["pruned_share"] == 1.0 and r["kept_visual"] == 4, label  # VLA-Pruner's warm-up is over
         assert r["speedup"]["predicted"] == pytest.approx(rows["none"]["flops"] / r["flops"])
     assert main(["bench", "--family", "pi05", "--model", "7b"]) == 2
+
+
+@pytest.mark.parametrize("families,match", [
+    (["pi05", "oft"], r"--family pi05 is timed by its own harness .* alone in a call: drop \['oft'\]"),
+    (["pi0"], r"--family pi0: bench times π0.5 only among the flow-matching families"),
+])
+def test_bench_pi05_is_not_mixed_with_other_families(capsys, families, match):
+    import re
+
+    assert main(["bench", "--family", *families, "--model", "tiny"]) == 2
+    assert re.search(match, capsys.readouterr().err)
