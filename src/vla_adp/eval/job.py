@@ -142,6 +142,9 @@ class EvalJob:
     def __post_init__(self) -> None:
         get_family(self.family).check_options(platform=self.platform)  # an unknown family lists the known ones
         env_protocol(self)  # an unknown env, an env the family does not run, a bad protocol
+        if not isinstance(self.policy, dict):
+            raise ValueError(f"policy must be a dict of the family's config fields, got {self.policy!r}")
+        get_family(self.family).make_config(**self.policy)  # settings the family refuses fail before any log
         if not isinstance(self.instruction_shift, int) or isinstance(self.instruction_shift, bool):
             raise ValueError(f"instruction_shift must be an int, got {self.instruction_shift!r}")
         if self.instruction_shift and self.envs > 1:
