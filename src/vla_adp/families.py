@@ -129,6 +129,7 @@ class ModelFamily:
 
 
 DEFAULT_FAMILY = "oft"
+PI0_FAMILIES = ("pi0", "pi05")  # the flow-matching families (vla_adp.pi0_policy)
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (
     ModelFamily("oft", "OpenVLA-OFT (parallel decoding of an action chunk; the default)",
                 policy="vla_adp.policy:Policy"),

@@ -1,7 +1,9 @@
 """A loaded π0 / π0.5 checkpoint as a policy: ``infer(obs) -> {"actions", "info"}`` on the model seam.
 
 Observation (LeRobot's LIBERO feature names): ``{"observation.images.<cam>": HWC uint8 or CHW float
-in [0, 1], "observation.state": (state_dim,), "task": str}``. The steps are LeRobot's pi05 pipelines
+in [0, 1], "observation.state": (state_dim,), "task": str}``. The servers' observation (OpenVLA-OFT's ``deploy.py``
+keys: ``full_image``, ``*wrist*`` images, ``state``, ``instruction``) is accepted too and renamed
+(:meth:`Pi0Policy.lerobot_observation`). The steps are LeRobot's pi05 pipelines
 (``policies/pi05/processor_pi05.py``) around ``PI05Policy.predict_action_chunk``: normalise the state,
 discretise it into the prompt (π0.5) or pad it for the state token (π0), tokenise, resize the images
 with padding, sample a chunk, cut it to the dataset's action width, un-normalise.
@@ -79,6 +81,8 @@ class Pi0Policy:
             the actions executed per chunk; do not also give ``replan_steps``).
     """
 
+    unnorm_key = None  # OpenVLA-OFT's dataset key; π0 reads its statistics from the checkpoint's processor files
+
     def __init__(self, ckpt: Pi0Checkpoint, config: PolicyConfig | None = None, pruner: Pruner | None = None,
                  tokenizer_file: str | Path | None = None, seed: int = 0, replan_steps: int | None = None,
                  discrete_state: bool | None = None, platform: Platform | None = None, family: str | None = None):
@@ -154,6 +158,26 @@ class Pi0Policy:
                      [t[slice(*pos)] for t in s.trajectory])
 
     # -- transforms ------------------------------------------------------------------------------
+    def served_inputs(self) -> dict[str, Any]:
+        """What the servers check an observation against (:func:`vla_adp.serve.server.served_inputs`)."""
+        return {"n_images": len(self.cameras), "image_size": self.args.vision.image_size, "needs_state": True}
+
+    def lerobot_observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """LeRobot's keys from the servers' (``deploy.py``'s): ``full_image`` → the first camera, the
+        ``*wrist*`` images in key order → the next ones, ``state`` → ``observation.state``,
+        ``instruction`` → ``task``. An observation without ``full_image`` is returned as it is."""
+        if "full_image" not in obs:
+            return obs
+        wrist = sorted(k for k in obs if "wrist" in k)
+        if 1 + len(wrist) != len(self.cameras):
+            raise ValueError(f"the checkpoint has {len(self.cameras)} cameras {self.cameras}; the observation has "
+                             f"full_image and {len(wrist)} wrist image(s) {wrist}")
+        renamed = dict(zip(self.cameras, [obs["full_image"], *(obs[k] for k in wrist)]))
+        for ours, theirs in ((STATE, "state"), ("task", "instruction")):
+            if theirs in obs:
+                renamed[ours] = obs[theirs]
+        return renamed
+
     def inputs(self, obs: dict[str, Any]) -> Pi0Inputs:
         missing = [k for k in (*self.cameras, STATE, "task") if k not in obs]
         if missing:
@@ -195,6 +219,7 @@ class Pi0Policy:
     def infer(self, obs: dict[str, Any], session: Session | None = None) -> dict[str, Any]:
         """One chunk of un-normalised actions (chunk_size, action_dim) and the query record's fields."""
         s = session or self.session
+        obs = self.lerobot_observation(obs)
         t0 = time.perf_counter()
         timer = self.stopwatch(self.model.projector.weight.device)
         with timer("transforms"):

@@ -28,12 +28,10 @@ import torch
 from vla_adp.bench import latency as L
 from vla_adp.bench.models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
 from vla_adp.bench.report import between_runs, report
-from vla_adp.families import DEFAULT_FAMILY, FAMILIES
+from vla_adp.families import DEFAULT_FAMILY, FAMILIES, PI0_FAMILIES
 from vla_adp.seam.flops import SCORING_METHODS
 from vla_adp.utils.files import read_json
 from vla_adp.utils.machine import DTYPES
-
-PI0_FAMILIES = ("pi0", "pi05")  # timed by vla_adp.bench.pi0's harness, not the OFT/OpenVLA one
 
 
 def add_arguments(p) -> None:
@@ -222,7 +220,7 @@ def run(args) -> int:
             raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
         print(prediction_report(args.gpu, args.shape, args.keep, args.prompt_tokens, args.derate))
         return 0
-    if set(args.family) & set(PI0_FAMILIES):
+    if set(args.family) & set(PI0_FAMILIES):  # timed by vla_adp.bench.pi0's harness
         return _run_pi0(args)
     if args.load and args.json and len(args.load) > 1:
         raise ValueError("--json writes one result; give it one --load file, not several")
