@@ -27,8 +27,9 @@ def ckpts(tmp_path_factory):
 
 
 def _job(ckpt, **kw) -> EvalJob:
-    return EvalJob(env="libero", suite="libero_spatial", checkpoint=str(ckpt), log="", tasks=(0,), episodes=(0, 1),
-                   family=kw.pop("family", "pi05"), verbose=False, **kw)
+    fields = {"env": "libero", "suite": "libero_spatial", "log": "", "tasks": (0,), "episodes": (0, 1),
+              "family": "pi05", "verbose": False, **kw}
+    return EvalJob(checkpoint=str(ckpt), **fields)
 
 
 def test_protocol_is_part_of_the_pi0_identity(ckpts):
@@ -113,3 +114,21 @@ def test_eval_libero_pi05_runs_prunes_and_resumes(ckpts, tmp_path, capsys):
     serial = out["adp"].all_queries()
     parallel = read_log(job.log).all_queries()
     assert [(q.eef_pos, q.kept_visual, q.flops) for q in parallel] == [(q.eef_pos, q.kept_visual, q.flops) for q in serial]
+
+
+def test_sweep_grid_may_set_the_protocol(ckpts, tmp_path):
+    from vla_adp.eval.sweep import expand_grid, plan
+
+    template = _job(ckpts["pi05"], episodes=(0, 2))
+    cfgs = expand_grid({"grid": {"protocol": ["lerobot", "openpi"], "pruner": [None, "vla_pruner"]},
+                        "base": {"keep": 0.5, "fastv_k": 1}})
+    chunks = plan(template, cfgs, ["libero_spatial"], tmp_path / "out", chunk=2)
+    assert len({c.config_hash for c in chunks}) == 4
+    by = {(c.job.protocol, c.job.pruner): c for c in chunks}
+    assert by[("lerobot", None)].config_hash == config_hash(run_config(template))  # the default protocol
+    pruned = run_config(by[("openpi", "vla_pruner")].job)["method"]
+    assert pruned["protocol"] == "openpi" and pruned["pruner"]["name"] == "vla_pruner_pi0"
+    assert pruned["pruner"]["config"]["layer"] == 1  # the fork's fastv_k is FastV's layer
+    with pytest.raises(ValueError, match=r"config 0 .*--protocol 'openpi' does not apply to --family oft"):
+        plan(dataclasses.replace(template, family="oft"), expand_grid({"configs": [{"protocol": "openpi"}]}),
+             ["libero_spatial"], tmp_path / "o")

@@ -124,3 +124,16 @@ def test_cli_serves_pi05(ckpt):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "platform pi05_libero" in out and "pruner adp" in out
+
+
+def test_predict_answers_with_pi05(ckpt, capsys, tmp_path):
+    """``vla-adp predict --family pi05``: its synthetic observation has the checkpoint's cameras."""
+    import json
+
+    fastv = tmp_path / "fastv.json"
+    fastv.write_text('{"pruner": "fastv", "layer": 1}')  # the tiny VLM has 2 layers
+    assert main(["predict", "--family", "pi05", "--checkpoint", str(ckpt), "--dtype", "fp32", "--device", "cpu",
+                 "--pruning-config", str(fastv), "--keep", "0.5", "--repeat", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert np.asarray(out["actions"]).shape == (8, 7)
+    assert (out["info"]["n_visual"], out["info"]["kept_visual"], out["info"]["pruner"]) == (8, 4, "fastv")
