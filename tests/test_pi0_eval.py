@@ -113,7 +113,8 @@ def test_eval_libero_pi05_runs_prunes_and_resumes(ckpts, tmp_path, capsys):
     assert rec.error is None and rec.queries == 2
     serial = out["adp"].all_queries()
     parallel = read_log(job.log).all_queries()
-    assert [(q.eef_pos, q.kept_visual, q.flops) for q in parallel] == [(q.eef_pos, q.kept_visual, q.flops) for q in serial]
+    fields = [[(q.eef_pos, q.kept_visual, q.flops) for q in queries] for queries in (parallel, serial)]
+    assert fields[0] == fields[1]
 
 
 def test_sweep_grid_may_set_the_protocol(ckpts, tmp_path):

@@ -53,7 +53,8 @@ def pi0_config(**fields: Any) -> None:
     ``upstream`` slice) give ``None`` and an explicit OFT setting is an error naming it."""
     unknown = sorted(set(fields) - set(OFT_SETTINGS))
     if unknown:
-        raise ValueError(f"π0 / π0.5 take no policy settings {unknown}; known (all OpenVLA-OFT's): {sorted(OFT_SETTINGS)}")
+        raise ValueError(f"π0 / π0.5 take no policy settings {unknown}; known (all OpenVLA-OFT's): "
+                         f"{sorted(OFT_SETTINGS)}")
     asked = {k: v for k, v in fields.items() if v not in OFT_SETTINGS[k][1]}
     if asked:
         flags = ", ".join(f"{OFT_SETTINGS[k][0]} ({k}={v!r})" for k, v in asked.items())

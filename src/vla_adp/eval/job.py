@@ -87,7 +87,8 @@ class EvalJob:
         pruner, keep, pruning_config, pruner_fields: what ``build_pruner`` gets; no pruner when
             ``pruner`` and ``pruning_config`` are both ``None``.
         seed, max_steps, render, open_loop: see :class:`EpisodeSettings` and the env module.
-        policy: keyword arguments of :class:`~vla_adp.policy.PolicyConfig`.
+        policy: keyword arguments of the family's config (OpenVLA-OFT's and OpenVLA's:
+            :class:`~vla_adp.policy.PolicyConfig`; π0's takes none: :func:`vla_adp.pi0_policy.pi0_config`).
         platform, device, dtype: how the checkpoint is loaded (``dtype`` a key of
             ``vla_adp.utils.machine.DTYPES``).
         log_indices, video_dir, overlay_video_dir, verbose: see :class:`EpisodeSettings`; they do

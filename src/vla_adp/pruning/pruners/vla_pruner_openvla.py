@@ -107,8 +107,9 @@ class VLAPrunerOpenVLAConfig:
                 if not value:
                     raise ValueError("use_temporal=false runs the fork's plain FastV: use the fastv pruner")
             elif key not in ("use_fastv",):
+                known = ours | set(cls.fork_fields) | {"fastv_r", "use_prefil_attention", "use_temporal"}
                 raise ValueError(f"unknown VLA-Pruner ({cls.model}) config field {key!r}; expected one of "
-                                 f"{sorted(ours | set(cls.fork_fields) | {'fastv_r', 'use_prefil_attention', 'use_temporal'})}")
+                                 f"{sorted(known)}")
         return cls(**out)
 
 
