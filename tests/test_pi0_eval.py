@@ -45,6 +45,7 @@ def test_protocol_is_part_of_the_pi0_identity(ckpts):
     ({"family": "oft", "protocol": "openpi"}, "--protocol 'openpi' does not apply to --family oft on libero"),
     ({"env": "metaworld"}, r"--family pi05 runs on the environments \['libero'\], not 'metaworld'"),
     ({"platform": "libero"}, "--platform 'libero' does not apply to --family pi05"),
+    ({"overlay_video_dir": "v"}, "--overlay-video-dir draws OpenVLA-OFT's image pipeline"),
 ])
 def test_bad_protocol_or_env_fails_at_construction(ckpts, kw, match):
     fields = {"env": "libero", "suite": "libero_spatial", "checkpoint": str(ckpts["pi05"]), "log": "",
@@ -84,7 +85,8 @@ def test_eval_libero_pi05_runs_prunes_and_resumes(ckpts, tmp_path, capsys):
     base = ["eval", "libero", "--family", "pi05", "--checkpoint", str(ckpts["pi05"]), "--suite", "libero_spatial",
             "--tasks", "0", "--trials", "1", "--max-steps", "10", "--fast-render", "--protocol", "openpi", "--quiet"]
     logs = {name: tmp_path / f"{name}.jsonl" for name in ("none", "adp")}
-    assert main([*base, "--log", str(logs["none"])]) == 0
+    assert main([*base, "--log", str(logs["none"]), "--video-dir", str(tmp_path / "videos")]) == 0
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1  # the plain agentview video
     assert main([*base, "--keep", "0.5", "--pruning-config", str(static), "--log", str(logs["adp"])]) == 0
     out = {name: read_log(path) for name, path in logs.items()}
     for name, log in out.items():

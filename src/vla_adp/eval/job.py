@@ -33,7 +33,7 @@ from typing import Any
 from vla_adp.eval.logs import LogLock, LogWriter, checkpoint_identity, config_hash, finished_episodes, jsonable
 from vla_adp.eval.runner import EpisodeSettings, run_suite
 from vla_adp.eval.schema import EpisodeRecord, RunRecord
-from vla_adp.families import DEFAULT_FAMILY, get_family
+from vla_adp.families import DEFAULT_FAMILY, PI0_FAMILIES, get_family
 from vla_adp.utils.machine import DTYPES, machine, versions
 
 # env name -> module implementing the factory interface above
@@ -154,6 +154,9 @@ class EvalJob:
             raise ValueError(f"envs must be a positive int, got {self.envs!r}")
         if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
             raise ValueError(f"batch must be a positive int or None, got {self.batch!r}")
+        if self.overlay_video_dir and self.family in PI0_FAMILIES:
+            raise ValueError(f"--overlay-video-dir draws OpenVLA-OFT's image pipeline (centre crop, resize); "
+                             f"--family {self.family} has no overlay (--video-dir records the plain agentview)")
         if self.envs > 1 and (self.video_dir or self.overlay_video_dir):
             raise ValueError("videos are recorded by the serial runner only: drop --envs or the video options")
         _ = self.realtime_config  # builds (validates) the RealtimeConfig
