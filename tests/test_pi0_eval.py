@@ -61,6 +61,8 @@ def test_protocol_options_reach_the_policy(ckpts):
     assert (lerobot.platform.chunk, lerobot.discrete_state) == (10, True)
     with pytest.raises(ValueError, match=r"--family pi05 asked for, but .* is a pi0 checkpoint"):
         load_policy(_job(ckpts["pi0"]), None)
+    pi0 = load_policy(_job(ckpts["pi0"], family="pi0"), None)  # LeRobot's protocol: π0 keeps its state token
+    assert (pi0.platform.chunk, pi0.discrete_state) == (10, False)
 
 
 @pytest.mark.parametrize("flags,match", [

@@ -124,9 +124,11 @@ class Pi0LiberoEnv(LiberoEnv):
 
 
 def policy_options(protocol: str) -> dict[str, Any]:
-    """What the protocol asks of :meth:`vla_adp.pi0_policy.Pi0Policy.load`."""
+    """What the protocol asks of :meth:`vla_adp.pi0_policy.Pi0Policy.load`. The state-in-prompt is
+    π0.5's: where the protocol keeps it, the checkpoint type's default applies (``None``: π0.5 writes
+    the state into the prompt, π0 feeds its continuous state token as LeRobot's π0 does)."""
     p = get_protocol(protocol)
-    return {"replan_steps": p.replan_steps, "discrete_state": p.discrete_state_input}
+    return {"replan_steps": p.replan_steps, "discrete_state": None if p.discrete_state_input else False}
 
 
 def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "faithful",
