@@ -60,7 +60,7 @@ def test_other_family_is_part_of_the_identity(fixed_ckpt):
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"family": "pi9"}, r"unknown model family 'pi9'; expected one of \['oft', 'openvla'\]"),
+    ({"family": "pi9"}, r"unknown model family 'pi9'; expected one of \['oft', 'openvla', 'pi0', 'pi05'\]"),
     ({"family": None}, "unknown model family None"),
     ({"family": "openvla", "platform": "libero"}, "--platform 'libero' does not apply to --family openvla"),
 ])

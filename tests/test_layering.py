@@ -7,6 +7,7 @@ function (a lazy import still ties the packages). Pure AST reading: nothing is i
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import vla_adp
@@ -72,3 +73,7 @@ def test_family_references_sit_below_families():
             package = ref.split(":")[0].split(".")[1]
             assert FLOOR[package] < FLOOR["families"], f"{fam.name}: {ref} is not below the families floor"
             assert callable(resolve(ref)), ref
+        for env, module in fam.envs or ():  # env adapters are imported by name too
+            package = module.split(".")[1]
+            assert FLOOR[package] < FLOOR["families"], f"{fam.name}: {env} adapter {module} is not below families"
+            assert callable(importlib.import_module(module).make_env), module

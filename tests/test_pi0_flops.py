@@ -84,8 +84,19 @@ def test_bench_pi05_rows_on_the_tiny_model(capsys, tmp_path):
     assert run["prefix_len"] == 8 + 12 and run["n_visual"] == 8
     a = tiny_args("pi05", n_cameras=3)
     assert rows["none"]["flops"] == pi0_flops(a, [20, 20], cameras=2).total
-    for label in ("adp@0.5", "fastv:layer=1@0.5", "vla_pruner:k=1,action_layer=1@0.5"):
+    for label in ("adp@0.5", "fastv:layer=1@0.5", "vla_pruner:layer=1,action_layer=1@0.5"):
         r = rows[label]
         assert r["pruned_share"] == 1.0 and r["kept_visual"] == 4, label  # VLA-Pruner's warm-up is over
         assert r["speedup"]["predicted"] == pytest.approx(rows["none"]["flops"] / r["flops"])
     assert main(["bench", "--family", "pi05", "--model", "7b"]) == 2
+
+
+@pytest.mark.parametrize("families,match", [
+    (["pi05", "oft"], r"--family pi05 is timed by its own harness .* alone in a call: drop \['oft'\]"),
+    (["pi0"], r"--family pi0: bench times π0.5 only among the flow-matching families"),
+])
+def test_bench_pi05_is_not_mixed_with_other_families(capsys, families, match):
+    import re
+
+    assert main(["bench", "--family", *families, "--model", "tiny"]) == 2
+    assert re.search(match, capsys.readouterr().err)

@@ -74,7 +74,7 @@ def test_expert_attention_tap_equals_a_hand_computation_and_changes_nothing(fami
 
 
 def small(**fields) -> VLAPrunerPi0:
-    return VLAPrunerPi0(VLAPrunerPi0Config(**{"keep_ratio": 0.5, "k": 1, "action_layer": 1, "history": 2, **fields}))
+    return VLAPrunerPi0(VLAPrunerPi0Config(**{"keep_ratio": 0.5, "layer": 1, "action_layer": 1, "history": 2, **fields}))
 
 
 def run(model, inputs, pruner, q, noise):
@@ -93,7 +93,7 @@ def test_warmup_fills_the_history_with_the_expert_attention_and_prunes_nothing()
         r = run(model, inputs, pruner, q, noise)
         assert not r.output.keep_sets and torch.equal(r.output.actions, base)
         assert r.report["vla_pruner_warmup"] and r.report["vla_pruner_history"] == q + 1
-        assert r.report["expert_reports"] == 10 and r.report["scoring_flops"] == 0.0
+        assert r.report["action_rows"] == 10 and r.report["scoring_flops"] == 0.0
     a_t = torch.stack([c.probs[..., :8].mean(dim=(1, 2)) for c in capture.seen]).mean(0)  # steps, heads, rows
     torch.testing.assert_close(pruner._history[-1], a_t, atol=1e-7, rtol=0)
 
@@ -142,8 +142,13 @@ def test_pi0_pruner_factory():
             build_pi0_pruner(name)
     with pytest.raises(ValueError, match="unknown VLA-Pruner \\(π0\\) config field 'fastv_q'"):
         build_pi0_pruner("vla_pruner", fastv_q=3)
-    with pytest.raises(ValueError, match="k must be an int >= 1, got 0"):
-        VLAPrunerPi0Config(k=0)
+    with pytest.raises(ValueError, match=r"VLAPrunerPi0Config.layer must be an int >= 1 \(layer K-1 is scored\), got 0"):
+        VLAPrunerPi0Config(layer=0)
+    # the forks' names from config files: fastv_k is FastV's K (our layer), vla_pruner_layer the action layer
+    assert VLAPrunerPi0Config.from_dict({"fastv_k": 2, "vla_pruner_layer": 4, "vla_pruner_av_decay": 0.5}) == \
+        VLAPrunerPi0Config(layer=2, action_layer=4, decay=0.5)
+    with pytest.raises(ValueError, match="VLAPrunerPi0Config.action_layer must be an int >= 0"):
+        VLAPrunerPi0Config(action_layer=-1)
 
 
 def test_sparsevlm_runs_on_the_pi0_prefix():

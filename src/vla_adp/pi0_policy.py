@@ -1,7 +1,9 @@
 """A loaded π0 / π0.5 checkpoint as a policy: ``infer(obs) -> {"actions", "info"}`` on the model seam.
 
 Observation (LeRobot's LIBERO feature names): ``{"observation.images.<cam>": HWC uint8 or CHW float
-in [0, 1], "observation.state": (state_dim,), "task": str}``. The steps are LeRobot's pi05 pipelines
+in [0, 1], "observation.state": (state_dim,), "task": str}``. The servers' observation (OpenVLA-OFT's ``deploy.py``
+keys: ``full_image``, ``*wrist*`` images, ``state``, ``instruction``) is accepted too and renamed
+(:meth:`Pi0Policy.lerobot_observation`). The steps are LeRobot's pi05 pipelines
 (``policies/pi05/processor_pi05.py``) around ``PI05Policy.predict_action_chunk``: normalise the state,
 discretise it into the prompt (π0.5) or pad it for the state token (π0), tokenise, resize the images
 with padding, sample a chunk, cut it to the dataset's action width, un-normalise.
@@ -41,6 +43,26 @@ from vla_adp.utils.timing import Stopwatch
 STATE, ACTION = "observation.state", "action"
 
 
+OFT_SETTINGS = {"unnorm_key": ("--unnorm-key", (None,)), "center_crop": ("--no-center-crop", (None, True)),
+                "action_slice": ("--action-slice", (None, "upstream"))}
+
+
+def pi0_config(**fields: Any) -> None:
+    """π0's config from OpenVLA-OFT's :class:`~vla_adp.policy.PolicyConfig` fields: none applies, so the
+    values that mean "nothing asked" (``None``, and the defaults the commands fill in: crop on, the
+    ``upstream`` slice) give ``None`` and an explicit OFT setting is an error naming it."""
+    unknown = sorted(set(fields) - set(OFT_SETTINGS))
+    if unknown:
+        raise ValueError(f"π0 / π0.5 take no policy settings {unknown}; known (all OpenVLA-OFT's): "
+                         f"{sorted(OFT_SETTINGS)}")
+    asked = {k: v for k, v in fields.items() if v not in OFT_SETTINGS[k][1]}
+    if asked:
+        flags = ", ".join(f"{OFT_SETTINGS[k][0]} ({k}={v!r})" for k, v in asked.items())
+        raise ValueError(f"{flags}: OpenVLA-OFT's setting(s); π0 / π0.5 read normalisation, image and action "
+                         "handling from the checkpoint's processor files and take none of them")
+    return None
+
+
 class Pi0Policy:
     """π0 / π0.5 + LeRobot's processors + a seam :class:`~vla_adp.seam.context.Pruner`.
 
@@ -54,13 +76,20 @@ class Pi0Policy:
             sessions never share a generator).
         replan_steps: actions executed per chunk (default the checkpoint's ``n_action_steps``).
         discrete_state: π0.5's state-in-prompt (LeRobot); openpi's ``pi05_libero`` turns it off.
+        family: ``"pi0"`` or ``"pi05"``: the checkpoint type the caller expects (``--family``); the other
+            type is an error naming both. ``None``: either.
         platform: overrides the platform built from the checkpoint's features (its ``chunk`` is then
             the actions executed per chunk; do not also give ``replan_steps``).
     """
 
+    unnorm_key = None  # OpenVLA-OFT's dataset key; π0 reads its statistics from the checkpoint's processor files
+
     def __init__(self, ckpt: Pi0Checkpoint, config: PolicyConfig | None = None, pruner: Pruner | None = None,
                  tokenizer_file: str | Path | None = None, seed: int = 0, replan_steps: int | None = None,
-                 discrete_state: bool | None = None, platform: Platform | None = None):
+                 discrete_state: bool | None = None, platform: Platform | None = None, family: str | None = None):
+        if family is not None and family != ckpt.args.family:
+            raise ValueError(f"--family {family} asked for, but {ckpt.path} is a {ckpt.args.family} checkpoint "
+                             f"(config.json type {ckpt.args.family!r}): use --family {ckpt.args.family}")
         if config is not None and config != PolicyConfig():
             raise ValueError(f"PolicyConfig settings are OpenVLA-OFT's (unnorm key, centre crop, action slice, "
                              f"decode); π0 takes none of them, got {config!r}")
@@ -97,7 +126,7 @@ class Pi0Policy:
              lerobot_mixed: bool = False, **family_options) -> "Pi0Policy":
         """``path``: a LeRobot π0 / π0.5 folder; ``dtype=None``: the device's default (as ``Policy.load``);
         ``lerobot_mixed``: LeRobot's bf16 mix (:func:`~vla_adp.model.pi0.checkpoint.load_pi0_checkpoint`);
-        ``family_options``: ``tokenizer_file``, ``seed``, ``replan_steps``, ``discrete_state``."""
+        ``family_options``: ``tokenizer_file``, ``seed``, ``replan_steps``, ``discrete_state``, ``family``."""
         dtype = default_dtype(device) if dtype is None else dtype
         ckpt = load_pi0_checkpoint(path, dtype=dtype, device=device, lerobot_mixed=lerobot_mixed)
         return cls(ckpt, config, pruner, platform=platform, **family_options)
@@ -130,6 +159,26 @@ class Pi0Policy:
                      [t[slice(*pos)] for t in s.trajectory])
 
     # -- transforms ------------------------------------------------------------------------------
+    def served_inputs(self) -> dict[str, Any]:
+        """What the servers check an observation against (:func:`vla_adp.serve.server.served_inputs`)."""
+        return {"n_images": len(self.cameras), "image_size": self.args.vision.image_size, "needs_state": True}
+
+    def lerobot_observation(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """LeRobot's keys from the servers' (``deploy.py``'s): ``full_image`` → the first camera, the
+        ``*wrist*`` images in key order → the next ones, ``state`` → ``observation.state``,
+        ``instruction`` → ``task``. An observation without ``full_image`` is returned as it is."""
+        if "full_image" not in obs:
+            return obs
+        wrist = sorted(k for k in obs if "wrist" in k)
+        if 1 + len(wrist) != len(self.cameras):
+            raise ValueError(f"the checkpoint has {len(self.cameras)} cameras {self.cameras}; the observation has "
+                             f"full_image and {len(wrist)} wrist image(s) {wrist}")
+        renamed = dict(zip(self.cameras, [obs["full_image"], *(obs[k] for k in wrist)]))
+        for ours, theirs in ((STATE, "state"), ("task", "instruction")):
+            if theirs in obs:
+                renamed[ours] = obs[theirs]
+        return renamed
+
     def inputs(self, obs: dict[str, Any]) -> Pi0Inputs:
         missing = [k for k in (*self.cameras, STATE, "task") if k not in obs]
         if missing:
@@ -171,6 +220,7 @@ class Pi0Policy:
     def infer(self, obs: dict[str, Any], session: Session | None = None) -> dict[str, Any]:
         """One chunk of un-normalised actions (chunk_size, action_dim) and the query record's fields."""
         s = session or self.session
+        obs = self.lerobot_observation(obs)
         t0 = time.perf_counter()
         timer = self.stopwatch(self.model.projector.weight.device)
         with timer("transforms"):

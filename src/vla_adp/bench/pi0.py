@@ -38,7 +38,7 @@ PI0_STAGES = ("gate", "vision", "prune", "gather", "prefix", "denoise")
 PI0_OVERHEAD = ("gate", "prune", "gather")
 REF_DEPTH = 18  # the published VLM / expert depth the pruners' default layers are set for
 # field -> least value, scaled to a shallower model so the share of layers before the cut stays alike
-PI0_DEPTH_FIELDS = {"fastv": {"layer": 1}, "vla_pruner": {"k": 1, "action_layer": 0}, "sparsevlm": {"layers": 0}}
+PI0_DEPTH_FIELDS = {"fastv": {"layer": 1}, "vla_pruner": {"layer": 1, "action_layer": 0}, "sparsevlm": {"layers": 0}}
 GATED = ("adp", "random", "inverse")
 DEFAULT_PROMPT_TOKENS = 64
 

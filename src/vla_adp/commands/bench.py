@@ -28,20 +28,19 @@ import torch
 from vla_adp.bench import latency as L
 from vla_adp.bench.models import MODELS, PROMPT_TOKENS, build_model, synthetic_images, synthetic_inputs
 from vla_adp.bench.report import between_runs, report
-from vla_adp.families import DEFAULT_FAMILY, FAMILIES
+from vla_adp.families import DEFAULT_FAMILY, FAMILIES, PI0_FAMILIES
 from vla_adp.seam.flops import SCORING_METHODS
 from vla_adp.utils.files import read_json
 from vla_adp.utils.machine import DTYPES
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--family", choices=("oft", "pi05"), default="oft",
-                   help="oft (default) or pi05: π0.5 rows on a CPU-scaled π0.5 (vla_adp.bench.pi0; models tiny, scaled)")
     p.add_argument("--model", nargs="+", choices=MODELS, default=["scaled"],
                    help="tiny (test shapes), scaled (7B ÷ 4 in width and depth; CPU), 7b (GPU only)")
     p.add_argument("--family", nargs="+", choices=sorted(FAMILIES), default=[DEFAULT_FAMILY],
                    help="model families to time (default oft); openvla: one image, the prefill pruned, 7 action "
-                        "tokens decoded after it (layer-0 Φ, CUDA graphs: oft only)")
+                        "tokens decoded after it (layer-0 Φ, CUDA graphs: oft only); pi05: π0.5 rows on a CPU-scaled "
+                        "π0.5 (vla_adp.bench.pi0; models tiny, scaled), alone in its call")
     p.add_argument("--dtype", nargs="+", choices=("fp32", "bf16"), default=None,
                    help="default: fp32 and bf16 on the CPU, bf16 on a GPU")
     p.add_argument("--keep", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="keep ratios (matched across pruners)")
@@ -221,7 +220,7 @@ def run(args) -> int:
             raise ValueError(f"keep ratios must be in (0, 1], got {bad}")
         print(prediction_report(args.gpu, args.shape, args.keep, args.prompt_tokens, args.derate))
         return 0
-    if args.family == "pi05":
+    if set(args.family) & set(PI0_FAMILIES):  # timed by vla_adp.bench.pi0's harness
         return _run_pi0(args)
     if args.load and args.json and len(args.load) > 1:
         raise ValueError("--json writes one result; give it one --load file, not several")
@@ -242,6 +241,13 @@ def _run_pi0(args) -> int:
     """π0.5 rows (:mod:`vla_adp.bench.pi0`): every model × dtype, each pruner spec at each keep ratio."""
     from vla_adp.bench.pi0 import PI0_MODELS, measure_pi0, pi0_table
 
+    if args.family != ["pi05"]:
+        others = [f for f in args.family if f != "pi05"]
+        raise ValueError(f"--family pi05 is timed by its own harness (vla_adp.bench.pi0), alone in a call: "
+                         f"drop {others} (π0 rows are not benchmarked; its FLOPs: vla-adp flops --family pi0)"
+                         if "pi05" in args.family else
+                         f"--family {' '.join(args.family)}: bench times π0.5 only among the flow-matching "
+                         "families (--family pi05); π0's FLOPs: vla-adp flops --family pi0")
     if args.load or args.logs or args.predict or args.cuda_graphs:
         raise ValueError("--family pi05 measures only: --load, --logs, --predict and --cuda-graphs are OpenVLA-OFT's")
     bad = [m for m in args.model if m not in PI0_MODELS]

@@ -29,7 +29,7 @@ def add_checkpoint_args(p: argparse.ArgumentParser, required: bool = True) -> No
     p.add_argument("--unnorm-key", default=None, help="dataset key in dataset_statistics.json (e.g. libero_spatial)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bf16 on cuda, fp32 on cpu")
-    p.add_argument("--action-slice", choices=ACTION_SLICES, default="upstream",
+    p.add_argument("--action-slice", choices=ACTION_SLICES, default=None,
                    help="upstream = OFT training (default); vla_adp = the reference ADP code's +1 shift")
     p.add_argument("--no-center-crop", action="store_true", help="skip the 90%%-area center crop (default: crop unless the checkpoint records otherwise)")
 
@@ -68,6 +68,21 @@ def center_crop_of(args) -> bool:
     return bool(ours.get("center_crop", True)) if isinstance(ours, dict) else True  # (the loader checks the types)
 
 
+def policy_settings(args) -> dict:
+    """The policy config fields of the command line for ``--family``.
+
+    A family on OpenVLA-OFT's :class:`~vla_adp.policy.PolicyConfig` gets every field, filled as always
+    (the checkpoint's crop record, the ``upstream`` slice): those dicts are part of the OFT run hashes.
+    Another family gets only the ones the user set, so its config can refuse them by name.
+    """
+    if family_of(args).oft_settings:
+        return {"unnorm_key": args.unnorm_key, "center_crop": center_crop_of(args),
+                "action_slice": args.action_slice or "upstream"}
+    given = {"unnorm_key": args.unnorm_key, "center_crop": False if args.no_center_crop else None,
+             "action_slice": args.action_slice}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def dtype_of(args) -> torch.dtype:
     """``--dtype``, else the library's rule (:func:`vla_adp.utils.machine.default_dtype`)."""
     return DTYPES[args.dtype] if args.dtype else default_dtype(args.device)
@@ -94,6 +109,5 @@ def build_pruner_from_args(args):
 
 def load_policy(args, pruner=None):
     family = family_of(args)
-    cfg = family.make_config(unnorm_key=args.unnorm_key, center_crop=center_crop_of(args),
-                             action_slice=args.action_slice)
+    cfg = family.make_config(**policy_settings(args))
     return family.load(args.checkpoint, cfg, pruner, platform=args.platform, dtype=dtype_of(args), device=args.device)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_adp.commands.common import add_checkpoint_args, add_family_arg, add_pruner_args, center_crop_of
+from vla_adp.commands.common import add_checkpoint_args, add_family_arg, add_pruner_args, policy_settings
 
 
 def add_arguments(p) -> None:
@@ -35,6 +35,7 @@ def add_arguments(p) -> None:
                         "num_trials_per_task if it has one (as the reference reads it), else 50")
     p.add_argument("--first-trial", type=int, default=0, help="first initial state (to split a run by hand)")
     p.add_argument("--max-steps", type=int, default=None, help="policy steps per episode (default: the suite's)")
+    add_protocol_arg(p)
     p.add_argument("--seed", type=int, default=7, help="torch/numpy/python seed, set before every episode")
     p.add_argument("--open-loop", type=int, default=None, help="actions executed per query (default: whole chunk)")
     p.add_argument("--fast-render", action="store_true",
@@ -51,6 +52,14 @@ def add_arguments(p) -> None:
                    help="control: task t runs with the instruction of task (t+K) mod n of its suite, in its own "
                         "scenes and judged by its own goal (does the policy read its instruction?); default 0")
     p.add_argument("--quiet", action="store_true", help="no per-episode lines")
+
+
+def add_protocol_arg(p) -> None:
+    """The env adapter's protocol (``eval`` and ``sweep``; :func:`vla_adp.eval.job.env_protocol`)."""
+    p.add_argument("--protocol", default=None,
+                   help="evaluation protocol of the family's env adapter: --family pi0 / pi05 on LIBERO: lerobot "
+                        "(LeRobot's lerobot-eval, the default) or openpi (openpi's examples/libero); OpenVLA-OFT's "
+                        "families have one protocol and refuse the option")
 
 
 def add_recording_args(p) -> None:
@@ -153,8 +162,7 @@ def job_settings(args) -> dict:
     return dict(checkpoint=args.checkpoint, family=args.family, tasks=tuple(args.tasks) if args.tasks else None,
                 episodes=(args.first_trial, args.first_trial + trials), seed=args.seed,
                 max_steps=args.max_steps, render=render_of(args), open_loop=args.open_loop,
-                policy={"unnorm_key": args.unnorm_key, "center_crop": center_crop_of(args),
-                        "action_slice": args.action_slice},
+                policy=policy_settings(args), protocol=args.protocol,
                 platform=args.platform, device=args.device,
                 dtype=args.dtype or {torch.bfloat16: "bf16", torch.float32: "fp32"}[default_dtype(args.device)],
                 log_indices=args.log_indices, video_dir=_folder(args.video_dir),

@@ -38,11 +38,14 @@ def read_obs(path: str | None, policy, instruction: str | None = None) -> dict:
     """The observation in ``path`` (checked against ``policy`` when given), else a synthetic one;
     ``instruction`` replaces the file's."""
     if path is None:
+        from vla_adp.serve.server import served_inputs
+
         rng = np.random.default_rng(0)
-        size = policy.model.args.image_size
+        inputs = served_inputs(policy)
+        size = inputs["image_size"]
         obs = {"full_image": rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
                "state": np.zeros(policy.platform.proprio_dim), "instruction": "pick up the black bowl"}
-        for i in range(1, policy.model.args.n_images):
+        for i in range(1, inputs["n_images"]):
             obs[f"wrist_image{'' if i == 1 else f'_{i}'}"] = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         return obs
     p = Path(path)
@@ -100,10 +103,11 @@ def _numeric(value) -> bool:
 
 def _checked(obs: dict, p: Path, policy) -> dict:
     """The observation as the policy server would accept it (same checks and messages), else a ValueError."""
+    from vla_adp.serve.server import served_inputs
     from vla_adp.serve.validate import ObsSpec, RequestError, check_act
 
-    a = policy.model.args
-    spec = ObsSpec(n_wrist=a.n_images - 1, proprio_dim=policy.platform.proprio_dim, needs_state=bool(a.use_proprio))
+    a = served_inputs(policy)
+    spec = ObsSpec(n_wrist=a["n_images"] - 1, proprio_dim=policy.platform.proprio_dim, needs_state=a["needs_state"])
     try:
         return check_act(obs, spec).obs
     except RequestError as e:

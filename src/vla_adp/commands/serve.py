@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vla_adp.commands.common import (add_checkpoint_args, add_family_arg, add_pruner_args, build_pruner_from_args,
                                      load_policy)
+from vla_adp.families import PI0_FAMILIES
 
 PORTS = {"oft": 8777, "openpi": 8000, "vla-eval": 8000}  # deploy.py's, openpi's and vla-eval's defaults
 
@@ -91,6 +92,12 @@ def run(args) -> int:
     if args.key_map is not None and args.protocol != "openpi":
         raise ValueError("--key-map applies to --protocol openpi only")
     key_map = load_key_map(args.key_map) if args.protocol == "openpi" else None
+    if args.family in PI0_FAMILIES and args.protocol == "vla-eval":
+        raise ValueError(f"--family {args.family} serves --protocol oft or openpi: vla-eval's LIBERO benchmark "
+                         "runs OpenVLA-OFT's conventions (env seed 0, its gripper sign), not π0's LIBERO protocol")
+    if args.family in PI0_FAMILIES and args.record_dir:
+        raise ValueError(f"--record-dir draws OpenVLA-OFT's image pipeline (centre crop, resize); --family "
+                         f"{args.family} has no episode recorder")
     if args.protocol == "vla-eval":
         import importlib.util
 

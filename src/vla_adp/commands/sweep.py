@@ -12,7 +12,7 @@ from vla_adp.commands.common import add_checkpoint_args, add_family_arg
 
 
 def add_arguments(p) -> None:
-    from vla_adp.commands.eval import add_recording_args, add_speed_args
+    from vla_adp.commands.eval import add_protocol_arg, add_recording_args, add_speed_args
     from vla_adp.eval.job import ENV_FACTORIES
 
     p.add_argument("--grid", required=True, help="grid JSON (see vla_adp.eval.sweep)")
@@ -29,6 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--open-loop", type=int, default=None)
     p.add_argument("--fast-render", action="store_true", help="smoke tests only: pixels differ from training")
+    add_protocol_arg(p)
     add_recording_args(p)
     add_speed_args(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")

@@ -18,6 +18,10 @@ discrete_state_input=False``: π0's prompt ``"{task}\n"`` and no state at all; L
 per chunk), the env seed (openpi ``env.seed(7)`` for every episode; ``lerobot-eval`` seeds rollout
 ``i`` with ``1000 + i``, its default ``--seed``) and the resize (openpi
 resizes uint8 with PIL in the client; LeRobot in float torch inside the policy — we do the latter).
+
+As an env adapter of the π0 / π0.5 families (:mod:`vla_adp.eval.job`; ``vla-adp eval libero --family
+pi05 --protocol openpi``): :func:`make_env`, :func:`policy_options` (the protocol's replanning and
+state-in-prompt for ``Pi0Policy.load``) and the suites' task lists.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from vla_adp.envs.base import StepResult
-from vla_adp.envs.libero import WAIT_ACTION, LiberoConfig, LiberoEnv, make_render_fast
+from vla_adp.envs.libero import (WAIT_ACTION, LiberoConfig, LiberoEnv, make_render_fast, suite_instructions,
+                                  suite_tasks)
 from vla_adp.model import transforms as T
 
 
@@ -66,6 +71,8 @@ PROTOCOLS = {
     "lerobot": Pi0LiberoProtocol("lerobot", camera_size=360, replan_steps=10, env_seed=1000, seed_per_episode=True),
     "openpi": Pi0LiberoProtocol("openpi", camera_size=256, replan_steps=5, env_seed=7, discrete_state_input=False),
 }
+DEFAULT_PROTOCOL = "lerobot"
+POLICY_RESIZES = True  # Pi0Policy resizes with padding to its own input side
 CAMERAS = {"observation.images.image": "agentview_image", "observation.images.image2": "robot0_eye_in_hand_image"}
 
 
@@ -114,3 +121,21 @@ class Pi0LiberoEnv(LiberoEnv):
         raw, reward, done, _ = self._env.step(action.tolist())
         self._raw = raw
         return StepResult(observation(raw, self.instruction, images), bool(done), {"reward": float(reward)})
+
+
+def policy_options(protocol: str) -> dict[str, Any]:
+    """What the protocol asks of :meth:`vla_adp.pi0_policy.Pi0Policy.load`. The state-in-prompt is
+    π0.5's: where the protocol keeps it, the checkpoint type's default applies (``None``: π0.5 writes
+    the state into the prompt, π0 feeds its continuous state token as LeRobot's π0 does)."""
+    p = get_protocol(protocol)
+    return {"replan_steps": p.replan_steps, "discrete_state": None if p.discrete_state_input else False}
+
+
+def make_env(suite: str, task_id: int, max_steps: int | None = None, render: str = "faithful",
+             protocol: str = DEFAULT_PROTOCOL, image_size: int | None = None) -> Pi0LiberoEnv:
+    """One task under a named protocol (``image_size`` is unused: the policy resizes the cameras itself)."""
+    return Pi0LiberoEnv(suite, task_id, get_protocol(protocol), max_steps=max_steps, render=render)
+
+
+__all__ = ["PROTOCOLS", "DEFAULT_PROTOCOL", "Pi0LiberoEnv", "Pi0LiberoProtocol", "get_protocol", "make_env",
+           "observation", "policy_options", "suite_instructions", "suite_tasks"]

@@ -11,7 +11,12 @@ the sweep driver can find finished chunks before it starts any worker.
 Environments come from :data:`ENV_FACTORIES`: a module that defines ``make_env(suite, task_id,
 max_steps=None, render="faithful", image_size=224) -> Env`` (``max_steps=None``: the suite's
 protocol limit; ``image_size``: the policy's input side), ``suite_tasks(suite) -> list[str]`` and
-``suite_instructions(suite) -> list[str]`` (for the ``instruction_shift`` control).
+``suite_instructions(suite) -> list[str]`` (for the ``instruction_shift`` control). A model family may
+run an env through its own adapter (:attr:`vla_adp.families.ModelFamily.envs`: π0 / π0.5 on LIBERO use
+:mod:`vla_adp.envs.libero_pi0`); an adapter with several protocols also defines ``PROTOCOLS`` (name →
+protocol), ``DEFAULT_PROTOCOL``, ``policy_options(protocol) -> dict`` (what the protocol asks of the
+policy's ``load``) and takes ``protocol=`` in ``make_env``; ``POLICY_RESIZES = True``: the policy
+resizes the images itself, so ``make_env`` gets no ``image_size``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 from vla_adp.eval.logs import LogLock, LogWriter, checkpoint_identity, config_hash, finished_episodes, jsonable
 from vla_adp.eval.runner import EpisodeSettings, run_suite
 from vla_adp.eval.schema import EpisodeRecord, RunRecord
-from vla_adp.families import DEFAULT_FAMILY, get_family
+from vla_adp.families import DEFAULT_FAMILY, PI0_FAMILIES, get_family
 from vla_adp.utils.machine import DTYPES, machine, versions
 
 # env name -> module implementing the factory interface above
@@ -38,10 +43,32 @@ ENV_FACTORIES: dict[str, str] = {
 }
 
 
-def env_module(name: str):
+def env_module_name(name: str, family: str = DEFAULT_FAMILY) -> str:
+    """The module of env ``name`` for ``family`` (its own adapter, else :data:`ENV_FACTORIES`')."""
     if name not in ENV_FACTORIES:
         raise ValueError(f"unknown environment {name!r}; expected one of {sorted(ENV_FACTORIES)}")
-    return importlib.import_module(ENV_FACTORIES[name])
+    return get_family(family).env_adapter(name, ENV_FACTORIES[name])
+
+
+def env_module(name: str, family: str = DEFAULT_FAMILY):
+    return importlib.import_module(env_module_name(name, family))
+
+
+def env_protocol(job: "EvalJob") -> str | None:
+    """The protocol the job's env adapter runs (``job.protocol``, else the adapter's default); ``None``
+    for adapters with one protocol, which refuse ``job.protocol``."""
+    mod = env_module(job.env, job.family)
+    protocols = getattr(mod, "PROTOCOLS", None)
+    if protocols is None:
+        if job.protocol is not None:
+            raise ValueError(f"--protocol {job.protocol!r} does not apply to --family {job.family} on {job.env}: "
+                             "it has one protocol (OpenVLA-OFT's)")
+        return None
+    name = mod.DEFAULT_PROTOCOL if job.protocol is None else job.protocol
+    if name not in protocols:
+        raise ValueError(f"unknown {job.env} protocol {name!r} for --family {job.family}; expected one of "
+                         f"{sorted(protocols)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -60,7 +87,8 @@ class EvalJob:
         pruner, keep, pruning_config, pruner_fields: what ``build_pruner`` gets; no pruner when
             ``pruner`` and ``pruning_config`` are both ``None``.
         seed, max_steps, render, open_loop: see :class:`EpisodeSettings` and the env module.
-        policy: keyword arguments of :class:`~vla_adp.policy.PolicyConfig`.
+        policy: keyword arguments of the family's config (OpenVLA-OFT's and OpenVLA's:
+            :class:`~vla_adp.policy.PolicyConfig`; π0's takes none: :func:`vla_adp.pi0_policy.pi0_config`).
         platform, device, dtype: how the checkpoint is loaded (``dtype`` a key of
             ``vla_adp.utils.machine.DTYPES``).
         log_indices, video_dir, overlay_video_dir, verbose: see :class:`EpisodeSettings`; they do
@@ -72,6 +100,10 @@ class EvalJob:
         envs: simulator processes (:mod:`vla_adp.eval.parallel`); 1 = the serial runner.
         batch: most queries per forward with ``envs > 1`` (``None`` = ``envs``; 1 = bit-identical
             to the serial runner). Neither changes what is computed, only how (not in the identity).
+        protocol: the protocol of the family's env adapter (π0 / π0.5 on LIBERO: ``lerobot``, the
+            default, or ``openpi``; :mod:`vla_adp.envs.libero_pi0`); ``None``: the adapter's default.
+            Adapters with one protocol refuse it. The resolved protocol is part of the run's identity
+            where the adapter has several (OFT's runs keep their hashes).
         instruction_shift: a control for "does the policy read its instruction?": task ``t`` runs
             with the instruction of task ``(t + shift) mod n`` of the same suite, in ``t``'s scenes
             and judged by ``t``'s goal. 0 = the task's own instruction. Part of the run's
@@ -106,10 +138,14 @@ class EvalJob:
     batch: int | None = None
     instruction_shift: int = 0
     family: str = DEFAULT_FAMILY
+    protocol: str | None = None
 
     def __post_init__(self) -> None:
-        env_module(self.env)
         get_family(self.family).check_options(platform=self.platform)  # an unknown family lists the known ones
+        env_protocol(self)  # an unknown env, an env the family does not run, a bad protocol
+        if not isinstance(self.policy, dict):
+            raise ValueError(f"policy must be a dict of the family's config fields, got {self.policy!r}")
+        get_family(self.family).make_config(**self.policy)  # settings the family refuses fail before any log
         if not isinstance(self.instruction_shift, int) or isinstance(self.instruction_shift, bool):
             raise ValueError(f"instruction_shift must be an int, got {self.instruction_shift!r}")
         if self.instruction_shift and self.envs > 1:
@@ -118,6 +154,9 @@ class EvalJob:
             raise ValueError(f"envs must be a positive int, got {self.envs!r}")
         if self.batch is not None and (not isinstance(self.batch, int) or self.batch < 1):
             raise ValueError(f"batch must be a positive int or None, got {self.batch!r}")
+        if self.overlay_video_dir and self.family in PI0_FAMILIES:
+            raise ValueError(f"--overlay-video-dir draws OpenVLA-OFT's image pipeline (centre crop, resize); "
+                             f"--family {self.family} has no overlay (--video-dir records the plain agentview)")
         if self.envs > 1 and (self.video_dir or self.overlay_video_dir):
             raise ValueError("videos are recorded by the serial runner only: drop --envs or the video options")
         _ = self.realtime_config  # builds (validates) the RealtimeConfig
@@ -177,7 +216,7 @@ def pruner_identity(job: EvalJob, pruner) -> dict[str, Any] | None:
 
 def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
     """What defines the run's results; ``method`` is what stays equal across suites."""
-    env_module(job.env)
+    protocol = env_protocol(job)
     config = {
         "env": job.env,
         "suite": job.suite,
@@ -200,6 +239,8 @@ def run_config(job: EvalJob, pruner=None) -> dict[str, Any]:
         config["method"]["instruction_shift"] = job.instruction_shift
     if job.family != DEFAULT_FAMILY:  # likewise: OFT runs keep the hashes they had before families
         config["method"]["family"] = job.family
+    if protocol is not None:  # likewise: only adapters with several protocols record theirs
+        config["method"]["protocol"] = protocol
     return config
 
 
@@ -209,13 +250,15 @@ def run_record(job: EvalJob, config: dict[str, Any]) -> RunRecord:
 
 
 def load_policy(job: EvalJob, pruner):
-    family = get_family(job.family)
+    """The job's policy; the env adapter's protocol adds its policy options (π0: replanning, state)."""
+    family, protocol = get_family(job.family), env_protocol(job)
+    options = env_module(job.env, job.family).policy_options(protocol) if protocol is not None else {}
     return family.load(job.checkpoint, family.make_config(**job.policy), pruner, platform=job.platform,
-                       dtype=DTYPES[job.dtype], device=job.device)
+                       dtype=DTYPES[job.dtype], device=job.device, **options)
 
 
 def task_ids(job: EvalJob) -> list[int]:
-    n = len(env_module(job.env).suite_tasks(job.suite))
+    n = len(env_module(job.env, job.family).suite_tasks(job.suite))
     ids = list(range(n)) if job.tasks is None else list(job.tasks)
     bad = [t for t in ids if not 0 <= t < n]
     if bad:
@@ -244,11 +287,12 @@ def _run_locked(job: EvalJob, pruner, run: RunRecord, tasks: list[int], episodes
     policy = load_policy(job, pruner)
     settings = EpisodeSettings(run.config_hash, job.seed, job.open_loop, job.log_indices, job.video_dir, job.verbose,
                                job.overlay_video_dir, job.realtime_config)
-    mod = env_module(job.env)
-    size = policy.model.args.image_size
-    extra = {}
+    module, protocol = env_module_name(job.env, job.family), env_protocol(job)
+    mod = importlib.import_module(module)
+    size = None if getattr(mod, "POLICY_RESIZES", False) else policy.model.args.image_size
+    extra: dict[str, Any] = {} if protocol is None else {"protocol": protocol}
     camera = checkpoint_hints(job.checkpoint).get("camera_size")
-    if camera and job.env == "libero":  # a policy trained on other cameras than the 256-px protocol's
+    if camera and module == ENV_FACTORIES["libero"]:  # a policy trained on other cameras than the 256-px protocol's
         extra["camera_size"] = int(camera)
 
     instructions = mod.suite_instructions(job.suite) if job.instruction_shift else None
@@ -262,7 +306,7 @@ def _run_locked(job: EvalJob, pruner, run: RunRecord, tasks: list[int], episodes
     if job.envs > 1:
         from vla_adp.eval.parallel import EnvSpec, run_parallel
 
-        spec = EnvSpec(ENV_FACTORIES[job.env], job.suite, job.max_steps, job.render, size, extra)
+        spec = EnvSpec(module, job.suite, job.max_steps, job.render, size, extra)
         with LogWriter(job.log) as writer:
             writer.write(run)
             return run_parallel(spec, tasks, list(episodes), policy, settings, writer, done, job.envs, job.batch)

@@ -10,7 +10,8 @@ Grid file (JSON)::
 
 ``grid`` is a Cartesian product, ``configs`` are extra explicit configs, ``base`` is merged into
 every entry. Keys ``pruner``, ``keep`` and ``pruning_config`` go to ``build_pruner`` as such;
-``family`` sets the model family of the checkpoint (default: ``--family``); every
+``family`` sets the model family of the checkpoint (default: ``--family``), ``protocol`` the env
+adapter's protocol (default: ``--protocol``; π0 / π0.5 on LIBERO: ``lerobot``, ``openpi``); every
 other key is a pruner setting (ours or the reference's names: ``qk_layer``, ``decision_method``,
 ...). An entry with ``"pruner": null`` is the unpruned baseline (its other keys are dropped).
 Every config is built once before anything runs, so a typo fails at once and names the entry.
@@ -41,7 +42,7 @@ from vla_adp.eval.job import EvalJob, build_pruner, run_config, run_job, task_id
 from vla_adp.eval.logs import config_hash, finished_episodes, jsonable
 
 PRUNER_KEYS = ("pruner", "keep", "pruning_config")
-JOB_KEYS = ("family",)  # EvalJob fields a grid entry may set besides the pruner
+JOB_KEYS = ("family", "protocol")  # EvalJob fields a grid entry may set besides the pruner
 GRID_KEYS = ("grid", "configs", "base")
 
 

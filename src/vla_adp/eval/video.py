@@ -51,11 +51,12 @@ class EpisodeVideos:
 
         name = episode_video_name(rec)
         self.plain = Mp4Writer(Path(video_dir) / name, PLAIN_FPS) if video_dir else None
-        self.n_images = policy.model.args.n_images
-        # The frames are the observation's images: raw size = their own, no rotation (already upright).
-        pipe = pipeline_for(policy.model.args, policy.center_crop)
-        self.overlay = (EpisodeRecorder(Path(overlay_video_dir) / name, [pipe] * self.n_images)
-                        if overlay_video_dir else None)
+        self.overlay = None
+        if overlay_video_dir:  # OpenVLA-OFT's image pipeline (the plain video needs only env.frame())
+            self.n_images = policy.model.args.n_images
+            # The frames are the observation's images: raw size = their own, no rotation (already upright).
+            pipe = pipeline_for(policy.model.args, policy.center_crop)
+            self.overlay = EpisodeRecorder(Path(overlay_video_dir) / name, [pipe] * self.n_images)
         self.where = f"[{rec.suite} task {rec.task_id} episode {rec.episode}]"
 
     def add(self, step: int, env, obs: dict[str, Any], info: dict[str, Any] | None) -> None:

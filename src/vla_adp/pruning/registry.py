@@ -58,6 +58,25 @@ def build_pruner(name: str | None, keep_ratio: float | None = None, config_file:
     return mod.PRUNER(cfg)
 
 
+
+def build_variant_pruner(model: str, variants: dict[str, str], refused: dict[str, str], name: str | None,
+                         keep_ratio: float | None = None, config_file: str | Path | None = None, **fields):
+    """A pruner for another model family than OpenVLA-OFT: ``variants`` maps method names to the family's
+    own modules (``PRUNER``, ``CONFIG`` with ``from_dict``), ``refused`` maps the methods that cannot run
+    on ``model`` to why; every other name goes to :func:`build_pruner` (arguments as there)."""
+    settings: dict[str, Any] = dict(read_config_file(config_file)) if config_file is not None else {}
+    name = (name or settings.pop("pruner", None) or "adp").replace("-", "_")
+    settings.pop("pruner", None)
+    if name in refused:
+        raise ValueError(f"pruner {name!r} does not run on {model}: {refused[name]}")
+    if name not in variants:
+        return build_pruner(name, keep_ratio=keep_ratio, **settings, **fields)
+    mod = importlib.import_module(variants[name])
+    cfg = mod.CONFIG.from_dict({**settings, **fields})
+    if keep_ratio is not None:
+        cfg = dataclasses.replace(cfg, keep_ratio=keep_ratio)
+    return mod.PRUNER(cfg)
+
 def describe_one(name: str) -> tuple[str, list[tuple[str, Any]]]:
     """(summary, [(field, default), ...]) of one registered pruner; imports its module."""
     mod = _module(name)

@@ -45,7 +45,7 @@ from websockets.frames import CloseCode
 
 from vla_adp.serve import msgpack_numpy
 from vla_adp.serve.metrics import Metrics
-from vla_adp.serve.server import ServerConfig, jsonable, obs_spec
+from vla_adp.serve.server import ServerConfig, jsonable, obs_spec, served_inputs
 from vla_adp.serve.validate import RequestError, check_act
 
 log = logging.getLogger("vla_adp.serve.openpi")
@@ -94,7 +94,7 @@ class OpenpiServer:
 
     def __init__(self, policy, config: ServerConfig = ServerConfig(), key_map: dict[str, str] = OPENPI_LIBERO_KEYS):
         if config.max_body_bytes is None:  # the HTTP server's derived limit, as a plain frame size
-            config = dataclasses.replace(config, max_body_bytes=config.body_bytes(policy.model.args.n_images))
+            config = dataclasses.replace(config, max_body_bytes=config.body_bytes(served_inputs(policy)["n_images"]))
         self.policy, self.config = policy, config
         self.key_map = check_key_map(key_map)
         self.spec = obs_spec(policy, config)
@@ -113,10 +113,10 @@ class OpenpiServer:
         """What the client receives on connect (``WebsocketClientPolicy.get_server_metadata()``)."""
         from vla_adp import __version__
 
-        p, a = self.policy, self.policy.model.args
+        p, a = self.policy, served_inputs(self.policy)
         return {"server": "vla-adp", "version": __version__, "protocol": "openpi-websocket",
                 "platform": p.platform.name, "chunk": p.platform.chunk, "action_dim": p.platform.action_dim,
-                "proprio_dim": p.platform.proprio_dim, "n_images": a.n_images, "image_size": a.image_size,
+                "proprio_dim": p.platform.proprio_dim, "n_images": a["n_images"], "image_size": a["image_size"],
                 "unnorm_key": p.unnorm_key, "pruner": getattr(p.pruner_template, "name", None),
                 "key_map": self.key_map, "observation": self.expected(self.spec.fields()), "controls": list(CONTROLS)}
 

@@ -134,10 +134,19 @@ class ServerConfig:
         return self.max_body_bytes
 
 
+def served_inputs(policy) -> dict[str, Any]:
+    """``n_images``, ``image_size`` and ``needs_state`` of the served policy: its own ``served_inputs()``
+    where it has one (:class:`~vla_adp.pi0_policy.Pi0Policy`), else its model's args (OpenVLA-OFT, OpenVLA)."""
+    if hasattr(policy, "served_inputs"):
+        return policy.served_inputs()
+    a = policy.model.args
+    return {"n_images": a.n_images, "image_size": a.image_size, "needs_state": bool(a.use_proprio)}
+
+
 def obs_spec(policy, config: ServerConfig) -> ObsSpec:
     """What an observation must look like for ``policy``."""
-    a = policy.model.args
-    return ObsSpec(n_wrist=a.n_images - 1, proprio_dim=policy.platform.proprio_dim, needs_state=bool(a.use_proprio),
+    a = served_inputs(policy)
+    return ObsSpec(n_wrist=a["n_images"] - 1, proprio_dim=policy.platform.proprio_dim, needs_state=a["needs_state"],
                    min_side=config.min_image_side, max_side=config.max_image_side,
                    max_instruction_chars=config.max_instruction_chars)
 
@@ -148,7 +157,7 @@ class ServerState:
     def __init__(self, policy, config: ServerConfig, clock=time.monotonic):
         self.policy, self.config = policy, config
         self.spec = obs_spec(policy, config)
-        self.max_body = config.body_bytes(policy.model.args.n_images)
+        self.max_body = config.body_bytes(served_inputs(policy)["n_images"])
         self.recorder = None
         if config.record_dir:
             from vla_adp.serve.recording import SessionRecorder  # pictures only when asked for
@@ -226,10 +235,10 @@ class ServerState:
                 self.recorder.close_all()
 
     def health(self) -> dict[str, Any]:
-        p, a = self.policy, self.policy.model.args
+        p, a = self.policy, served_inputs(self.policy)
         return {"status": "ok", "platform": p.platform.name, "chunk": p.platform.chunk,
                 "action_dim": p.platform.action_dim, "proprio_dim": p.platform.proprio_dim,
-                "n_images": a.n_images, "image_size": a.image_size, "unnorm_key": p.unnorm_key,
+                "n_images": a["n_images"], "image_size": a["image_size"], "unnorm_key": p.unnorm_key,
                 "pruner": getattr(p.pruner_template, "name", None), "live_sessions": self.store.live(),
                 "session_ttl_s": self.config.session_ttl_s, "uptime_s": time.time() - self.started}
 

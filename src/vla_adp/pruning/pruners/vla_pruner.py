@@ -311,23 +311,31 @@ class VLAPrunerPruner:
         return frozenset(hooks)
 
     def at_layer(self, ctx: LayerContext) -> KeepSet | None:
+        keep = self._score_and_cut(ctx)
+        if ctx.index == self.config.action_layer:
+            self._current = self._action_scores(ctx if keep is None else ctx.after_cut(keep))
+        return keep
+
+    def _score_and_cut(self, ctx: LayerContext) -> KeepSet | None:
+        """The semantic score at ``score_layer`` and the cut at ``cut_layer`` (every variant's prefix steps)."""
         cfg = self.config
-        keep = None
         if self._pruning and ctx.index == cfg.score_layer and cfg.mode != "action":
             rows = score_rows(ctx.layout, cfg.attention_source)
             self._semantic = layer_attention_scores(ctx, rows)
             self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
         if self._pruning and ctx.index == cfg.cut_layer:
-            keep = self._keep = self._select(ctx)
-        if ctx.index == cfg.action_layer:
-            self._current = self._action_scores(ctx if keep is None else ctx.after_cut(keep))
-        return keep
+            self._keep = self._select(ctx)
+            return self._keep
+        return None
 
     def _select(self, ctx: LayerContext) -> KeepSet:
         batch = ctx.hidden.shape[0]
         if self._history[-1].shape[0] != batch:
             raise ValueError(f"VLA-Pruner history holds batch {self._history[-1].shape[0]} but this query has "
                              f"batch {batch}; call reset() when the batch changes")
+        if self._history[-1].shape[1] != ctx.layout.n_visual:
+            raise ValueError(f"VLA-Pruner history covers {self._history[-1].shape[1]} image tokens but this query "
+                             f"has {ctx.layout.n_visual} (a camera appeared or vanished); call reset()")
         cfg = self.config
         action = decayed_mean(self._history, cfg.decay) if cfg.mode != "semantic" else None
         return select_vla_pruner(self._semantic, action, ctx.visual, ctx.layout.views, cfg.keep_ratio, cfg.mode)

@@ -32,7 +32,7 @@ Not registered in :data:`vla_adp.pruning.registry.PRUNERS` (whose sweep runs Ope
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,7 +41,6 @@ from vla_adp.seam.flops import attention_rows_flops
 from vla_adp.seam.context import LayerContext, Query, QueryOutcome
 from vla_adp.seam.keep import KeepSet
 from vla_adp.pruning.pruners.vla_pruner import VLAPrunerPruner, check_shared_fields, scatter_visual
-from vla_adp.pruning.scoring import layer_attention_scores, score_rows
 
 # The fork's flags (src/openvla run_libero_eval.py GenerateConfig / OpenVLAConfig) -> our fields.
 FORK_FIELDS = {"fastv_k": "layer", "av_hist_w": "history", "temporal_w": "history", "av_decay": "decay",
@@ -70,11 +69,13 @@ class VLAPrunerOpenVLAConfig:
     decay: float = 0.8
     attention_source: str = "last"
     mode: str = "semantic_action"
+    fork_fields: ClassVar[dict[str, str]] = FORK_FIELDS  # config-file names -> ours
+    model: ClassVar[str] = "OpenVLA"  # for error messages
 
     def __post_init__(self) -> None:
         check_shared_fields(self)
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"VLAPrunerOpenVLAConfig.layer must be an int >= 1 (layer K-1 is scored), "
+            raise ValueError(f"{type(self).__name__}.layer must be an int >= 1 (layer K-1 is scored), "
                              f"got {self.layer!r}")
 
     @property
@@ -94,8 +95,8 @@ class VLAPrunerOpenVLAConfig:
         for key, value in data.items():
             if key in ours:
                 out[key] = value
-            elif key in FORK_FIELDS:
-                out.setdefault(FORK_FIELDS[key], value)
+            elif key in cls.fork_fields:
+                out.setdefault(cls.fork_fields[key], value)
             elif key == "fastv_r":
                 if not 0.0 <= float(value) < 1.0:
                     raise ValueError(f"fastv_r={value!r} must be in [0, 1) (it is the share of image tokens dropped)")
@@ -106,8 +107,9 @@ class VLAPrunerOpenVLAConfig:
                 if not value:
                     raise ValueError("use_temporal=false runs the fork's plain FastV: use the fastv pruner")
             elif key not in ("use_fastv",):
-                raise ValueError(f"unknown VLA-Pruner (OpenVLA) config field {key!r}; expected one of "
-                                 f"{sorted(ours | set(FORK_FIELDS) | {'fastv_r', 'use_prefil_attention', 'use_temporal'})}")
+                known = ours | set(cls.fork_fields) | {"fastv_r", "use_prefil_attention", "use_temporal"}
+                raise ValueError(f"unknown VLA-Pruner ({cls.model}) config field {key!r}; expected one of "
+                                 f"{sorted(known)}")
         return cls(**out)
 
 
@@ -138,14 +140,9 @@ class VLAPrunerOpenVLA(VLAPrunerPruner):
         if ctx.layout.n_action:
             raise ValueError("vla_pruner_openvla reads OpenVLA's decode steps; this sequence has action slots "
                              "(OpenVLA-OFT): use the vla_pruner pruner there")
-        cfg, keep = self.config, None
+        cfg = self.config
         self._n_visual = ctx.visual.shape[1]
-        if self._pruning and ctx.index == cfg.score_layer and cfg.mode != "action":
-            rows = score_rows(ctx.layout, cfg.attention_source)
-            self._semantic = layer_attention_scores(ctx, rows)
-            self._flops += attention_rows_flops(ctx.shape, len(rows), ctx.layout.length)
-        if self._pruning and ctx.index == cfg.cut_layer:
-            keep = self._keep = self._select(ctx)
+        keep = self._score_and_cut(ctx)
         if ctx.index == cfg.action_layer:
             here = ctx if keep is None else ctx.after_cut(keep)
             last = torch.tensor([here.layout.stop])  # the row whose logits give action token 1
