@@ -576,3 +576,12 @@ def test_libero_example_records_what_the_readme_shows(tiny_ckpt, tmp_path):
     assert (img[:256, :256] == expect).all()
     assert main(["viz", "timeline", "--log", str(out / "run.jsonl"), "--out", str(tmp_path / "t.png")]) == 0
     assert decode_png(tmp_path / "t.png").shape == (600, 800, 3)
+
+
+def test_labels_name_the_static_schedule_and_a_non_zero_layer():
+    from vla_adp.report.summary import Traits
+
+    assert Traits("m", "adp", 0.5, "top", layer=0, schedule="dynamic").label == "adp ρ=0.5"
+    assert Traits("m", "adp", 0.5, "top", layer=3, schedule="static").label == "adp static L3 ρ=0.5"
+    assert Traits("m", "random", 0.3, "random").label == "random ρ=0.3"  # not "random random"
+    assert Traits("m", "adp", 0.5, "inverse").label == "adp inverse ρ=0.5"

@@ -31,6 +31,8 @@ from vla_adp.eval.stats import Rate, success_rate
 
 KEEP_KEYS = ("keep_ratio", "qk_keep_ratio", "keep")
 SELECTION_KEYS = ("selection",)
+LAYER_KEYS = ("layer", "qk_layer")
+SCHEDULE_KEYS = ("schedule",)
 
 
 # -- methods -----------------------------------------------------------------------------------
@@ -76,14 +78,20 @@ class Traits:
     pruner: str | None
     keep_ratio: float | None
     selection: str | None
+    layer: int | None = None  # the scoring / cut layer, shown when not 0
+    schedule: str | None = None  # the gate's schedule, shown when "static"
 
     @property
     def label(self) -> str:
         if self.pruner is None:
             return "unpruned"
         parts = [self.pruner]
-        if self.selection and self.selection != "top":
+        if self.selection and self.selection not in ("top", self.pruner):  # "random", not "random random"
             parts.append(self.selection)
+        if self.schedule == "static":
+            parts.append("static")
+        if self.layer:
+            parts.append(f"L{self.layer}")
         if self.keep_ratio is not None:
             parts.append(f"ρ={self.keep_ratio:g}")
         return " ".join(parts)
@@ -98,8 +106,9 @@ def traits(log: RunLog, method: str) -> Traits:
     if keep is None:
         shares = [q.kept_visual / q.n_visual for q in queries if q.pruned and q.n_visual]
         keep = round(float(np.mean(shares)), 2) if shares else None
-    selection = _find(config, SELECTION_KEYS)
-    return Traits(method, pruner, None if pruner is None or keep is None else float(keep), selection)
+    selection, layer, schedule = (_find(config, keys) for keys in (SELECTION_KEYS, LAYER_KEYS, SCHEDULE_KEYS))
+    return Traits(method, pruner, None if pruner is None or keep is None else float(keep), selection,
+                  layer if isinstance(layer, int) else None, schedule if isinstance(schedule, str) else None)
 
 
 def resolve_method(log: RunLog, name: str) -> str:
