@@ -72,8 +72,9 @@ class VLTrainConfig:
         batch_size / lr / min_lr_ratio / weight_decay / warmup_steps / grad_clip: AdamW + linear warm-up
             + cosine.
         instruction_share: share of each batch drawn from the ``instruction`` form (the policy's own
-            prompt naming an object → its location); the rest uniformly from every pair.
+            prompt naming an object → its location); the rest from the other forms, each equally.
         holdout_every: frames whose placement index is a multiple of this are held out (accuracy).
+        eval_pairs: held-out pairs per form scored at the end (evenly spaced; 0: no scoring).
         threads / save_minutes / log_every / seed / precision: as behaviour cloning.
         model: shapes of a fresh model (ignored with ``init``).
     """
@@ -91,6 +92,7 @@ class VLTrainConfig:
     grad_clip: float = 1.0
     instruction_share: float = 0.5
     holdout_every: int = 10
+    eval_pairs: int = 200
     threads: int = 1
     save_minutes: float = 5.0
     log_every: int = 10
@@ -108,6 +110,8 @@ class VLTrainConfig:
                 raise ValueError(f"VLTrainConfig.{name} must be a positive int, got {value!r}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"VLTrainConfig.warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps!r}")
+        if not isinstance(self.eval_pairs, int) or self.eval_pairs < 0:
+            raise ValueError(f"VLTrainConfig.eval_pairs must be an int >= 0, got {self.eval_pairs!r}")
         if not 0 <= self.instruction_share <= 1:
             raise ValueError(f"VLTrainConfig.instruction_share must be in [0, 1], got {self.instruction_share!r}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -190,6 +194,9 @@ class VLTrainer:
         self.tokenizer = PromptTokenizer(self.tokenizer_file)
         self.n_slots = self.model.args.n_action_slots
         self.train_idx, self.held_idx = self._split()
+        self._by_form: dict[str, list[tuple[int, int]]] = {}
+        for f, j in self.train_idx:
+            self._by_form.setdefault(self.frames.pairs[f][j][0], []).append((f, j))
         self.opt = torch.optim.AdamW([p for n, p in self.model.named_parameters()
                                       if not n.startswith(("action_head.", "proprio_projector."))],
                                      lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -248,10 +255,18 @@ class VLTrainer:
         return inputs, target
 
     def sample(self, n: int) -> list[tuple[int, int]]:
-        instr = [r for r in self.train_idx if self.frames.pairs[r[0]][r[1]][0] == "instruction"]
-        k = int(self.rng.binomial(n, self.cfg.instruction_share)) if instr else 0
-        pick = lambda pool, m: [pool[i] for i in self.rng.integers(0, len(pool), m)]  # noqa: E731
-        return pick(instr, k) + pick(self.train_idx, n - k)
+        """``n`` training pairs: the ``instruction`` form with probability ``instruction_share``, else
+        one of the other forms uniformly (so the many ``relation`` pairs do not crowd out the rest)."""
+        forms = self._by_form
+        others = sorted(f for f in forms if f != "instruction")
+        out = []
+        for _ in range(n):
+            if "instruction" in forms and (not others or self.rng.random() < self.cfg.instruction_share):
+                pool = forms["instruction"]
+            else:
+                pool = forms[others[int(self.rng.integers(0, len(others)))]]
+            out.append(pool[int(self.rng.integers(0, len(pool)))])
+        return out
 
     # -- state ----------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -307,8 +322,8 @@ class VLTrainer:
     @torch.no_grad()
     def accuracy(self, rows: list[tuple[int, int]] | None = None, batch: int = 64) -> dict[str, dict[str, float]]:
         """Per form: answers decoded exactly (every token, </s> included) and token accuracy, on
-        ``rows`` (default: the held-out placements)."""
-        rows = self.held_idx if rows is None else rows
+        ``rows`` (default: up to ``eval_pairs`` per form of the held-out placements, evenly spaced)."""
+        rows = self.held_out_sample() if rows is None else rows
         was = self.model.training
         self.model.eval()
         tally: dict[str, list[int]] = {}
@@ -326,6 +341,16 @@ class VLTrainer:
                 t[3] += int(valid[r].sum())
         self.model.train(was)
         return {k: {"exact": v[0] / v[1], "token": v[2] / max(1, v[3]), "n": v[1]} for k, v in sorted(tally.items())}
+
+    def held_out_sample(self) -> list[tuple[int, int]]:
+        by_form: dict[str, list[tuple[int, int]]] = {}
+        for f, j in self.held_idx:
+            by_form.setdefault(self.frames.pairs[f][j][0], []).append((f, j))
+        out = []
+        for rows in by_form.values():
+            k = min(len(rows), self.cfg.eval_pairs)
+            out += [rows[i] for i in np.linspace(0, len(rows) - 1, k).round().astype(int)] if k else []
+        return out
 
     def run(self) -> dict[str, Any]:
         from tqdm import tqdm
@@ -363,7 +388,7 @@ class VLTrainer:
     def _save(self, final: bool = False) -> dict[str, Any]:
         self.save_state()
         self.save_checkpoint()
-        summary = self.summary(held_out=self.accuracy() if final and self.held_idx else None)
+        summary = self.summary(held_out=self.accuracy() if final and self.held_idx and self.cfg.eval_pairs else None)
         (self.out / "vl_summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
