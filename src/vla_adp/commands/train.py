@@ -57,8 +57,9 @@ def run(args) -> int:
     model = ModelSize(patch=args.patch, llm_dim=args.llm_dim, llm_layers=args.llm_layers, llm_ffn=args.llm_ffn,
                       llm_heads=args.llm_heads)
     cfg = TrainConfig(args.data, args.out, tasks, _pick(args.minutes, d.minutes), _pick(args.steps, d.steps),
-                      args.batch_size, _pick(args.lr, d.lr), warmup_steps=_pick(args.warmup_steps, d.warmup_steps), init=args.init, threads=None if args.threads == "auto" else int(args.threads), save_minutes=args.save_minutes,
-                      seed=args.seed, model=model, precision=args.precision)
+                      args.batch_size, _pick(args.lr, d.lr), warmup_steps=_pick(args.warmup_steps, d.warmup_steps),
+                      threads=None if args.threads == "auto" else int(args.threads), save_minutes=args.save_minutes,
+                      seed=args.seed, model=model, precision=args.precision, init=args.init)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"{len(trainer.demos)} frames, {len(trainer.demos.instructions)} demos, tasks {sorted(set(trainer.demos.tasks))}; "
           f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M parameters")
