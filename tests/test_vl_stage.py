@@ -87,6 +87,8 @@ def test_vl_loss_goes_down_and_the_checkpoint_loads(vl_data, tmp_path):
     s = trainer.run()
     assert s["final_loss"] < 0.6 * s["first_loss"], s
     assert set(s["held_out_accuracy"]) == {"instruction", "where"}
+    assert trainer.majority_answers()["where"].startswith("center, row ")
+    assert all(0 <= a["majority"] <= 1 for a in s["held_out_accuracy"].values())
     policy = Policy.load(tmp_path / "vl", dtype=torch.float32)  # published layout, a loadable policy
     out = policy.infer({"full_image": np.zeros((SIZE, SIZE, 3), np.uint8), "wrist_image": np.zeros((SIZE, SIZE, 3), np.uint8),
                         "state": np.zeros(8), "instruction": "pick up the ketchup and place it in the basket"})

@@ -88,6 +88,7 @@ def run_vl(args) -> int:
     s = trainer.run()
     print(f"step {s['steps']}  loss {s['first_loss']:.3f} -> {s['final_loss']:.3f}  {s['seconds'] / 60:.1f} min")
     for form, acc in (s["held_out_accuracy"] or {}).items():
-        print(f"  held-out {form:12s} exact {acc['exact']:.0%}  tokens {acc['token']:.0%}  (n={acc['n']})")
+        print(f"  held-out {form:12s} exact {acc['exact']:.0%}  tokens {acc['token']:.0%}  "
+              f"(majority answer: {acc['majority']:.0%}; n={acc['n']})")
     print(f"checkpoint: {args.out} (Policy.load works; `vla-adp train --init {args.out}` starts action training)")
     return 0

@@ -321,8 +321,10 @@ class VLTrainer:
 
     @torch.no_grad()
     def accuracy(self, rows: list[tuple[int, int]] | None = None, batch: int = 64) -> dict[str, dict[str, float]]:
-        """Per form: answers decoded exactly (every token, </s> included) and token accuracy, on
-        ``rows`` (default: up to ``eval_pairs`` per form of the held-out placements, evenly spaced)."""
+        """Per form: answers decoded exactly (every token, </s> included), token accuracy, and the
+        exact-match rate of always answering the form's most common training answer (``majority``:
+        the bar a model that ignores the image clears), on ``rows`` (default: up to ``eval_pairs``
+        per form of the held-out placements, evenly spaced)."""
         rows = self.held_out_sample() if rows is None else rows
         was = self.model.training
         self.model.eval()
@@ -340,7 +342,23 @@ class VLTrainer:
                 t[2] += int(hit[r].sum())
                 t[3] += int(valid[r].sum())
         self.model.train(was)
-        return {k: {"exact": v[0] / v[1], "token": v[2] / max(1, v[3]), "n": v[1]} for k, v in sorted(tally.items())}
+        majority = self.majority_answers()
+        hits: dict[str, int] = {}
+        for f, j in rows:
+            form, _, answer = self.frames.pairs[f][j]
+            hits[form] = hits.get(form, 0) + int(answer == majority.get(form))
+        return {k: {"exact": v[0] / v[1], "token": v[2] / max(1, v[3]), "majority": hits[k] / v[1], "n": v[1]}
+                for k, v in sorted(tally.items())}
+
+    def majority_answers(self) -> dict[str, str]:
+        """The most common training answer of each form (ties: the first in sorted order)."""
+        counts: dict[str, dict[str, int]] = {}
+        for form, rows in self._by_form.items():
+            c = counts.setdefault(form, {})
+            for f, j in rows:
+                a = self.frames.pairs[f][j][2]
+                c[a] = c.get(a, 0) + 1
+        return {form: min(c, key=lambda a: (-c[a], a)) for form, c in counts.items()}
 
     def held_out_sample(self) -> list[tuple[int, int]]:
         by_form: dict[str, list[tuple[int, int]]] = {}
