@@ -188,12 +188,16 @@ def test_collector_is_deterministic_resumes_and_never_uses_demo_seeds(tmp_path):
         assert frame["pairs"][0][0] == "instruction" and frame["pairs"][0][1] == frame["instruction"]
     f0, f1 = (read_frame(shard_path(tmp_path / "a", "libero_spatial-0", i)) for i in range(2))
     assert not np.array_equal(f0["full_image"], f1["full_image"])  # placements differ
-    # reload_model=False re-samples in the loaded model: the same placement as a rebuilt model
+    # reload_model=False re-samples in the loaded model: the placement a rebuilt model draws, up to
+    # float residue of the previous episode (a few pixels off by a few levels)
     from vla_adp.envs.libero import LiberoConfig, LiberoEnv
 
     env = LiberoEnv(LiberoConfig("libero_spatial", 0, camera_size=128, image_size=128, render="fast", init="sampled"))
     try:
         env.reset(VL_EPISODE_BASE + 1)  # robosuite's default hard reset
-        assert np.array_equal(T.rotate_180(env.raw["agentview_image"]), f1["full_image"])
+        diff = np.abs(T.rotate_180(env.raw["agentview_image"]).astype(int) - f1["full_image"])
+        env.reset(VL_EPISODE_BASE + 0)
+        assert np.array_equal(T.rotate_180(env.raw["agentview_image"]), f0["full_image"])  # first reset: exact
     finally:
         env.close()
+    assert diff.max() <= 8 and (diff.max(-1) > 0).mean() < 0.01, (diff.max(), (diff.max(-1) > 0).sum())

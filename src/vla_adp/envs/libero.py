@@ -64,8 +64,9 @@ class LiberoConfig:
             (``<camera>_segmentation_element`` in :attr:`LiberoEnv.raw`; scene text, probes).
         reload_model: ``True`` (robosuite's default): every reset rebuilds the MuJoCo model from its
             XML (~3–4 s here); ``False``: reset re-samples the placements in the loaded model
-            (``hard_reset=False``: the same placement for the same seed, ~0.3 s; for collecting
-            single frames of many placements).
+            (``hard_reset=False``, ~0.3 s; for collecting single frames of many placements). The
+            placement is the one a rebuilt model draws for the seed, up to float residue of the
+            previous episode (~1e-12 m here: a few pixels differ by a few levels).
     """
 
     suite: str

@@ -14,9 +14,13 @@ frame is the observation after LIBERO's 10 settle steps, rendered by the demonst
 code path (fast renderer, cameras at the policy's size, rotated upright; the loader applies the
 evaluation's JPEG + resize pipeline), with the scene camera's geom segmentation giving each object's
 pixels (:mod:`vla_adp.envs.libero_scene_text`). Resets re-sample placements in the loaded model
-(``LiberoConfig.reload_model=False``, the same placement per seed as a rebuilt model, ~10× faster).
+(``LiberoConfig.reload_model=False``, ~10× faster): the placement a rebuilt model draws for the seed,
+up to float residue of the previous placement (~1e-12 m; a few pixels differ by a few levels).
 
 Deterministic (the same command writes the same bytes) and resumable (a shard that exists is kept).
+Because of that residue, the frames a resumed run writes after its first one may differ from an
+uninterrupted run's in a few pixels; the text (object positions rounded to words and grid cells)
+is the same unless a centroid sits on a cell border.
 """
 
 from __future__ import annotations
