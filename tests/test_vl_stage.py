@@ -170,6 +170,7 @@ def test_cli_vl_stage_then_action_training_from_it(vl_data, tmp_path, capsys):
 
 
 # -- the collector on the real simulator -----------------------------------------------------
+@pytest.mark.sim
 @pytest.mark.slow
 def test_collector_is_deterministic_resumes_and_never_uses_demo_seeds(tmp_path):
     pytest.importorskip("libero")
