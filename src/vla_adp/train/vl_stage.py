@@ -48,10 +48,10 @@ from vla_adp.constants import BOS_ID, STOP_ID, get_platform
 from vla_adp.model import transforms as T
 from vla_adp.model.checkpoint import load_checkpoint, save_checkpoint
 from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
-from vla_adp.model.tokenizer import PromptTokenizer, prompt_text
+from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.train.config import PRECISIONS, ModelSize
 from vla_adp.train.trainer import lr_at
-from vla_adp.train.vl_data import VLFrames, load_vl
+from vla_adp.train.vl_data import load_vl
 
 QUESTION_TEMPLATE = "In: {question}?\nOut:"
 STATE_FILE = "training/vl_state.pt"
@@ -425,5 +425,3 @@ class VLTrainer:
 def _jsonable(cfg: VLTrainConfig) -> dict:
     return asdict(cfg)
 
-
-__all__ = ["VLTrainConfig", "VLTrainer", "VLFrames", "prompt_text", "text_loss", "prompt_ids", "answer_ids"]
