@@ -10,8 +10,13 @@ bowl). Per ratio ρ the script reports:
 * **target kept**: share of the target object's patches that stay (a patch is the target's when at
   least ``--min-share`` of its pixels are), for ADP, inverse and uniformly random sets of the same
   size (averaged over ``--draws`` draws);
+* **target kept under another instruction**: the same share for ADP when the image comes with each
+  other task's instruction of the suite (grounding: naming the object should keep more of it);
 * **instruction sensitivity**: Jaccard overlap of ADP's kept set for the same image under its own
   instruction and under each other task's instruction of the suite (1.0 = the text does not matter).
+
+``--checkpoint`` takes several policies; they are probed on the same frames (one table row per
+policy, suite and ρ).
 
     PYTHONPATH=src MUJOCO_GL=egl python benchmarks/libero_score_probe.py --episodes 3 --keep 0.3 0.5
 """
@@ -78,54 +83,65 @@ def kept_scene(policy: Policy, obs: dict, instruction: str) -> set[int]:
     return set(policy.infer({**obs, "instruction": instruction})["info"]["kept_indices"][0])
 
 
+def frames_of(suite: str, episodes: int, camera: int, render: str, size: int, side: int, min_share: float):
+    """(observation, target patch set, task id) for the first frame of each official state."""
+    frames = []
+    for t in range(len(suite_tasks(suite))):
+        env, states, language, fast = scene(suite, t, camera, render)
+        try:
+            for e in range(episodes):
+                raw = first_frame(env, states[e], fast)
+                frames.append((observation(raw, language, size), target_patches(raw, env.env, side, min_share), t))
+        finally:
+            env.close()
+    return frames
+
+
 def probe(args) -> list[str]:
-    hints = checkpoint_hints(args.checkpoint)
+    hints = checkpoint_hints(args.checkpoint[0])
     camera, render = int(hints.get("camera_size", 256)), hints.get("render", "faithful")
-    base = Policy.load(args.checkpoint, dtype=torch.float32)
-    size, n = base.model.args.image_size, base.model.args.patches_per_image
+    policies = {c: Policy.load(c, dtype=torch.float32) for c in args.checkpoint}
+    shapes = {(p.model.args.image_size, p.model.args.patches_per_image) for p in policies.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"--checkpoint: the policies disagree on image size / patches: {sorted(shapes)}")
+    (size, n), = shapes
     side = int(round(n ** 0.5))
-    rng = np.random.default_rng(0)
-    lines = ["| suite | ρ | images | target patches / image | target kept: ADP | inverse | random | "
-             "Jaccard ADP own vs other instruction |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | suite | ρ | images | target patches / image | target kept: ADP | ADP, another task's "
+             "instruction | inverse | random | Jaccard ADP own vs other instruction |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for suite in args.suite:
         instructions = suite_tasks(suite)
-        frames = []  # (obs, target set, task id)
-        for t in range(len(instructions)):
-            env, states, language, fast = scene(suite, t, camera, render)
-            try:
-                for e in range(args.episodes):
-                    raw = first_frame(env, states[e], fast)
-                    frames.append((observation(raw, language, size), target_patches(raw, env.env, side, args.min_share), t))
-            finally:
-                env.close()
-        for keep in args.keep:
-            adp = Policy(base.ckpt, pruner=build_pruner("adp", keep, **FORCED))
-            inv = Policy(base.ckpt, pruner=build_pruner("inverse", keep, **FORCED))
-            share = {"adp": [], "inverse": [], "random": []}
-            jac = []
-            for obs, target, t in frames:
-                own = kept_scene(adp, obs, instructions[t])
-                k = len(own)
-                if target:
-                    share["adp"].append(len(own & target) / len(target))
-                    share["inverse"].append(len(kept_scene(inv, obs, instructions[t]) & target) / len(target))
-                    share["random"].append(np.mean([len(set(rng.choice(n, k, replace=False)) & target) / len(target)
-                                                    for _ in range(args.draws)]))
-                for u, other in enumerate(instructions):
-                    if u != t:
-                        o = kept_scene(adp, obs, other)
-                        jac.append(len(own & o) / len(own | o))
-            sizes = [len(x[1]) for x in frames]
-            lines.append(f"| {suite} | {keep} | {len(frames)} | {np.mean(sizes):.1f} | "
-                         f"{100 * np.mean(share['adp']):.0f} % | {100 * np.mean(share['inverse']):.0f} % | "
-                         f"{100 * np.mean(share['random']):.0f} % | {np.mean(jac):.2f} |")
-            print(lines[-1], flush=True)
+        frames = frames_of(suite, args.episodes, camera, render, size, side, args.min_share)
+        for name, base in policies.items():
+            rng = np.random.default_rng(0)
+            for keep in args.keep:
+                adp = Policy(base.ckpt, pruner=build_pruner("adp", keep, **FORCED))
+                inv = Policy(base.ckpt, pruner=build_pruner("inverse", keep, **FORCED))
+                share = {"adp": [], "other": [], "inverse": [], "random": []}
+                jac = []
+                for obs, target, t in frames:
+                    own = kept_scene(adp, obs, instructions[t])
+                    k = len(own)
+                    others = [kept_scene(adp, obs, other) for u, other in enumerate(instructions) if u != t]
+                    if target:
+                        share["adp"].append(len(own & target) / len(target))
+                        share["other"].append(np.mean([len(o & target) / len(target) for o in others]))
+                        share["inverse"].append(len(kept_scene(inv, obs, instructions[t]) & target) / len(target))
+                        share["random"].append(np.mean([len(set(rng.choice(n, k, replace=False)) & target) / len(target)
+                                                        for _ in range(args.draws)]))
+                    jac += [len(own & o) / len(own | o) for o in others]
+                sizes = [len(x[1]) for x in frames]
+                pct = {key: f"{100 * np.mean(v):.0f} %" for key, v in share.items()}
+                lines.append(f"| {name} | {suite} | {keep} | {len(frames)} | {np.mean(sizes):.1f} | {pct['adp']} | "
+                             f"{pct['other']} | {pct['inverse']} | {pct['random']} | {np.mean(jac):.2f} |")
+                print(lines[-1], flush=True)
     return lines
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=str(LIBERO_POLICY))
+    p.add_argument("--checkpoint", nargs="+", default=[str(LIBERO_POLICY)],
+                   help="one or more policies with the same image geometry, probed on the same frames")
     p.add_argument("--suite", nargs="+", default=list(SUITES))
     p.add_argument("--episodes", type=int, default=3, help="official initial states per task")
     p.add_argument("--keep", type=float, nargs="+", default=[0.3, 0.5])

@@ -60,6 +60,13 @@ class LiberoConfig:
             evaluation protocol); ``sampled``: from a fresh placement drawn by the task's own
             placement samplers under seed ``SAMPLED_SEED_BASE + i`` (demonstrations; never one of
             the official states).
+        segmentation: also render each camera's geom-id segmentation
+            (``<camera>_segmentation_element`` in :attr:`LiberoEnv.raw`; scene text, probes).
+        reload_model: ``True`` (robosuite's default): every reset rebuilds the MuJoCo model from its
+            XML (~3–4 s here); ``False``: reset re-samples the placements in the loaded model
+            (``hard_reset=False``, ~0.3 s; for collecting single frames of many placements). The
+            placement is the one a rebuilt model draws for the seed, up to float residue of the
+            previous episode (~1e-12 m here: a few pixels differ by a few levels).
     """
 
     suite: str
@@ -70,6 +77,8 @@ class LiberoConfig:
     wait_steps: int = 10
     render: str = "faithful"
     init: str = "suite"
+    segmentation: bool = False
+    reload_model: bool = True
 
     def __post_init__(self) -> None:
         if self.suite not in SUITE_MAX_STEPS:
@@ -168,8 +177,10 @@ class LiberoEnv:
         self.max_steps = config.steps
         self.init_states = suite.get_task_init_states(config.task_id)
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        extra = {"camera_segmentations": "element"} if config.segmentation else {}
         self._env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=config.camera_size,
-                                       camera_widths=config.camera_size)
+                                       camera_widths=config.camera_size, **extra)
+        self._env.env.hard_reset = config.reload_model
         self._env.seed(0)
         self._raw: dict[str, Any] | None = None
         track(self)  # closed at exit if nobody did (no EGL tracebacks then; see envs/closing.py)

@@ -83,6 +83,9 @@ class TrainConfig:
         save_minutes: save the training state and the checkpoint this often.
         seed: initialisation and batch sampling.
         model: the small OFT shapes.
+        init: a checkpoint (published layout) to start from instead of random weights: its weights and
+            tokenizer (e.g. the vision-language stage's output, ``vla-adp train --stage vl``); its
+            shapes must be ``model``'s; statistics are computed from ``data`` as always.
         precision: ``fp32``, or ``bf16``: the forward pass under CPU autocast to bfloat16 (weights,
             optimiser and loss stay fp32; about twice as fast on CPUs with AVX512-BF16 or AMX).
     """
@@ -104,6 +107,7 @@ class TrainConfig:
     seed: int = 0
     model: ModelSize = ModelSize()
     precision: str = "fp32"
+    init: str | None = None
 
     @property
     def thread_choices(self) -> tuple[int, ...]:

@@ -79,6 +79,8 @@ class Trainer:
         self.stats = norm_stats(self.demos, self.dataset_key)
         torch.manual_seed(cfg.seed)
         self.model = OpenVLAOFT(cfg.model.args(vocab, self.platform, self.demos.image_size))
+        if cfg.init and not resume:
+            self._load_init()
         self.batches = BatchBuilder(self.demos, PromptTokenizer(self.tokenizer_file), self.stats[self.dataset_key],
                                     self.model.args.towers, self.platform.chunk)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -92,7 +94,30 @@ class Trainer:
         if resume and path.is_file():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if self.cfg.init:  # the starting checkpoint's pieces: its embeddings and lm_head index them
+            source = Path(self.cfg.init) / "tokenizer.model"
+            if not source.is_file():
+                raise FileNotFoundError(f"--init {self.cfg.init}: no tokenizer.model (expected a checkpoint folder "
+                                        "in the published layout)")
+            path.write_bytes(source.read_bytes())
+            return path
         return train_tokenizer(path, extra_text=tuple(sorted(set(self.demos.instructions))))
+
+    def _load_init(self) -> None:
+        """Start from ``cfg.init``'s weights (every module, the action head too where it has one)."""
+        from vla_adp.model.checkpoint import load_checkpoint
+
+        init = load_checkpoint(self.cfg.init, dtype=torch.float32, require_action_head=False)
+        theirs, ours = init.model.state_dict(), self.model.state_dict()
+        bad = sorted(k for k in ours if k in theirs and theirs[k].shape != ours[k].shape)
+        if bad:
+            raise ValueError(f"--init {self.cfg.init}: its shapes differ from the model of --patch/--llm-* and the "
+                             f"data's image size at {bad[:3]} (e.g. {tuple(theirs[bad[0]].shape)} vs "
+                             f"{tuple(ours[bad[0]].shape)})")
+        missing = sorted(k for k in ours if k not in theirs and not k.startswith(("action_head.", "proprio_projector.")))
+        if missing:
+            raise ValueError(f"--init {self.cfg.init}: the checkpoint lacks {missing[:3]}")
+        self.model.load_state_dict({**ours, **{k: v for k, v in theirs.items() if k in ours}})
 
     # -- state -----------------------------------------------------------------------------
     def save_state(self) -> None:
