@@ -26,7 +26,7 @@ from vla_adp.model.openvla.checkpoint import OpenVLACheckpoint, load_openvla_che
 from vla_adp.model.openvla.flops import decode_flops
 from vla_adp.model.openvla.layout import PrefillLayout
 from vla_adp.model.openvla.openvla import OpenVLAInputs
-from vla_adp.policy import Policy, PolicyConfig, Session, instruction_of
+from vla_adp.policy import Policy, PolicyConfig, Session, infer_each, instruction_of
 from vla_adp.seam.context import Pruner
 from vla_adp.seam.flops import llm_flops
 
@@ -78,15 +78,7 @@ class OpenVLAPolicy(Policy):
     @torch.inference_mode()
     def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
         """One :meth:`infer` per observation (upstream generates batch 1); bad observations fail alone."""
-        if len(observations) != len(sessions):
-            raise ValueError(f"{len(observations)} observations but {len(sessions)} sessions")
-        results: list[Any] = []
-        for obs, s in zip(observations, sessions):
-            try:
-                results.append(self.infer(obs, s))
-            except Exception as e:  # noqa: BLE001 - this query fails, the others go on
-                results.append(e)
-        return results
+        return infer_each(self.infer, observations, sessions)
 
     def _info(self, s: Session, layout, out) -> dict[str, Any]:
         """OFT's ``info`` plus the decoding: action tokens, decode-step FLOPs and the keys each layer held."""

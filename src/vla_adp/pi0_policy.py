@@ -33,7 +33,7 @@ from vla_adp.model.pi0.flops import pi0_flops
 from vla_adp.model.pi0.pi0 import Pi0Inputs, Pi0Output
 from vla_adp.model.pi0.processor import (PromptTokenizer, discretize_state, normalize, pad_vector, prompt_text,
                                          resize_with_pad, unnormalize)
-from vla_adp.policy import PolicyConfig, Session
+from vla_adp.policy import PolicyConfig, Session, infer_each
 from vla_adp.seam.context import Pruner, Query
 from vla_adp.seam.layout import TokenLayout
 from vla_adp.seam.query import run_query
@@ -237,15 +237,7 @@ class Pi0Policy:
 
     def infer_batch(self, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
         """One :meth:`infer` per observation (batch 1 each); bad observations fail alone."""
-        if len(observations) != len(sessions):
-            raise ValueError(f"{len(observations)} observations but {len(sessions)} sessions")
-        results: list[Any] = []
-        for obs, s in zip(observations, sessions):
-            try:
-                results.append(self.infer(obs, s))
-            except Exception as e:  # noqa: BLE001 - this query fails, the others go on
-                results.append(e)
-        return results
+        return infer_each(self.infer, observations, sessions)
 
     def _info(self, s: Session, layout: TokenLayout, out: Pi0Output, inputs: Pi0Inputs,
               report: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,20 @@ from vla_adp.utils.machine import default_dtype
 from vla_adp.utils.timing import Stopwatch
 
 
+def infer_each(infer, observations: list[dict], sessions: list[Session]) -> list[dict[str, Any] | Exception]:
+    """``infer(obs, session)`` per observation, batch 1 each (families whose model runs one query at a
+    time); a bad observation fails alone: its slot holds the exception, the others go on."""
+    if len(observations) != len(sessions):
+        raise ValueError(f"{len(observations)} observations but {len(sessions)} sessions")
+    results: list[Any] = []
+    for obs, s in zip(observations, sessions):
+        try:
+            results.append(infer(obs, s))
+        except Exception as e:  # noqa: BLE001 - this query fails, the others go on
+            results.append(e)
+    return results
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Inference settings that are not part of the checkpoint.
