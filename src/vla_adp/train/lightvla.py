@@ -42,7 +42,8 @@ from vla_adp.pruning.pruners.lightvla import LightVLAConfig, LightVLAPruner
 from vla_adp.seam.context import Query
 from vla_adp.seam.query import run_query
 from vla_adp.train.dataset import BatchBuilder, load_demos
-from vla_adp.train.trainer import l1_loss, lr_at
+from vla_adp.train.run_state import lr_at
+from vla_adp.train.trainer import l1_loss
 
 LOG_FILE = "training/lightvla_log.jsonl"
 SUMMARY_FILE = "training_summary.json"
