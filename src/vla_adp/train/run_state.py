@@ -51,6 +51,17 @@ def lr_at(progress: float, cfg, step: int) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
 
 
+def descend(model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float,
+            grad_clip: float) -> None:
+    """One optimizer step on ``loss`` at learning rate ``lr``, gradients clipped to norm ``grad_clip``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+
+
 # -- tokenizer -----------------------------------------------------------------------------
 def run_tokenizer(out: Path, resume: bool, *, source: Path | None = None, text: tuple[str, ...] = (),
                   vocab_size: int = 400) -> Path:

@@ -27,7 +27,7 @@ from vla_adp.model.openvla_oft import OpenVLAOFT
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.train.config import TrainConfig
 from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
-from vla_adp.train.run_state import RunState, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
+from vla_adp.train.run_state import RunState, descend, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
 from vla_adp.train.run_state import save_state as write_state
 from vla_adp.train.threads import ThreadTuner
 
@@ -122,16 +122,11 @@ class Trainer:
 
     def train_step(self) -> float:
         cfg, st = self.cfg, self.state
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.progress_at(), cfg, st.step)
         inputs, target = self.batches(self.rng.integers(0, len(self.demos), cfg.batch_size))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             predicted = self.model(inputs).actions
         loss = l1_loss(predicted.float(), target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
+        descend(self.model, self.opt, loss, lr_at(self.progress_at(), cfg, st.step), cfg.grad_clip)
         st.step += 1
         st.samples += cfg.batch_size
         return loss.item()

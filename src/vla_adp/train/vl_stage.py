@@ -47,7 +47,7 @@ from vla_adp.model.checkpoint import load_checkpoint, save_checkpoint
 from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.train.config import PRECISIONS, ModelSize
-from vla_adp.train.run_state import RunState, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
+from vla_adp.train.run_state import RunState, descend, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
 from vla_adp.train.run_state import save_state as write_state
 from vla_adp.train.vl_data import load_vl
 
@@ -272,15 +272,10 @@ class VLTrainer:
 
     def train_step(self) -> float:
         cfg, st = self.cfg, self.state
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.progress_at(), cfg, st.step)
         inputs, target = self.batch(self.sample(cfg.batch_size))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss, _ = text_loss(self.model, inputs, target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
+        descend(self.model, self.opt, loss, lr_at(self.progress_at(), cfg, st.step), cfg.grad_clip)
         st.step += 1
         st.samples += cfg.batch_size
         return float(loss.detach())
