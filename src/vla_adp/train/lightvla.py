@@ -42,7 +42,8 @@ from vla_adp.pruning.pruners.lightvla import LightVLAConfig, LightVLAPruner
 from vla_adp.seam.context import Query
 from vla_adp.seam.query import run_query
 from vla_adp.train.dataset import BatchBuilder, load_demos
-from vla_adp.train.trainer import l1_loss, lr_at
+from vla_adp.train.run_state import descend, lr_at
+from vla_adp.train.trainer import l1_loss
 
 LOG_FILE = "training/lightvla_log.jsonl"
 SUMMARY_FILE = "training_summary.json"
@@ -139,14 +140,9 @@ class LightVLATrainer:
         """One AdamW step through the noisy straight-through selection; returns the batch loss."""
         p = min(1.0, self.progress_at())
         self.pruner.set_progress(int(round(p * PROGRESS_UNITS)), PROGRESS_UNITS)
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(p, self.cfg, self.step)
         inputs, target = self.batches(self.rng.integers(0, len(self.demos), self.cfg.batch_size))
         loss, info = lightvla_loss(self.model, self.pruner, inputs, target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        descend(self.model, self.opt, loss, lr_at(p, self.cfg, self.step), self.cfg.grad_clip)
         self.step += 1
         self.kept.append(info["keep_ratio_achieved"])
         return float(loss.detach())

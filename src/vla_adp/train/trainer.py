@@ -12,10 +12,8 @@ save. ``out/training/log.jsonl`` records loss, learning rate and throughput.
 from __future__ import annotations
 
 import json
-import math
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +24,11 @@ import torch
 from vla_adp.constants import get_platform
 from vla_adp.model.checkpoint import save_checkpoint
 from vla_adp.model.openvla_oft import OpenVLAOFT
-from vla_adp.model.tiny import train_tokenizer
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.train.config import TrainConfig
 from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
+from vla_adp.train.run_state import RunState, descend, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
+from vla_adp.train.run_state import save_state as write_state
 from vla_adp.train.threads import ThreadTuner
 
 DATASET_KEYS = {"metaworld": "metaworld", "libero": "libero_reference"}  # dataset_statistics.json key per simulator
@@ -37,26 +36,9 @@ STATE_FILE = "training/state.pt"
 LOG_FILE = "training/log.jsonl"
 
 
-def lr_at(progress: float, cfg, step: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine from ``lr`` to ``min_lr_ratio·lr`` at progress 1
-    (``cfg``: any config with ``lr``, ``warmup_steps``, ``min_lr_ratio``: behaviour cloning, LightVLA)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
-
-
 def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error over the normalised chunk (OFT's L1 regression objective)."""
     return (pred.float() - target).abs().mean()
-
-
-@dataclass
-class RunState:
-    step: int = 0
-    seconds: float = 0.0  # training wall time over all resumes
-    samples: int = 0
-    losses: list[float] = field(default_factory=list)
 
 
 class Trainer:
@@ -90,18 +72,13 @@ class Trainer:
             self.load_state()
 
     def _tokenizer(self, resume: bool) -> Path:
-        path = self.out / "training" / "tokenizer.model"
-        if resume and path.is_file():
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        source = None
         if self.cfg.init:  # the starting checkpoint's pieces: its embeddings and lm_head index them
             source = Path(self.cfg.init) / "tokenizer.model"
-            if not source.is_file():
+            if not source.is_file() and not (resume and (self.out / "training" / "tokenizer.model").is_file()):
                 raise FileNotFoundError(f"--init {self.cfg.init}: no tokenizer.model (expected a checkpoint folder "
                                         "in the published layout)")
-            path.write_bytes(source.read_bytes())
-            return path
-        return train_tokenizer(path, extra_text=tuple(sorted(set(self.demos.instructions))))
+        return run_tokenizer(self.out, resume, source=source, text=tuple(sorted(set(self.demos.instructions))))
 
     def _load_init(self) -> None:
         """Start from ``cfg.init``'s weights (every module, the action head too where it has one)."""
@@ -121,36 +98,15 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def save_state(self) -> None:
-        payload = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "run": asdict(self.state),
-                   "config": _jsonable(self.cfg), "rng": {"numpy": self.rng.bit_generator.state,
-                                                          "torch": torch.get_rng_state(), "python": random.getstate()}}
-        path = self.out / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        write_state(self.out / STATE_FILE, self.model, self.opt, self.state, _jsonable(self.cfg), self.rng)
 
     def load_state(self) -> None:
         path = self.out / STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no training state at {path}")
-        try:  # weights_only: tensors, numbers, strings and containers; nothing in the file can run code
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            lines = str(e).strip().splitlines()
-            raise ValueError(f"--resume: {path} cannot be read safely ({type(e).__name__}: "
-                             f"{lines[0][:200] if lines else ''})") from None
-        if not isinstance(payload, dict) or not {"model", "opt", "run", "config", "rng"} <= set(payload):
-            raise ValueError(f"--resume: {path} is not a training state (expected a dict with model, opt, run, "
-                             "config and rng)")
+        payload = read_state(path, "training state", ("model", "opt", "run", "config", "rng"))
         if payload["config"]["model"] != _jsonable(self.cfg)["model"]:
             raise ValueError(f"--resume: {path} was trained with model {payload['config']['model']}, "
                              f"not {_jsonable(self.cfg)['model']}")
-        self.model.load_state_dict(payload["model"])
-        self.opt.load_state_dict(payload["opt"])
-        self.state = RunState(**payload["run"])
-        self.rng.bit_generator.state = payload["rng"]["numpy"]
-        torch.set_rng_state(payload["rng"]["torch"])
-        random.setstate(payload["rng"]["python"])
+        self.state = restore_state(payload, self.model, self.opt, self.rng)
 
     def save_checkpoint(self) -> Path:
         hints = None
@@ -162,51 +118,32 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------------------
     def progress_at(self) -> float:
-        return max(self.state.step / self.cfg.steps, self.state.seconds / (60 * self.cfg.minutes))
+        return progress(self.state, self.cfg)
 
     def train_step(self) -> float:
         cfg, st = self.cfg, self.state
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.progress_at(), cfg, st.step)
         inputs, target = self.batches(self.rng.integers(0, len(self.demos), cfg.batch_size))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             predicted = self.model(inputs).actions
         loss = l1_loss(predicted.float(), target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
+        descend(self.model, self.opt, loss, lr_at(self.progress_at(), cfg, st.step), cfg.grad_clip)
         st.step += 1
         st.samples += cfg.batch_size
         return loss.item()
 
+    def tuned_step(self) -> float:
+        """:meth:`train_step` on the thread count the tuner picks for it, timed for the tuner."""
+        step, t0 = self.state.step, time.perf_counter()
+        self.threads.threads_for(step)
+        loss = self.train_step()
+        self.threads.record(step, time.perf_counter() - t0)
+        return loss
+
     def run(self) -> dict[str, Any]:
         """Train until ``steps`` or the time budget, saving on the way; returns :meth:`summary`."""
-        from tqdm import tqdm
-
-        cfg, st = self.cfg, self.state
         self.model.train()
-        # The bar runs over the schedule's progress (steps or time, whichever is ahead), in per mille.
-        bar = tqdm(total=1000, initial=int(1000 * self.progress_at()), desc="train", unit="‰",
-                   bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}", disable=not self.progress)
-        start, base = time.perf_counter(), st.seconds  # the budget counts saves and logs too
-        last_save, window = start, []
-        while self.progress_at() < 1.0:
-            step, t0 = st.step, time.perf_counter()
-            self.threads.threads_for(step)
-            window.append(self.train_step())
-            self.threads.record(step, time.perf_counter() - t0)
-            st.seconds = base + time.perf_counter() - start
-            bar.update(min(1000, int(1000 * self.progress_at())) - bar.n)
-            if st.step % cfg.log_every == 0:
-                self._log(window, bar)
-                window = []
-            if time.perf_counter() - last_save > 60 * cfg.save_minutes:
-                self._save()
-                last_save = time.perf_counter()
-        if window:
-            self._log(window, bar)
-        bar.close()
+        run_loop(self.state, self.cfg, step=self.tuned_step, log=self._log, save=self._save, at=self.progress_at,
+                 desc="train", show=self.progress)
         self._save()
         return self.summary()
 

@@ -32,10 +32,7 @@ in the published layout at every save.
 from __future__ import annotations
 
 import json
-import random
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +47,8 @@ from vla_adp.model.checkpoint import load_checkpoint, save_checkpoint
 from vla_adp.model.openvla_oft import OFTInputs, OpenVLAOFT
 from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.train.config import PRECISIONS, ModelSize
-from vla_adp.train.trainer import lr_at
+from vla_adp.train.run_state import RunState, descend, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
+from vla_adp.train.run_state import save_state as write_state
 from vla_adp.train.vl_data import load_vl
 
 QUESTION_TEMPLATE = "In: {question}?\nOut:"
@@ -153,14 +151,6 @@ def text_loss(model: OpenVLAOFT, inputs: OFTInputs, target: torch.Tensor) -> tup
     return loss, logits.argmax(-1)
 
 
-@dataclass
-class VLRunState:
-    step: int = 0
-    seconds: float = 0.0
-    samples: int = 0
-    losses: list[float] = field(default_factory=list)
-
-
 class VLTrainer:
     """One vision-language run; ``run()`` trains until the step or time budget and saves."""
 
@@ -176,9 +166,7 @@ class VLTrainer:
             self.model, self.stats = ckpt.model, ckpt.norm_stats
             ours = ckpt.config.get("vla_adp") or {}
             self.hints = {k: ours[k] for k in ("render", "camera_size", "stages") if k in ours} or self.hints
-            self.tokenizer_file = self.out / "training" / "tokenizer.model"
-            if not (resume and self.tokenizer_file.is_file()):
-                shutil.copyfile(ckpt.tokenizer_file, self.tokenizer_file)
+            self.tokenizer_file = run_tokenizer(self.out, resume, source=ckpt.tokenizer_file)
             self.frames = load_vl(cfg.data, self.model.args.towers[0].image_size)
         else:
             meta = json.loads((Path(cfg.data) / "meta.json").read_text()) if (Path(cfg.data) / "meta.json").is_file() else {}
@@ -201,19 +189,14 @@ class VLTrainer:
                                       if not n.startswith(("action_head.", "proprio_projector."))],
                                      lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.rng = np.random.default_rng(cfg.seed)
-        self.state = VLRunState()
+        self.state = RunState()
         if resume:
             self.load_state()
 
     def _tokenizer(self, resume: bool) -> Path:
-        from vla_adp.model.tiny import train_tokenizer
-
-        path = self.out / "training" / "tokenizer.model"
-        if resume and path.is_file():
-            return path
         text = sorted({s for pairs in self.frames.pairs for _, p, a in pairs for s in (p, a)}
                       | set(self.frames.instructions))
-        return train_tokenizer(path, vocab_size=600, extra_text=tuple(text))
+        return run_tokenizer(self.out, resume, text=tuple(text), vocab_size=600)
 
     def _split(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """(frame, pair) indices for training and for the held-out placements."""
@@ -270,29 +253,12 @@ class VLTrainer:
 
     # -- state ----------------------------------------------------------------------------
     def save_state(self) -> None:
-        payload = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "run": asdict(self.state),
-                   "config": _jsonable(self.cfg), "rng": {"numpy": self.rng.bit_generator.state,
-                                                          "torch": torch.get_rng_state(), "python": random.getstate()}}
-        path = self.out / STATE_FILE
-        torch.save(payload, path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)
+        write_state(self.out / STATE_FILE, self.model, self.opt, self.state, _jsonable(self.cfg), self.rng)
 
     def load_state(self) -> None:
-        path = self.out / STATE_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"--resume: no vision-language training state at {path}")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"--resume: {path} cannot be read safely ({type(e).__name__})") from None
-        if not isinstance(payload, dict) or not {"model", "opt", "run", "rng"} <= set(payload):
-            raise ValueError(f"--resume: {path} is not a vision-language training state")
-        self.model.load_state_dict(payload["model"])
-        self.opt.load_state_dict(payload["opt"])
-        self.state = VLRunState(**payload["run"])
-        self.rng.bit_generator.state = payload["rng"]["numpy"]
-        torch.set_rng_state(payload["rng"]["torch"])
-        random.setstate(payload["rng"]["python"])
+        payload = read_state(self.out / STATE_FILE, "vision-language training state", ("model", "opt", "run", "rng"),
+                             detail=False)
+        self.state = restore_state(payload, self.model, self.opt, self.rng)
 
     def save_checkpoint(self) -> Path:
         stages = list(self.hints.get("stages", []))
@@ -302,19 +268,14 @@ class VLTrainer:
 
     # -- loop -----------------------------------------------------------------------------
     def progress_at(self) -> float:
-        return max(self.state.step / self.cfg.steps, self.state.seconds / (60 * self.cfg.minutes))
+        return progress(self.state, self.cfg)
 
     def train_step(self) -> float:
         cfg, st = self.cfg, self.state
-        for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.progress_at(), cfg, st.step)
         inputs, target = self.batch(self.sample(cfg.batch_size))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss, _ = text_loss(self.model, inputs, target)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
+        descend(self.model, self.opt, loss, lr_at(self.progress_at(), cfg, st.step), cfg.grad_clip)
         st.step += 1
         st.samples += cfg.batch_size
         return float(loss.detach())
@@ -371,27 +332,10 @@ class VLTrainer:
         return out
 
     def run(self) -> dict[str, Any]:
-        from tqdm import tqdm
-
-        cfg, st = self.cfg, self.state
+        """Train until ``steps`` or the time budget, saving on the way; returns the summary."""
         self.model.train()
-        bar = tqdm(total=1000, initial=int(1000 * self.progress_at()), desc="vl", unit="‰", disable=not self.progress,
-                   bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-        start, base = time.perf_counter(), st.seconds
-        last_save, window = start, []
-        while self.progress_at() < 1.0:
-            window.append(self.train_step())
-            st.seconds = base + time.perf_counter() - start
-            bar.update(min(1000, int(1000 * self.progress_at())) - bar.n)
-            if st.step % cfg.log_every == 0:
-                self._log(window, bar)
-                window = []
-            if time.perf_counter() - last_save > 60 * cfg.save_minutes:
-                self._save()
-                last_save = time.perf_counter()
-        if window:
-            self._log(window, bar)
-        bar.close()
+        run_loop(self.state, self.cfg, step=self.train_step, log=self._log, save=self._save, at=self.progress_at,
+                 desc="vl", show=self.progress)
         return self._save(final=True)
 
     def _log(self, window: list[float], bar) -> None:
