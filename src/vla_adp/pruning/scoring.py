@@ -62,16 +62,12 @@ def text_vision_scores(normed: Tensor, q_proj, k_proj, n_heads: int, n_kv_heads:
         return (q_bar @ k.transpose(-1, -2)).squeeze(2).mean(dim=1) * scale
     if method == "exact":
         q = _heads(q_proj(text), n_heads).float()  # (B, H, T, hd)
-        per_text = (q @ k.transpose(-1, -2) * scale).mean(dim=1)  # (B, T, V)
-        if text_mask is None:
-            return per_text.mean(dim=1)
-        w = text_mask.float()[..., None]
-        return (per_text * w).sum(dim=1) / w.sum(dim=1).clamp_min(1)
+        return _text_mean((q @ k.transpose(-1, -2) * scale).mean(dim=1), text_mask)  # mean over t of (B, T, V)
     raise ValueError(f"scoring method must be one of {SCORING_METHODS}, got {method!r}")
 
 
 def _text_mean(text: Tensor, text_mask: Tensor | None) -> Tensor:
-    """Mean over the text rows (B, T, D) -> (B, D) float32, over the real ones where a mask is given."""
+    """Mean over the text rows (B, T, ·) -> (B, ·) float32, over the real ones where a mask is given."""
     if text_mask is None:
         return text.float().mean(dim=1)
     w = text_mask.float()[..., None]
