@@ -219,6 +219,20 @@ def test_bf16_autocast_trains_fp32_weights_and_bad_precision_is_named(dataset, t
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}  # autocast: weights stay fp32
 
 
+def test_crop_training_records_center_crop_and_resume_keeps_the_setting(dataset, tmp_path):
+    with pytest.raises(ValueError, match=r"crop_area must be in \(0, 1\) or None, got 1.0"):
+        TrainConfig(str(dataset[0]), str(tmp_path / "x"), crop_area=1.0)
+    cfg = TrainConfig(str(dataset[0]), str(tmp_path / "ck"), steps=2, warmup_steps=0, model=TINY, crop_area=0.9)
+    plain = Trainer(dataclasses.replace(cfg, crop_area=None, out=str(tmp_path / "plain")), progress=False)
+    cropped = Trainer(cfg, progress=False)
+    # the crop changes what the model sees: same weights, same batch indices, other pixels, other loss
+    assert plain.train_step() != cropped.train_step()
+    cropped.run()
+    assert Policy.load(cfg.out).center_crop is True  # evaluation feeds the center of what training saw
+    with pytest.raises(ValueError, match=r"trained with crop_area 0.9, not None \(add or drop --crop"):
+        Trainer(dataclasses.replace(cfg, crop_area=None), resume=True, progress=False)
+
+
 def test_shared_runner_evaluates_a_trained_checkpoint(dataset, tmp_path):
     from vla_adp.eval.job import EvalJob, run_job
     from vla_adp.eval.logs import read_logs

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from vla_adp.model.transforms import CROP_AREA
 from vla_adp.train.config import PRECISIONS, ModelSize, TrainConfig
 
 
@@ -40,6 +41,8 @@ def add_arguments(p) -> None:
     p.add_argument("--patch", type=int, default=m.patch)
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help="bf16: forward under CPU autocast (about 2x faster where the CPU has AVX512-BF16/AMX)")
+    p.add_argument("--crop", action="store_true",
+                   help="random 90 %%-area crops (OFT's LIBERO augmentation); the checkpoint then center-crops at evaluation")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -59,7 +62,8 @@ def run(args) -> int:
     cfg = TrainConfig(args.data, args.out, tasks, _pick(args.minutes, d.minutes), _pick(args.steps, d.steps),
                       args.batch_size, _pick(args.lr, d.lr), warmup_steps=_pick(args.warmup_steps, d.warmup_steps),
                       threads=None if args.threads == "auto" else int(args.threads), save_minutes=args.save_minutes,
-                      seed=args.seed, model=model, precision=args.precision, init=args.init)
+                      seed=args.seed, model=model, precision=args.precision, init=args.init,
+                      crop_area=CROP_AREA if args.crop else None)
     trainer = Trainer(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"{len(trainer.demos)} frames, {len(trainer.demos.instructions)} demos, tasks {sorted(set(trainer.demos.tasks))}; "
           f"{sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f} M parameters")

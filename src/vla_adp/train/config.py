@@ -88,6 +88,9 @@ class TrainConfig:
             shapes must be ``model``'s; statistics are computed from ``data`` as always.
         precision: ``fp32``, or ``bf16``: the forward pass under CPU autocast to bfloat16 (weights,
             optimiser and loss stay fp32; about twice as fast on CPUs with AVX512-BF16 or AMX).
+        crop_area: train on random square crops of this share of the image area, resized back
+            (OFT's LIBERO augmentation, 0.9; :mod:`vla_adp.train.augment`); the checkpoint then
+            records ``center_crop`` so evaluation feeds the center crop. ``None``: no augmentation.
     """
 
     data: str
@@ -108,6 +111,7 @@ class TrainConfig:
     model: ModelSize = ModelSize()
     precision: str = "fp32"
     init: str | None = None
+    crop_area: float | None = None
 
     @property
     def thread_choices(self) -> tuple[int, ...]:
@@ -122,6 +126,8 @@ class TrainConfig:
         for name in ("minutes", "lr", "save_minutes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.crop_area is not None and not 0.0 < self.crop_area < 1.0:
+            raise ValueError(f"TrainConfig.crop_area must be in (0, 1) or None, got {self.crop_area!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"TrainConfig.threads must be a positive int or None (auto), got {self.threads!r}")
         for name in ("steps", "batch_size", "log_every"):

@@ -1,6 +1,6 @@
 """Behaviour cloning of the small OpenVLA-OFT on scripted-expert demonstrations.
 
-    demos ─► BatchBuilder (= Policy.inputs per sample) ─► OpenVLAOFT ─► L1 to the next 8 actions
+    demos ─► BatchBuilder (= Policy.inputs per sample) ─► [random crops] ─► OpenVLAOFT ─► L1 to the next 8 actions
            AdamW, linear warm-up, cosine to min_lr; progress = max(step / steps, time / budget)
 
 The run is resumable: ``out/training/state.pt`` holds the model, the optimizer, the step, the
@@ -25,6 +25,7 @@ from vla_adp.constants import get_platform
 from vla_adp.model.checkpoint import save_checkpoint
 from vla_adp.model.openvla_oft import OpenVLAOFT
 from vla_adp.model.tokenizer import PromptTokenizer
+from vla_adp.train.augment import random_crops
 from vla_adp.train.config import TrainConfig
 from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
 from vla_adp.train.run_state import RunState, descend, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
@@ -106,6 +107,9 @@ class Trainer:
         if payload["config"]["model"] != _jsonable(self.cfg)["model"]:
             raise ValueError(f"--resume: {path} was trained with model {payload['config']['model']}, "
                              f"not {_jsonable(self.cfg)['model']}")
+        if payload["config"].get("crop_area") != self.cfg.crop_area:
+            raise ValueError(f"--resume: {path} was trained with crop_area {payload['config'].get('crop_area')!r}, "
+                             f"not {self.cfg.crop_area!r} (add or drop --crop to match)")
         self.state = restore_state(payload, self.model, self.opt, self.rng)
 
     def save_checkpoint(self) -> Path:
@@ -114,7 +118,7 @@ class Trainer:
             collected = self.meta.get("config", {})
             hints = {"render": collected.get("render", "fast"), "camera_size": self.demos.image_size}
         return save_checkpoint(self.model, self.out, self.stats, self.tokenizer_file, step=self.state.step,
-                               platform=self.platform, center_crop=False, dtype=torch.bfloat16, hints=hints)
+                               platform=self.platform, center_crop=self.cfg.crop_area is not None, dtype=torch.bfloat16, hints=hints)
 
     # -- loop ------------------------------------------------------------------------------
     def progress_at(self) -> float:
@@ -123,6 +127,8 @@ class Trainer:
     def train_step(self) -> float:
         cfg, st = self.cfg, self.state
         inputs, target = self.batches(self.rng.integers(0, len(self.demos), cfg.batch_size))
+        if cfg.crop_area is not None:
+            inputs.pixels = random_crops(inputs.pixels, self.model.args.n_images, cfg.crop_area, self.rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             predicted = self.model(inputs).actions
         loss = l1_loss(predicted.float(), target)
