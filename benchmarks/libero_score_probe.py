@@ -16,7 +16,9 @@ bowl). Per ratio ρ the script reports:
   instruction and under each other task's instruction of the suite (1.0 = the text does not matter).
 
 ``--checkpoint`` takes several policies; they are probed on the same frames (one table row per
-policy, suite and ρ).
+policy, suite, scoring layer and ρ). ``--layer`` scores at other decoder layers than 0 (ADP's
+``qk_layer``: Φ from layer ℓ's input, the cut there; the kept set is the same one the probe pass
+of the reference would cut at layer 0, up to the proprio token it leaves out).
 
     PYTHONPATH=src MUJOCO_GL=egl python benchmarks/libero_score_probe.py --episodes 3 --keep 0.3 0.5
 """
@@ -66,15 +68,23 @@ def first_frame(env, state, fast) -> dict:
     return raw
 
 
-def target_patches(raw: dict, sim_env, side: int, min_share: float) -> set[int]:
-    """Scene-camera patches (row-major, upright image) where the goal's object covers ``min_share``."""
+def target_mask(raw: dict, sim_env) -> np.ndarray:
+    """Scene-camera pixels (upright image) that show the goal's object."""
     _, obj, _ = goal_pair(sim_env)
     model = sim_env.sim.model._model
     root = sim_env.sim.model.body_name2id(sim_env.objects_dict[obj].root_body)
     geoms = [g for g in range(model.ngeom) if model.geom_bodyid[g] in _subtree(model, root)]
-    mask = T.rotate_180(np.isin(raw["agentview_segmentation_element"][..., 0], geoms))
-    h = mask.shape[0] // side
-    share = mask[: side * h, : side * h].reshape(side, h, side, h).mean(axis=(1, 3))
+    return T.rotate_180(np.isin(raw["agentview_segmentation_element"][..., 0], geoms))
+
+
+def target_patches(mask: np.ndarray, side: int, min_share: float, crop: bool) -> set[int]:
+    """Patches (row-major) where the object covers ``min_share`` of the pixels the policy sees:
+    of the center crop where the checkpoint center-crops (``Policy.center_crop``)."""
+    share = mask.astype(np.float32)
+    if crop:
+        share = T.crop_and_resize(share[..., None], T.center_crop_box(), share.shape[0])[..., 0]
+    h = share.shape[0] // side
+    share = share[: side * h, : side * h].reshape(side, h, side, h).mean(axis=(1, 3))
     return {int(i) for i in np.flatnonzero(share.reshape(-1) >= min_share)}
 
 
@@ -83,18 +93,44 @@ def kept_scene(policy: Policy, obs: dict, instruction: str) -> set[int]:
     return set(policy.infer({**obs, "instruction": instruction})["info"]["kept_indices"][0])
 
 
-def frames_of(suite: str, episodes: int, camera: int, render: str, size: int, side: int, min_share: float):
-    """(observation, target patch set, task id) for the first frame of each official state."""
+def frames_of(suite: str, episodes: int, camera: int, render: str, size: int):
+    """(observation, target pixel mask, task id) for the first frame of each official state."""
     frames = []
     for t in range(len(suite_tasks(suite))):
         env, states, language, fast = scene(suite, t, camera, render)
         try:
             for e in range(episodes):
                 raw = first_frame(env, states[e], fast)
-                frames.append((observation(raw, language, size), target_patches(raw, env.env, side, min_share), t))
+                frames.append((observation(raw, language, size), target_mask(raw, env.env), t))
         finally:
             env.close()
     return frames
+
+
+def probe_row(base: Policy, layer: int, keep: float, frames: list, instructions: list[str], n: int,
+              rng: np.random.Generator, draws: int, min_share: float) -> str:
+    """One table row's cells after checkpoint, suite, layer and ρ (see the module docstring)."""
+    side = int(round(n ** 0.5))
+    frames = [(obs, target_patches(mask, side, min_share, base.center_crop), t) for obs, mask, t in frames]
+    adp = Policy(base.ckpt, pruner=build_pruner("adp", keep, layer=layer, **FORCED))
+    inv = Policy(base.ckpt, pruner=build_pruner("inverse", keep, layer=layer, **FORCED))
+    share = {"adp": [], "other": [], "inverse": [], "random": []}
+    jac = []
+    for obs, target, t in frames:
+        own = kept_scene(adp, obs, instructions[t])
+        k = len(own)
+        others = [kept_scene(adp, obs, other) for u, other in enumerate(instructions) if u != t]
+        if target:
+            share["adp"].append(len(own & target) / len(target))
+            share["other"].append(np.mean([len(o & target) / len(target) for o in others]))
+            share["inverse"].append(len(kept_scene(inv, obs, instructions[t]) & target) / len(target))
+            share["random"].append(np.mean([len(set(rng.choice(n, k, replace=False)) & target) / len(target)
+                                            for _ in range(draws)]))
+        jac += [len(own & o) / len(own | o) for o in others]
+    sizes = [len(x[1]) for x in frames]
+    pct = {key: f"{100 * np.mean(v):.0f} %" for key, v in share.items()}
+    return (f"{len(frames)} | {np.mean(sizes):.1f} | {pct['adp']} | {pct['other']} | {pct['inverse']} | "
+            f"{pct['random']} | {np.mean(jac):.2f} |")
 
 
 def probe(args) -> list[str]:
@@ -105,36 +141,20 @@ def probe(args) -> list[str]:
     if len(shapes) != 1:
         raise ValueError(f"--checkpoint: the policies disagree on image size / patches: {sorted(shapes)}")
     (size, n), = shapes
-    side = int(round(n ** 0.5))
-    lines = ["| checkpoint | suite | ρ | images | target patches / image | target kept: ADP | ADP, another task's "
+    lines = ["| checkpoint | suite | layer | ρ | images | target patches / image | target kept: ADP | ADP, another task's "
              "instruction | inverse | random | Jaccard ADP own vs other instruction |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for suite in args.suite:
         instructions = suite_tasks(suite)
-        frames = frames_of(suite, args.episodes, camera, render, size, side, args.min_share)
+        frames = frames_of(suite, args.episodes, camera, render, size)
         for name, base in policies.items():
-            rng = np.random.default_rng(0)
-            for keep in args.keep:
-                adp = Policy(base.ckpt, pruner=build_pruner("adp", keep, **FORCED))
-                inv = Policy(base.ckpt, pruner=build_pruner("inverse", keep, **FORCED))
-                share = {"adp": [], "other": [], "inverse": [], "random": []}
-                jac = []
-                for obs, target, t in frames:
-                    own = kept_scene(adp, obs, instructions[t])
-                    k = len(own)
-                    others = [kept_scene(adp, obs, other) for u, other in enumerate(instructions) if u != t]
-                    if target:
-                        share["adp"].append(len(own & target) / len(target))
-                        share["other"].append(np.mean([len(o & target) / len(target) for o in others]))
-                        share["inverse"].append(len(kept_scene(inv, obs, instructions[t]) & target) / len(target))
-                        share["random"].append(np.mean([len(set(rng.choice(n, k, replace=False)) & target) / len(target)
-                                                        for _ in range(args.draws)]))
-                    jac += [len(own & o) / len(own | o) for o in others]
-                sizes = [len(x[1]) for x in frames]
-                pct = {key: f"{100 * np.mean(v):.0f} %" for key, v in share.items()}
-                lines.append(f"| {name} | {suite} | {keep} | {len(frames)} | {np.mean(sizes):.1f} | {pct['adp']} | "
-                             f"{pct['other']} | {pct['inverse']} | {pct['random']} | {np.mean(jac):.2f} |")
-                print(lines[-1], flush=True)
+            for layer in args.layer:
+                rng = np.random.default_rng(0)
+                for keep in args.keep:
+                    lines.append(f"| {name} | {suite} | {layer} | {keep} | "
+                                 + probe_row(base, layer, keep, frames, instructions, n, rng, args.draws,
+                                               args.min_share))
+                    print(lines[-1], flush=True)
     return lines
 
 
@@ -145,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--suite", nargs="+", default=list(SUITES))
     p.add_argument("--episodes", type=int, default=3, help="official initial states per task")
     p.add_argument("--keep", type=float, nargs="+", default=[0.3, 0.5])
+    p.add_argument("--layer", type=int, nargs="+", default=[0], help="scoring layers ℓ (ADP's qk_layer)")
     p.add_argument("--draws", type=int, default=50, help="random sets per image")
     p.add_argument("--min-share", type=float, default=0.15, help="pixel share that makes a patch the target's")
     args = p.parse_args(argv)
