@@ -60,6 +60,24 @@ def test_plan_chunks_and_fails_early_on_a_bad_config(tiny_ckpt, tmp_path):
         plan(template, bad, ["libero_spatial"], tmp_path)
 
 
+def test_plan_with_another_chunk_size_never_reruns_a_logged_episode(tiny_ckpt, tmp_path):
+    from vla_adp.eval.logs import LogWriter
+    from vla_adp.eval.schema import EpisodeRecord
+
+    template = EvalJob("libero", "libero_spatial", str(tiny_ckpt), "", tasks=(0,), episodes=(0, 8), max_steps=8)
+    cfgs = expand_grid({"configs": [{"pruner": None}]})
+    h = plan(template, cfgs, ["libero_spatial"], tmp_path, chunk=4)[0].config_hash
+    for a, b in ((0, 1), (1, 2), (5, 6)):  # a first run with --chunk 1 finished episodes 0, 1 and 5
+        with LogWriter(tmp_path / h / f"libero_spatial-task00-ep{a:03d}-{b:03d}.jsonl") as w:
+            w.write(EpisodeRecord(h, "libero_spatial", 0, "task", a, 7, True, steps=8, queries=1, pruned_queries=0,
+                                  flops_total=1.0, wall_s=1.0))
+    chunks = plan(template, cfgs, ["libero_spatial"], tmp_path, chunk=4)
+    spans = [(c.job.episodes, c.todo) for c in chunks]
+    assert spans == [((2, 4), 2), ((4, 5), 1), ((6, 8), 2)]  # only what no log holds, each span its own file
+    assert len({c.job.log for c in chunks}) == 3
+    assert sum(c.todo for c in plan(template, cfgs, ["libero_spatial"], tmp_path, chunk=1)) == 5  # 8 - 3 logged
+
+
 @pytest.mark.sim
 @pytest.mark.slow
 def test_local_ray_sweep_two_configs_two_episodes(tiny_ckpt, tmp_path, capsys):

@@ -124,13 +124,38 @@ def plan(template: EvalJob, configs: list[dict[str, Any]], suites: list[str], ou
             except (ValueError, TypeError) as e:
                 raise ValueError(f"config {i} {json.dumps(jsonable(cfg))}: {e}") from None
             for t in task_ids(job):
+                folder = Path(out) / h
+                logged = finished_episodes(sorted(folder.glob(f"{suite}-task{t:02d}-ep*.jsonl")), h)
                 for a in range(start, stop, chunk):
-                    b = min(a + chunk, stop)
-                    log = Path(out) / h / f"{suite}-task{t:02d}-ep{a:03d}-{b:03d}.jsonl"
-                    part = dataclasses.replace(job, tasks=(t,), episodes=(a, b), log=str(log))
-                    done = finished_episodes([log], h)
-                    chunks.append(Chunk(part, h, sum((suite, t, e) not in done for e in range(a, b))))
+                    chunks += chunk_parts(job, h, folder, suite, t, (a, min(a + chunk, stop)), logged)
     return chunks
+
+
+def chunk_parts(job: EvalJob, h: str, folder: Path, suite: str, task: int, span: tuple[int, int],
+                logged: set[tuple[str, int, int]]) -> list[Chunk]:
+    """The chunk ``span`` of one task, logged to its own file; where that file does not exist but
+    another chunking (a rerun with another ``--chunk``) logged some of its episodes, only the runs of
+    episodes that no log of the task has yet, each with its own file — a resumed sweep never reruns
+    a finished episode."""
+    def part(a: int, b: int, done: set) -> Chunk:
+        log = folder / f"{suite}-task{task:02d}-ep{a:03d}-{b:03d}.jsonl"
+        job_ab = dataclasses.replace(job, tasks=(task,), episodes=(a, b), log=str(log))
+        return Chunk(job_ab, h, sum((suite, task, e) not in done for e in range(a, b)))
+
+    a, b = span
+    own = folder / f"{suite}-task{task:02d}-ep{a:03d}-{b:03d}.jsonl"
+    if own.exists():  # resume the chunk's own file (its runner skips what that file holds)
+        return [part(a, b, finished_episodes([own], h))]
+    missing = [e for e in range(a, b) if (suite, task, e) not in logged]
+    if len(missing) in (0, b - a):
+        return [part(a, b, logged)]
+    runs = [[missing[0]]]
+    for e in missing[1:]:
+        if e == runs[-1][-1] + 1:
+            runs[-1].append(e)
+        else:
+            runs.append([e])
+    return [part(r[0], r[-1] + 1, logged) for r in runs]
 
 
 # -- running -------------------------------------------------------------------------------
