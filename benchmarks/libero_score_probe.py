@@ -111,7 +111,8 @@ def probe_row(base: Policy, layer: int, keep: float, frames: list, instructions:
               rng: np.random.Generator, draws: int, min_share: float) -> str:
     """One table row's cells after checkpoint, suite, layer and ρ (see the module docstring)."""
     side = int(round(n ** 0.5))
-    frames = [(obs, target_patches(mask, side, min_share, base.center_crop), t) for obs, mask, t in frames]
+    frames = [(obs, target_patches(mask, side, min_share, base.center_crop), t)
+              for obs, mask, t in frames]
     adp = Policy(base.ckpt, pruner=build_pruner("adp", keep, layer=layer, **FORCED))
     inv = Policy(base.ckpt, pruner=build_pruner("inverse", keep, layer=layer, **FORCED))
     share = {"adp": [], "other": [], "inverse": [], "random": []}
@@ -141,8 +142,8 @@ def probe(args) -> list[str]:
     if len(shapes) != 1:
         raise ValueError(f"--checkpoint: the policies disagree on image size / patches: {sorted(shapes)}")
     (size, n), = shapes
-    lines = ["| checkpoint | suite | layer | ρ | images | target patches / image | target kept: ADP | ADP, another task's "
-             "instruction | inverse | random | Jaccard ADP own vs other instruction |",
+    lines = ["| checkpoint | suite | layer | ρ | images | target patches / image | target kept: ADP | "
+             "ADP, another task's instruction | inverse | random | Jaccard ADP own vs other instruction |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for suite in args.suite:
         instructions = suite_tasks(suite)

@@ -125,37 +125,36 @@ def plan(template: EvalJob, configs: list[dict[str, Any]], suites: list[str], ou
                 raise ValueError(f"config {i} {json.dumps(jsonable(cfg))}: {e}") from None
             for t in task_ids(job):
                 folder = Path(out) / h
-                logged = finished_episodes(sorted(folder.glob(f"{suite}-task{t:02d}-ep*.jsonl")), h)
+                files = sorted(folder.glob(f"{suite}-task{t:02d}-ep*.jsonl"))
+                logs = {p.name: finished_episodes([p], h) for p in files}
                 for a in range(start, stop, chunk):
-                    chunks += chunk_parts(job, h, folder, suite, t, (a, min(a + chunk, stop)), logged)
+                    chunks += chunk_parts(job, h, folder, suite, t, (a, min(a + chunk, stop)), logs)
     return chunks
 
 
 def chunk_parts(job: EvalJob, h: str, folder: Path, suite: str, task: int, span: tuple[int, int],
-                logged: set[tuple[str, int, int]]) -> list[Chunk]:
+                logs: dict[str, set[tuple[str, int, int]]]) -> list[Chunk]:
     """The chunk ``span`` of one task, logged to its own file; where that file does not exist but
     another chunking (a rerun with another ``--chunk``) logged some of its episodes, only the runs of
     episodes that no log of the task has yet, each with its own file — a resumed sweep never reruns
-    a finished episode."""
+    a finished episode. ``logs``: the finished episodes of each existing log file of the task."""
+    def name(a: int, b: int) -> str:
+        return f"{suite}-task{task:02d}-ep{a:03d}-{b:03d}.jsonl"
+
     def part(a: int, b: int, done: set) -> Chunk:
-        log = folder / f"{suite}-task{task:02d}-ep{a:03d}-{b:03d}.jsonl"
-        job_ab = dataclasses.replace(job, tasks=(task,), episodes=(a, b), log=str(log))
+        job_ab = dataclasses.replace(job, tasks=(task,), episodes=(a, b), log=str(folder / name(a, b)))
         return Chunk(job_ab, h, sum((suite, task, e) not in done for e in range(a, b)))
 
     a, b = span
-    own = folder / f"{suite}-task{task:02d}-ep{a:03d}-{b:03d}.jsonl"
-    if own.exists():  # resume the chunk's own file (its runner skips what that file holds)
-        return [part(a, b, finished_episodes([own], h))]
+    if name(a, b) in logs:  # resume the chunk's own file (its runner skips what that file holds)
+        return [part(a, b, logs[name(a, b)])]
+    logged = set().union(*logs.values())
     missing = [e for e in range(a, b) if (suite, task, e) not in logged]
     if len(missing) in (0, b - a):
         return [part(a, b, logged)]
-    runs = [[missing[0]]]
-    for e in missing[1:]:
-        if e == runs[-1][-1] + 1:
-            runs[-1].append(e)
-        else:
-            runs.append([e])
-    return [part(r[0], r[-1] + 1, logged) for r in runs]
+    starts = [e for i, e in enumerate(missing) if i == 0 or missing[i - 1] != e - 1]  # contiguous runs
+    ends = [e + 1 for i, e in enumerate(missing) if i + 1 == len(missing) or missing[i + 1] != e + 1]
+    return [part(s, e, logged) for s, e in zip(starts, ends)]
 
 
 # -- running -------------------------------------------------------------------------------

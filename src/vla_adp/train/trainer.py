@@ -1,6 +1,7 @@
 """Behaviour cloning of the small OpenVLA-OFT on scripted-expert demonstrations.
 
-    demos ─► BatchBuilder (= Policy.inputs per sample) ─► [random crops] ─► OpenVLAOFT ─► L1 to the next 8 actions
+    demos ─► BatchBuilder (= Policy.inputs per sample) ─► [random crops] ─► OpenVLAOFT ─► L1 to the
+           next 8 actions
            AdamW, linear warm-up, cosine to min_lr; progress = max(step / steps, time / budget)
 
 The run is resumable: ``out/training/state.pt`` holds the model, the optimizer, the step, the
@@ -28,7 +29,8 @@ from vla_adp.model.tokenizer import PromptTokenizer
 from vla_adp.train.augment import random_crops
 from vla_adp.train.config import TrainConfig
 from vla_adp.train.dataset import BatchBuilder, load_demos, norm_stats
-from vla_adp.train.run_state import RunState, descend, lr_at, progress, read_state, restore_state, run_loop, run_tokenizer
+from vla_adp.train.run_state import (TOKENIZER_FILE, RunState, descend, lr_at, progress, read_state, restore_state,
+                                     run_loop, run_tokenizer)
 from vla_adp.train.run_state import save_state as write_state
 from vla_adp.train.threads import ThreadTuner
 
@@ -76,7 +78,7 @@ class Trainer:
         source = None
         if self.cfg.init:  # the starting checkpoint's pieces: its embeddings and lm_head index them
             source = Path(self.cfg.init) / "tokenizer.model"
-            if not source.is_file() and not (resume and (self.out / "training" / "tokenizer.model").is_file()):
+            if not source.is_file() and not (resume and (self.out / TOKENIZER_FILE).is_file()):
                 raise FileNotFoundError(f"--init {self.cfg.init}: no tokenizer.model (expected a checkpoint folder "
                                         "in the published layout)")
         return run_tokenizer(self.out, resume, source=source, text=tuple(sorted(set(self.demos.instructions))))
@@ -104,12 +106,11 @@ class Trainer:
     def load_state(self) -> None:
         path = self.out / STATE_FILE
         payload = read_state(path, "training state", ("model", "opt", "run", "config", "rng"))
-        if payload["config"]["model"] != _jsonable(self.cfg)["model"]:
-            raise ValueError(f"--resume: {path} was trained with model {payload['config']['model']}, "
-                             f"not {_jsonable(self.cfg)['model']}")
-        if payload["config"].get("crop_area") != self.cfg.crop_area:
-            raise ValueError(f"--resume: {path} was trained with crop_area {payload['config'].get('crop_area')!r}, "
-                             f"not {self.cfg.crop_area!r} (add or drop --crop to match)")
+        ours = _jsonable(self.cfg)
+        for key, flags in (("model", "--patch / --llm-*"), ("crop_area", "add or drop --crop")):  # what is trained
+            if payload["config"].get(key) != ours[key]:
+                raise ValueError(f"--resume: {path} was trained with {key} {payload['config'].get(key)!r}, "
+                                 f"not {ours[key]!r} ({flags} to match)")
         self.state = restore_state(payload, self.model, self.opt, self.rng)
 
     def save_checkpoint(self) -> Path:
@@ -118,7 +119,8 @@ class Trainer:
             collected = self.meta.get("config", {})
             hints = {"render": collected.get("render", "fast"), "camera_size": self.demos.image_size}
         return save_checkpoint(self.model, self.out, self.stats, self.tokenizer_file, step=self.state.step,
-                               platform=self.platform, center_crop=self.cfg.crop_area is not None, dtype=torch.bfloat16, hints=hints)
+                               platform=self.platform, center_crop=self.cfg.crop_area is not None,
+                               dtype=torch.bfloat16, hints=hints)
 
     # -- loop ------------------------------------------------------------------------------
     def progress_at(self) -> float:
